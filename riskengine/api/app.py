@@ -1,0 +1,117 @@
+"""The ASGI app: ``create_app(settings)`` wires the Engine into FastAPI's lifespan."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from riskengine.api import metrics, routes
+from riskengine.api.auth import KeyRing
+from riskengine.engine import Engine
+from riskengine.settings import Settings
+from riskengine.stores import StoreUnavailable
+
+log = logging.getLogger("riskengine.api")
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    settings = settings or Settings()
+    keys = KeyRing(settings.api_keys.get_secret_value(), settings.api_keys_file)
+    if not len(keys):
+        log.warning("no API keys configured (RISKENGINE_API_KEYS): every authenticated request gets 401")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        with (engine or Engine.open(settings)) as opened:
+            yield {"engine": opened}
+
+    app = FastAPI(title="riskengine", version="1", lifespan=lifespan)
+    app.state.keys = keys
+    app.include_router(routes.router)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StoreUnavailable, _unavailable)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.middleware("http")(_observe)
+    return app
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """``("body", "session", "auth_time")`` -> ``"session.auth_time"``."""
+    parts = [str(p) for p in loc if p not in ("body", "path", "query", "header")]
+    return ".".join(parts) or "body"
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{"field": _field(e["loc"]), "message": e["msg"].removeprefix("Value error, "), "type": e["type"]}
+              for e in exc.errors()]
+    status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
+    return JSONResponse({"detail": errors}, status_code=status)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    metrics.STORE_ERRORS.inc()
+    log.error("store unavailable: %s", type(exc).__name__)
+    return JSONResponse({"detail": "profile store unavailable; retry later"}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
+async def _observe(request: Request, call_next):
+    """Latency by route template: never the raw path, which may hold a user id."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path", "unmatched")
+    metrics.LATENCY.labels(template, request.method, str(response.status_code)).observe(
+        time.perf_counter() - started)
+    return response
+
+
+class BodyLimit:
+    """413 for bodies over the limit, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return await _too_large(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send) -> None:
+    body = b'{"detail":[{"field":"body","message":"request body too large"}]}'
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

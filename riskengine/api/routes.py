@@ -1,0 +1,56 @@
+"""Thin HTTP handlers over the Engine. Blocking work runs in FastAPI's threadpool (plain ``def``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+
+from riskengine.api import metrics
+from riskengine.api.auth import ClientDep
+from riskengine.api.schemas import (FeedbackRequest, FeedbackResponse, HealthResponse, ScoreRequest,
+                                    ScoreResponse)
+from riskengine.engine import Engine
+
+router = APIRouter()
+
+
+def get_engine(request: Request) -> Engine:
+    return request.state.engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+@router.post("/score", response_model=ScoreResponse)
+def score(body: ScoreRequest, engine: EngineDep, client: ClientDep) -> ScoreResponse:
+    decision = engine.score(body.to_event(datetime.now(timezone.utc)), client)
+    metrics.DECISIONS.labels(decision=decision.decision, action=metrics.action_label(body.action)).inc()
+    return ScoreResponse.from_decision(decision)
+
+
+@router.post("/feedback", response_model=FeedbackResponse)
+def feedback(body: FeedbackRequest, engine: EngineDep, client: ClientDep) -> FeedbackResponse:
+    if not engine.feedback(body.event_id, body.outcome, client):
+        raise HTTPException(status_code=404, detail=[{"field": "event_id", "message": "unknown event_id"}])
+    return FeedbackResponse(event_id=body.event_id, recorded=True)
+
+
+@router.delete("/users/{user_id}", status_code=204)
+def erase_user(user_id: str, engine: EngineDep, client: ClientDep) -> Response:
+    if not 1 <= len(user_id) <= 256:
+        raise HTTPException(status_code=422, detail=[{"field": "user_id", "message": "1 to 256 characters"}])
+    engine.erase(user_id, client)
+    return Response(status_code=204)
+
+
+@router.get("/health", response_model=HealthResponse)
+def health(engine: EngineDep) -> HealthResponse:
+    return HealthResponse(**engine.health())
+
+
+@router.get("/metrics")
+def prometheus(engine: EngineDep, client: ClientDep) -> Response:
+    body, content_type = metrics.render(engine)
+    return Response(body, media_type=content_type)

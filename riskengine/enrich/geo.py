@@ -1,0 +1,124 @@
+"""Step 2a: IP address -> place and network, through geoip2 over MaxMind-format files.
+
+The user's own GeoIP2/GeoLite2 City (and optional ASN) database is used when
+configured; otherwise the GeoLite2-City file bundled by ``maxminddb-geolite2``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import geoip2.database
+import geoip2.errors
+
+EARTH_RADIUS_KM = 6371.0088
+
+
+@dataclass(frozen=True, slots=True)
+class GeoInfo:
+    """Where an address is. ``known`` is False for private, reserved or unlisted ones."""
+
+    known: bool
+    country: str | None = None
+    city: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    accuracy_km: float = 0.0
+    asn: int | None = None
+    network: str = ""            # "AS<n>" with an ASN database, else the /16 or /48 prefix
+    unknown_reason: str | None = None
+
+    @property
+    def has_coordinates(self) -> bool:
+        return self.latitude is not None and self.longitude is not None
+
+
+def bundled_city_db() -> Path:
+    """The GeoLite2-City file shipped in the ``maxminddb-geolite2`` package."""
+    from _maxminddb_geolite2 import geolite2_database
+
+    return Path(geolite2_database())
+
+
+def prefix_network(ip: str) -> str:
+    """The coarse network used when no ASN database is configured.
+
+    >>> prefix_network("81.167.144.58"), prefix_network("2001:db8:1:2::1")
+    ('81.167.0.0/16', '2001:db8:1::/48')
+    """
+    address = ipaddress.ip_address(ip)
+    length = 16 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{length}", strict=False))
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance.
+
+    >>> round(haversine_km(59.91, 10.75, -33.87, 151.21))  # Oslo -> Sydney
+    15950
+    """
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+class GeoLocator:
+    """Looks addresses up; results are cached because a user's IPs repeat."""
+
+    def __init__(self, city_db: Path | None = None, asn_db: Path | None = None,
+                 cache_size: int = 65536) -> None:
+        self.city_db = Path(city_db) if city_db else bundled_city_db()
+        if not self.city_db.is_file():
+            raise FileNotFoundError(f"GeoIP city database not found: {self.city_db}")
+        self._city = geoip2.database.Reader(str(self.city_db))
+        self._asn = geoip2.database.Reader(str(asn_db)) if asn_db else None
+        self.lookup = lru_cache(maxsize=cache_size)(self._lookup)
+
+    @property
+    def database_info(self) -> str:
+        meta = self._city.metadata()
+        return f"{meta.database_type} build {meta.build_epoch}"
+
+    def _lookup(self, ip: str) -> GeoInfo:
+        address = ipaddress.ip_address(ip)
+        network = prefix_network(ip)
+        if not address.is_global:
+            reason = "private" if address.is_private else "reserved"
+            return GeoInfo(known=False, network=network, unknown_reason=reason)
+        asn = self._asn_of(ip)
+        if asn is not None:
+            network = f"AS{asn}"
+        try:
+            city = self._city.city(ip)
+        except (geoip2.errors.AddressNotFoundError, ValueError):
+            return GeoInfo(known=False, asn=asn, network=network, unknown_reason="not_found")
+        location = city.location
+        return GeoInfo(
+            known=city.country.iso_code is not None,
+            country=city.country.iso_code,
+            city=city.city.name,
+            latitude=location.latitude,
+            longitude=location.longitude,
+            accuracy_km=float(location.accuracy_radius or 0),
+            asn=asn,
+            network=network,
+            unknown_reason=None if city.country.iso_code else "not_found",
+        )
+
+    def _asn_of(self, ip: str) -> int | None:
+        if self._asn is None:
+            return None
+        try:
+            return self._asn.asn(ip).autonomous_system_number
+        except (geoip2.errors.AddressNotFoundError, ValueError):
+            return None
+
+    def close(self) -> None:
+        self._city.close()
+        if self._asn is not None:
+            self._asn.close()

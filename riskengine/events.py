@@ -1,0 +1,129 @@
+"""Step 1 of the flow: the validated event every later step sees.
+
+The wire schema (``api/schemas.py``) checks the JSON; this module holds the
+plain core types so the CLI, training and notebooks build events without HTTP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+SENSITIVE_ACTIONS = ("payment", "add_payee", "change_email", "change_password", "export_data")
+AttributeValue = str | float | int | bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What the user already holds in this session (OIDC ``acr`` and ``auth_time``)."""
+
+    acr: str | None = None
+    auth_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One login or in-session action. ``timestamp`` drives every time-based signal."""
+
+    event_id: str
+    user_id: str
+    action: str
+    timestamp: datetime
+    ip: str
+    user_agent: str = ""
+    device_id: str | None = None
+    success: bool = True
+    amount: float | None = None
+    currency: str | None = None
+    payee_id: str | None = None
+    session: SessionInfo = field(default_factory=SessionInfo)
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+
+    @property
+    def ts(self) -> float:
+        """Seconds since the epoch: the unit profiles store times in."""
+        return self.timestamp.timestamp()
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse an RFC 3339 timestamp into an aware UTC datetime.
+
+    >>> parse_timestamp("2026-11-28T04:30:00+01:00").isoformat()
+    '2026-11-28T03:30:00+00:00'
+    """
+    text = value.strip()
+    if len(text) < 20 or text[10] not in "Tt ":
+        raise ValueError("not an RFC 3339 date-time (e.g. 2026-11-28T04:30:00Z)")
+    if text[-1] in "zZ":
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError("RFC 3339 needs a UTC offset or Z")
+    return parsed.astimezone(timezone.utc)
+
+
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with ``Z``; the one form we write.
+
+    >>> format_timestamp(parse_timestamp("2026-01-02T03:04:05.5Z"))
+    '2026-01-02T03:04:05.500000Z'
+    """
+    text = value.astimezone(timezone.utc).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def normalize_ip(value: str) -> str:
+    """Canonical text of an IPv4 or IPv6 address (raises ValueError otherwise).
+
+    >>> normalize_ip("2001:DB8:0::1")
+    '2001:db8::1'
+    """
+    address = ipaddress.ip_address(value.strip())
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+def event_to_request(event: Event) -> dict:
+    """The event in API.md's ``/score`` form: what is recorded and replayed."""
+    body: dict = {"event_id": event.event_id, "user_id": event.user_id, "action": event.action,
+                  "timestamp": format_timestamp(event.timestamp), "ip": event.ip, "success": event.success}
+    for name in ("user_agent", "device_id", "amount", "currency", "payee_id"):
+        value = getattr(event, name)
+        if value not in (None, ""):
+            body[name] = value
+    if event.session.acr or event.session.auth_time:
+        body["session"] = {k: v for k, v in (
+            ("acr", event.session.acr),
+            ("auth_time", format_timestamp(event.session.auth_time) if event.session.auth_time else None))
+            if v is not None}
+    if event.attributes:
+        body["attributes"] = dict(event.attributes)
+    return body
+
+
+def event_from_request(body: dict) -> Event:
+    """Inverse of ``event_to_request`` for already-validated bodies (recorded or generated events)."""
+    session = body.get("session") or {}
+    auth_time = session.get("auth_time")
+    return Event(
+        event_id=body.get("event_id") or new_event_id(),
+        user_id=str(body["user_id"]),
+        action=body["action"],
+        timestamp=parse_timestamp(body["timestamp"]),
+        ip=normalize_ip(body["ip"]),
+        user_agent=body.get("user_agent") or "",
+        device_id=body.get("device_id"),
+        success=bool(body.get("success", True)),
+        amount=float(body["amount"]) if body.get("amount") is not None else None,
+        currency=body.get("currency"),
+        payee_id=body.get("payee_id"),
+        session=SessionInfo(session.get("acr"), parse_timestamp(auth_time) if auth_time else None),
+        attributes=dict(body.get("attributes") or {}),
+    )

@@ -1,0 +1,205 @@
+"""Step 4 of the flow: pure functions of (event, profile, counters) -> named numbers.
+
+``FEATURES`` is the one catalogue: it fixes the column order the model sees,
+the names in ``metadata.json`` and the stable ``reasons[].code`` with its
+human message. The profile is the one from *before* the event.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from string import Formatter
+from typing import Any
+
+from riskengine.enrich import EnrichedEvent, haversine_km
+from riskengine.profiles import DAY, FREEMAN_ATTRIBUTES, HOUR, UserProfile, attribute_values, place_key
+from riskengine.stores.base import GlobalCount, IpActivity
+
+AIRLINER_KMH = 1000.0          # faster than this between two sign-ins is not a journey
+MIN_TRAVEL_S = 60.0            # two events in the same minute: velocity of a minute, not infinity
+LR_ALPHA = 1.0                 # Dirichlet smoothing towards the population (Freeman et al.)
+NEVER_STEPPED_UP_H = 24 * 365.0
+ACTION_SENSITIVITY = {"view_dashboard": 0.0, "login": 1.0, "payment": 3.0, "add_payee": 3.0,
+                      "change_email": 3.0, "change_password": 3.0, "export_data": 3.0}
+UNKNOWN_ACTION_SENSITIVITY = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    name: str
+    code: str
+    message: str
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("km_from_last_success", "geo_distance", "{km:,.0f} km from the last successful sign-in"),
+    Feature("kmh_from_last_success", "geo_velocity", "{kmh:,.0f} km/h since the last successful sign-in {minutes:,.0f} min earlier"),
+    Feature("impossible_travel", "impossible_travel", "{km:,.0f} km from the last sign-in {minutes:,.0f} min earlier"),
+    Feature("unknown_location", "unknown_location", "the address has no known location ({unknown_reason})"),
+    Feature("new_country", "new_country", "country {country} not seen for this user"),
+    Feature("new_city", "new_city", "place {place} not seen for this user"),
+    Feature("new_network", "new_network", "network not seen for this user"),
+    Feature("new_ip", "new_ip", "IP address not seen for this user"),
+    Feature("new_device", "new_device", "device not seen for this user"),
+    Feature("new_browser", "new_browser", "browser {browser} not seen for this user"),
+    Feature("new_os", "new_os", "operating system {os} not seen for this user"),
+    Feature("trusted_device", "trusted_device", "device confirmed by a passed step-up"),
+    Feature("trusted_place", "trusted_place", "place confirmed by a passed step-up"),
+    Feature("devices_30d", "many_devices", "{devices_30d:.0f} distinct devices in the last 30 days"),
+    Feature("amount_log", "amount", "amount of {amount:,.2f}"),
+    Feature("amount_zscore", "unusual_amount", "amount {amount:,.2f} is {amount_zscore:.1f} standard deviations from the user's usual (log scale)"),
+    Feature("first_payment", "first_payment", "first payment for this user"),
+    Feature("new_payee", "new_payee", "payee not seen for this user"),
+    Feature("hour_unusualness", "unusual_time", "unusual time of day for this user ({hour:02d}:00 UTC)"),
+    Feature("failed_logins_15m", "recent_failures", "{failed_logins_15m:.0f} failed logins in the last 15 minutes"),
+    Feature("failed_logins_1h", "recent_failures_1h", "{failed_logins_1h:.0f} failed logins in the last hour"),
+    Feature("ip_failures_1h", "ip_failures", "{ip_failures_1h:.0f} failed logins from this address in the last hour"),
+    Feature("ip_users_1h", "ip_many_users", "{ip_users_1h:.0f} different users from this address in the last hour"),
+    Feature("login_failed", "login_failed", "the primary credential check failed"),
+    Feature("action_sensitivity", "sensitive_action", "sensitive action ({action})"),
+    Feature("hours_since_step_up", "no_recent_step_up", "no passed step-up for {hours_since_step_up:,.0f} hours"),
+    Feature("history_logins", "little_history", "little history for this user ({history_logins:.0f} earlier logins)"),
+    Feature("lr_ip", "rare_ip", "IP address unusual for this user"),
+    Feature("lr_network", "rare_network", "network unusual for this user"),
+    Feature("lr_country", "rare_country", "country unusual for this user"),
+    Feature("lr_user_agent", "rare_user_agent", "User-Agent unusual for this user"),
+    Feature("lr_browser", "rare_browser", "browser unusual for this user"),
+    Feature("lr_os", "rare_os", "operating system unusual for this user"),
+    Feature("lr_device_type", "rare_device_type", "device type unusual for this user"),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Counters from the store that the profile alone does not hold."""
+
+    ip: IpActivity = IpActivity()
+    population: dict[str, GlobalCount] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Signals:
+    """Feature values (``FEATURES`` order) plus the facts their messages quote."""
+
+    values: dict[str, float]
+    facts: dict[str, Any]
+
+    def row(self) -> list[float]:
+        return [self.values[name] for name in FEATURE_NAMES]
+
+    def message(self, name: str) -> str:
+        return _format(BY_NAME[name].message, self.facts)
+
+
+def likelihood_ratio(population: GlobalCount, seen_by_user: float, user_total: float) -> float:
+    """log p(value) / p(value | user), smoothed towards the population (Freeman et al. 2016).
+
+    An unseen value for a user with n observations scores log((n + alpha) / alpha);
+    a user with no history scores 0 (no evidence either way).
+
+    >>> round(likelihood_ratio(GlobalCount(5, 100, 10), 0, 10), 3)   # unseen, 10 logins
+    2.398
+    >>> likelihood_ratio(GlobalCount(5, 100, 10), 0, 0)
+    0.0
+    """
+    p_value = (population.count + 1.0) / (population.total + population.distinct + 1.0)
+    p_user = (seen_by_user + LR_ALPHA * p_value) / (user_total + LR_ALPHA)
+    return math.log(p_value / p_user)
+
+
+def _hour_unusualness(hours: list[float], hour: int) -> float:
+    """-log(24 p(hour | user)) on a circular, smoothed histogram: 0 = as likely as any hour."""
+    n = sum(hours)
+    smoothed = sum(w * hours[(hour + k) % 24] for k, w in ((-2, .25), (-1, .5), (0, 1.), (1, .5), (2, .25)))
+    p = (smoothed / 2.5 + 2.0 / 24) / (n + 2.0)
+    return -math.log(24 * p)
+
+
+def _travel(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]) -> tuple[float, float, float]:
+    last, geo = profile.last_success, enriched.geo
+    if last is None or not geo.has_coordinates:
+        return math.nan, math.nan, 0.0
+    at, lat, lon, accuracy = last
+    km = haversine_km(lat, lon, geo.latitude, geo.longitude)
+    slack_km = max(0.0, km - accuracy - geo.accuracy_km)
+    seconds = max(enriched.event.ts - at, MIN_TRAVEL_S)
+    kmh = slack_km / (seconds / HOUR)
+    facts.update(km=km, kmh=kmh, minutes=seconds / 60)
+    return km, kmh, float(kmh > AIRLINER_KMH)
+
+
+def _amount(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]) -> tuple[float, float, float]:
+    amount = enriched.event.amount
+    if amount is None:
+        return math.nan, math.nan, 0.0
+    x = math.log1p(amount)
+    facts["amount"] = amount
+    if profile.amount_n == 0:
+        return x, math.nan, 1.0
+    spread = max(profile.amount_std, 0.25 if profile.amount_n > 1 else 0.5)
+    z = (x - profile.amount_mean) / spread
+    facts["amount_zscore"] = z
+    return x, z, 0.0
+
+
+def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> Signals:
+    """All signals for one event, from the state before it."""
+    event, geo, ua = enriched.event, enriched.geo, enriched.ua
+    now = event.ts
+    has_history = profile.events > 0
+    facts: dict[str, Any] = {"action": event.action, "country": geo.country, "place": place_key(enriched),
+                             "browser": ua.browser, "os": ua.os, "hour": event.timestamp.hour,
+                             "unknown_reason": geo.unknown_reason}
+    km, kmh, impossible = _travel(enriched, profile, facts)
+    amount_log, amount_z, first_payment = _amount(enriched, profile, facts)
+    novel = lambda table, key: float(has_history and bool(key) and key not in table)  # noqa: E731
+    values: dict[str, float] = {
+        "km_from_last_success": km,
+        "kmh_from_last_success": kmh,
+        "impossible_travel": impossible,
+        "unknown_location": float(not geo.known),
+        "new_country": novel(profile.countries, geo.country),
+        "new_city": novel(profile.cities, place_key(enriched) if geo.city else None),
+        "new_network": novel(profile.networks, geo.network),
+        "new_ip": novel(profile.ips, event.ip),
+        "new_device": novel(profile.devices, event.device_id),
+        "new_browser": novel(profile.browsers, ua.browser),
+        "new_os": novel(profile.oses, ua.os),
+        "trusted_device": float(bool(event.device_id) and profile.is_trusted(f"device:{event.device_id}", 0)),
+        "trusted_place": float(geo.known and profile.is_trusted(f"place:{place_key(enriched)}", 0)),
+        "devices_30d": float(profile.devices_since(now - 30 * DAY)
+                             + (event.device_id is not None and event.device_id not in profile.devices)),
+        "amount_log": amount_log,
+        "amount_zscore": amount_z,
+        "first_payment": first_payment if event.action == "payment" else 0.0,
+        "new_payee": novel(profile.payees, event.payee_id) if event.payee_id else 0.0,
+        "hour_unusualness": _hour_unusualness(profile.hours, event.timestamp.hour) if event.action == "login" else 0.0,
+        "failed_logins_15m": float(profile.failures_since(now - 900)),
+        "failed_logins_1h": float(profile.failures_since(now - HOUR)),
+        "ip_failures_1h": float(context.ip.failures),
+        "ip_users_1h": float(context.ip.distinct_users),
+        "login_failed": float(event.action == "login" and not event.success),
+        "action_sensitivity": ACTION_SENSITIVITY.get(event.action, UNKNOWN_ACTION_SENSITIVITY),
+        "hours_since_step_up": (min((now - profile.last_step_up_at) / HOUR, NEVER_STEPPED_UP_H)
+                                if profile.last_step_up_at is not None else NEVER_STEPPED_UP_H),
+        "history_logins": float(profile.logins),
+    }
+    attrs = attribute_values(enriched)
+    for attribute in FREEMAN_ATTRIBUTES:
+        value = attrs.get(attribute)
+        values[f"lr_{attribute}"] = (
+            likelihood_ratio(context.population.get(attribute, GlobalCount()), profile.seen(attribute, value),
+                             profile.total(attribute)) if value else 0.0)
+    facts.update((k, v) for k, v in values.items() if k not in facts)
+    return Signals(values, facts)
+
+
+def _format(template: str, facts: dict[str, Any]) -> str:
+    """Fill a message; a fact that is missing or NaN leaves the plain message instead of failing."""
+    names = [name for _, name, _, _ in Formatter().parse(template) if name]
+    if all(facts.get(n) is not None and not (isinstance(facts[n], float) and math.isnan(facts[n])) for n in names):
+        return template.format(**facts)
+    return template.split("{")[0].strip().rstrip("(") or template

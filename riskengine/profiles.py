@@ -1,0 +1,198 @@
+"""Step 3 of the flow: a user's bounded history, and how one event updates it.
+
+Pure data and pure functions, no I/O: the stores persist ``UserProfile`` as
+JSON, the features read it, and ``learned`` / ``failed`` / ``trusted`` return
+an updated copy so an event never feeds its own features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from riskengine.enrich import EnrichedEvent
+
+DAY = 86400.0
+HOUR = 3600.0
+
+#: attribute name -> how many values a profile remembers (least recently seen go first)
+CAPS: dict[str, int] = {
+    "ips": 64, "networks": 32, "countries": 16, "cities": 32, "devices": 16,
+    "user_agents": 16, "browsers": 8, "oses": 8, "device_types": 4, "payees": 64,
+}
+#: the attributes Freeman et al.'s likelihood ratios are computed over
+FREEMAN_ATTRIBUTES = ("ip", "network", "country", "user_agent", "browser", "os", "device_type")
+_FREEMAN_FIELDS = {"ip": "ips", "network": "networks", "country": "countries",
+                   "user_agent": "user_agents", "browser": "browsers", "os": "oses",
+                   "device_type": "device_types"}
+MAX_FAILURES = 50
+MAX_TRUSTED = 32
+
+
+def attribute_values(enriched: EnrichedEvent) -> dict[str, str]:
+    """The Freeman attributes of one event (missing ones are left out)."""
+    event, geo, ua = enriched.event, enriched.geo, enriched.ua
+    values = {"ip": event.ip, "network": geo.network, "country": geo.country or ""}
+    if event.user_agent:                  # no header: nothing to say about browser or OS
+        values.update(user_agent=event.user_agent, browser=ua.browser, os=ua.os, device_type=ua.device_type)
+    return {k: v for k, v in values.items() if v}
+
+
+def place_key(enriched: EnrichedEvent) -> str:
+    geo = enriched.geo
+    return f"{geo.country or '?'}/{geo.city or '?'}"
+
+
+@dataclass
+class UserProfile:
+    """What the signals need about one user; every map holds ``value -> [count, last_at]``."""
+
+    user_id: str
+    version: int = 0
+    events: int = 0
+    logins: int = 0
+    first_at: float | None = None
+    last_at: float | None = None
+    ips: dict[str, list[float]] = field(default_factory=dict)
+    networks: dict[str, list[float]] = field(default_factory=dict)
+    countries: dict[str, list[float]] = field(default_factory=dict)
+    cities: dict[str, list[float]] = field(default_factory=dict)
+    devices: dict[str, list[float]] = field(default_factory=dict)
+    user_agents: dict[str, list[float]] = field(default_factory=dict)
+    browsers: dict[str, list[float]] = field(default_factory=dict)
+    oses: dict[str, list[float]] = field(default_factory=dict)
+    device_types: dict[str, list[float]] = field(default_factory=dict)
+    payees: dict[str, list[float]] = field(default_factory=dict)
+    #: last successful event: at, latitude, longitude, accuracy_km
+    last_success: list[float] | None = None
+    #: successful logins by UTC hour of day
+    hours: list[float] = field(default_factory=lambda: [0.0] * 24)
+    #: Welford running statistics of log1p(amount)
+    amount_n: int = 0
+    amount_mean: float = 0.0
+    amount_m2: float = 0.0
+    failures: list[float] = field(default_factory=list)
+    #: "device:<id>" or "place:<country>/<city>" -> when a step-up was passed there
+    trusted: dict[str, float] = field(default_factory=dict)
+    last_step_up_at: float | None = None
+
+    # -- persistence -------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "UserProfile":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def copy(self) -> "UserProfile":
+        """Shallow-copy every map: updates replace ``[count, last_at]`` lists, never mutate them."""
+        clone = UserProfile(**{f.name: getattr(self, f.name) for f in fields(self)})
+        for name in CAPS:
+            setattr(clone, name, dict(getattr(self, name)))
+        clone.hours = list(self.hours)
+        clone.failures = list(self.failures)
+        clone.trusted = dict(self.trusted)
+        return clone
+
+    # -- reads used by the features ---------------------------------------
+    def seen(self, attribute: str, value: str) -> float:
+        """How often ``value`` of a Freeman attribute was seen (0 when never)."""
+        entry = getattr(self, _FREEMAN_FIELDS[attribute]).get(value)
+        return entry[0] if entry else 0.0
+
+    def total(self, attribute: str) -> float:
+        return sum(entry[0] for entry in getattr(self, _FREEMAN_FIELDS[attribute]).values())
+
+    def devices_since(self, since: float) -> int:
+        return sum(1 for _, last in self.devices.values() if last >= since)
+
+    def failures_since(self, since: float) -> int:
+        return sum(1 for at in self.failures if at >= since)
+
+    @property
+    def amount_std(self) -> float:
+        return math.sqrt(self.amount_m2 / (self.amount_n - 1)) if self.amount_n > 1 else 0.0
+
+    def is_trusted(self, key: str, since: float) -> bool:
+        at = self.trusted.get(key)
+        return at is not None and at >= since
+
+
+# -- updates: each returns a new profile -------------------------------------
+
+def _bump(table: dict[str, list[float]], key: str | None, at: float, cap: int) -> None:
+    if not key:
+        return
+    count = table[key][0] if key in table else 0.0
+    table[key] = [count + 1, at]
+    if len(table) > cap:
+        oldest = min(table, key=lambda k: table[k][1])
+        del table[oldest]
+
+
+def _prune(profile: UserProfile, now: float, retention_s: float) -> None:
+    """Forget what is older than the retention window, measured in event time."""
+    horizon = now - retention_s
+    for name in CAPS:
+        table = getattr(profile, name)
+        for key in [k for k, (_, last) in table.items() if last < horizon]:
+            del table[key]
+    profile.failures = [at for at in profile.failures if at >= now - DAY][-MAX_FAILURES:]
+    profile.trusted = {k: at for k, at in profile.trusted.items() if at >= horizon}
+    if profile.last_success is not None and profile.last_success[0] < horizon:
+        profile.last_success = None
+
+
+def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float) -> UserProfile:
+    """The profile after a successful, accepted event: the user really was here, on this."""
+    event, geo, ua = enriched.event, enriched.geo, enriched.ua
+    at = event.ts
+    new = profile.copy()
+    new.events += 1
+    new.first_at = at if new.first_at is None else min(new.first_at, at)
+    new.last_at = at if new.last_at is None else max(new.last_at, at)
+    for attribute, value in attribute_values(enriched).items():
+        _bump(getattr(new, _FREEMAN_FIELDS[attribute]), value, at, CAPS[_FREEMAN_FIELDS[attribute]])
+    _bump(new.cities, place_key(enriched) if geo.city else None, at, CAPS["cities"])
+    _bump(new.devices, event.device_id, at, CAPS["devices"])
+    if event.action == "login":
+        new.logins += 1
+        new.hours[event.timestamp.hour] += 1
+    if event.payee_id and event.action in ("payment", "add_payee"):
+        _bump(new.payees, event.payee_id, at, CAPS["payees"])
+    if event.amount is not None and event.amount > 0:
+        x = math.log1p(event.amount)
+        new.amount_n += 1
+        delta = x - new.amount_mean
+        new.amount_mean += delta / new.amount_n
+        new.amount_m2 += delta * (x - new.amount_mean)
+    if geo.has_coordinates and (new.last_success is None or at >= new.last_success[0]):
+        new.last_success = [at, geo.latitude, geo.longitude, geo.accuracy_km]
+    _prune(new, at, retention_s)
+    return new
+
+
+def failed(profile: UserProfile, enriched: EnrichedEvent, retention_s: float) -> UserProfile:
+    """The profile after a failed login: only the failure is remembered."""
+    new = profile.copy()
+    new.failures.append(enriched.event.ts)
+    _prune(new, enriched.event.ts, retention_s)
+    return new
+
+
+def trusted(profile: UserProfile, enriched: EnrichedEvent, at: float) -> UserProfile:
+    """After a passed step-up: this device and this place are the user's."""
+    new = profile.copy()
+    if enriched.event.device_id:
+        new.trusted[f"device:{enriched.event.device_id}"] = at
+    if enriched.geo.known:
+        new.trusted[f"place:{place_key(enriched)}"] = at
+    if len(new.trusted) > MAX_TRUSTED:
+        for key in sorted(new.trusted, key=new.trusted.__getitem__)[: len(new.trusted) - MAX_TRUSTED]:
+            del new.trusted[key]
+    new.last_step_up_at = at if new.last_step_up_at is None else max(new.last_step_up_at, at)
+    return new

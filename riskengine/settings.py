@@ -1,0 +1,32 @@
+"""Settings from the environment (``RISKENGINE_*``); passed explicitly, never a global."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKENGINE_", extra="ignore")
+
+    home: Path = Path(".")
+    store: str = "sqlite"                       # sqlite | sqlite:///PATH | memory:// | redis://HOST:PORT/DB
+    api_keys: SecretStr = SecretStr("")         # "client:key,client2:key2" (a str: env dicts parse as JSON)
+    api_keys_file: Path | None = None           # one client:key per line
+    geoip_city_db: Path | None = None
+    geoip_asn_db: Path | None = None
+    policy: Path | None = None
+    retention_days: float = 180.0
+    sqlite_synchronous: str = "FULL"            # FULL: a 200 survives power loss, not just a crash
+    max_body_bytes: int = 64 * 1024
+    pseudonym_key_file: Path | None = None      # default: <home>/var/pseudonym.key
+
+    @property
+    def var(self) -> Path:
+        return self.home / "var"
+
+    @property
+    def models(self) -> Path:
+        return self.home / "models"

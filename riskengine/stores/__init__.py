@@ -1,0 +1,28 @@
+"""Profile stores: one interface (base.py), three homes for the state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from riskengine.stores.base import (Commit, Conflict, DuplicateEvent, GlobalCount, IpActivity,
+                                    ProfileStore, StoredEvent, StoreUnavailable)
+from riskengine.stores.memory import MemoryStore
+from riskengine.stores.sqlite import SQLiteStore
+
+__all__ = ["Commit", "Conflict", "DuplicateEvent", "GlobalCount", "IpActivity", "MemoryStore",
+           "ProfileStore", "SQLiteStore", "StoreUnavailable", "StoredEvent", "open_store"]
+
+
+def open_store(url: str, home: Path | None = None, **options) -> ProfileStore:
+    """``memory://``, ``sqlite`` (file under home), ``sqlite:///path`` or ``redis://...``."""
+    if url.startswith("memory"):
+        return MemoryStore()
+    if url == "sqlite":
+        return SQLiteStore((home or Path(".")) / "var" / "profiles.db", **options)
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")), **options)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from riskengine.stores.redis import RedisStore
+
+        return RedisStore(url, **options)
+    raise ValueError(f"RISKENGINE_STORE: unknown store {url!r}; use sqlite, sqlite:///PATH, memory:// or redis://HOST:PORT/DB")

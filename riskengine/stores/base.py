@@ -1,0 +1,88 @@
+"""The profile-store interface every implementation (memory, SQLite, Redis) honours.
+
+One ``commit`` writes a user's new profile, the per-IP and global counters, the
+recorded event and its audit record together, or nothing: a 200 implies all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
+
+from riskengine.audit import AuditRow
+from riskengine.profiles import UserProfile
+
+IP_WINDOW_S = 3600.0
+
+
+class Conflict(Exception):
+    """Another writer updated this user first; the caller recomputes and retries."""
+
+
+class DuplicateEvent(Exception):
+    """The event id was recorded by a concurrent request; answer with the stored decision."""
+
+
+class StoreUnavailable(Exception):
+    """The backing store cannot be reached; the service answers 503, never a guess."""
+
+
+@dataclass(frozen=True, slots=True)
+class IpActivity:
+    failures: int = 0
+    distinct_users: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalCount:
+    """Population statistics for one Freeman attribute value: p(value) needs all three."""
+
+    count: float = 0.0
+    total: float = 0.0
+    distinct: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: str
+    user_id: str
+    at: float
+    request: dict[str, Any]
+    decision: dict[str, Any]
+    features: dict[str, float]
+    outcome: str | None = None
+
+
+@dataclass(slots=True)
+class Commit:
+    """Everything one scored event changes; ``profile=None`` leaves the profile as it was."""
+
+    user_id: str
+    expected_version: int
+    profile: UserProfile | None
+    ip: str
+    user_key: str                 # keyed hash of the user id: per-IP distinct-user counting
+    at: float
+    success: bool
+    learned_values: dict[str, str] = field(default_factory=dict)
+    event: StoredEvent | None = None
+    audit: dict[str, Any] | None = None
+
+
+class ProfileStore(Protocol):
+    def get(self, user_id: str) -> UserProfile: ...
+    def ip_activity(self, ip: str, at: float) -> IpActivity: ...
+    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]: ...
+    def find_event(self, event_id: str) -> StoredEvent | None: ...
+    def commit(self, change: Commit) -> None: ...
+    def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
+                       learned_values: dict[str, str], audit: dict[str, Any] | None) -> None: ...
+    def record_outcome(self, event_id: str, outcome: str, audit: dict[str, Any]) -> bool: ...
+    def append_audit(self, audit: dict[str, Any]) -> None: ...
+    def erase_user(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool: ...
+    def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None: ...
+    def labelled_events(self) -> Iterator[StoredEvent]: ...
+    def audit_rows(self) -> Iterator[AuditRow]: ...
+    def ping(self) -> None: ...
+    def clear(self) -> None: ...
+    def close(self) -> None: ...

@@ -1,0 +1,137 @@
+"""In-memory store: training replays and pure-logic tests, same semantics as SQLite."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict, deque
+from typing import Any, Iterator
+
+from riskengine.audit import GENESIS, AuditRow, canonical, seal
+from riskengine.profiles import UserProfile
+from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, DuplicateEvent, GlobalCount,
+                                    IpActivity, StoredEvent)
+
+
+class MemoryStore:
+    """Dicts behind one lock. ``keep_events=False`` skips recording, for large backfills."""
+
+    def __init__(self, keep_events: bool = True, keep_audit: bool = True, chain: str = "main") -> None:
+        self.keep_events, self.keep_audit, self.chain = keep_events, keep_audit, chain
+        self._lock = threading.RLock()
+        self.clear()
+
+    def clear(self) -> None:
+        self._profiles: dict[str, UserProfile] = {}
+        self._ips: dict[str, deque[tuple[float, str, bool]]] = defaultdict(deque)
+        self._counts: dict[tuple[str, str], float] = defaultdict(float)
+        self._totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self._events: dict[str, StoredEvent] = {}
+        self._secrets: dict[str, bytes] = {}
+        self._audit: list[AuditRow] = []
+
+    def get(self, user_id: str) -> UserProfile:
+        with self._lock:
+            return self._profiles.get(user_id) or UserProfile(user_id=user_id)
+
+    def ip_activity(self, ip: str, at: float) -> IpActivity:
+        with self._lock:
+            recent = [(t, u, ok) for t, u, ok in self._ips.get(ip, ()) if at - IP_WINDOW_S < t <= at]
+        return IpActivity(sum(1 for _, _, ok in recent if not ok), len({u for _, u, _ in recent}))
+
+    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
+        with self._lock:
+            return {a: GlobalCount(self._counts.get((a, v), 0.0), *self._totals.get(a, (0.0, 0.0)))
+                    for a, v in values.items()}
+
+    def find_event(self, event_id: str) -> StoredEvent | None:
+        return self._events.get(event_id)
+
+    def labelled_events(self) -> Iterator[StoredEvent]:
+        yield from sorted(self._events.values(), key=lambda e: e.at)
+
+    def audit_rows(self) -> Iterator[AuditRow]:
+        yield from self._audit
+
+    def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
+        with self._lock:
+            if create and user_key not in self._secrets:
+                self._secrets[user_key] = os.urandom(32)
+            return self._secrets.get(user_key)
+
+    def commit(self, change: Commit) -> None:
+        with self._lock:
+            if change.event is not None and change.event.event_id in self._events:
+                raise DuplicateEvent(change.event.event_id)
+            if change.profile is not None:
+                self._put_profile(change.user_id, change.expected_version, change.profile)
+                self._count(change.learned_values)
+            window = self._ips[change.ip]
+            window.append((change.at, change.user_key, change.success))
+            while window and window[0][0] < change.at - 2 * IP_WINDOW_S:
+                window.popleft()
+            if change.event is not None and self.keep_events:
+                self._events[change.event.event_id] = change.event
+            if change.audit is not None:
+                self._append(change.audit)
+
+    def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
+                       learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
+        with self._lock:
+            self._put_profile(user_id, expected_version, profile)
+            self._count(learned_values)
+            if audit is not None:
+                self._append(audit)
+
+    def record_outcome(self, event_id: str, outcome: str, audit: dict[str, Any]) -> bool:
+        with self._lock:
+            stored = self._events.get(event_id)
+            if stored is None:
+                return False
+            self._events[event_id] = StoredEvent(stored.event_id, stored.user_id, stored.at, stored.request,
+                                                 stored.decision, stored.features, outcome)
+            self._append(audit)
+            return True
+
+    def append_audit(self, audit: dict[str, Any]) -> None:
+        with self._lock:
+            self._append(audit)
+
+    def erase_user(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
+        with self._lock:
+            found = self._profiles.pop(user_id, None) is not None
+            found |= self._secrets.pop(user_key, None) is not None
+            for event_id in [k for k, e in self._events.items() if e.user_id == user_id]:
+                del self._events[event_id]
+                found = True
+            for ip, window in self._ips.items():
+                self._ips[ip] = deque(w for w in window if w[1] != user_key)
+            self._append(audit)
+            return found
+
+    def _put_profile(self, user_id: str, expected: int, profile: UserProfile) -> None:
+        current = self._profiles.get(user_id)
+        if (current.version if current else 0) != expected:
+            raise Conflict(user_id)
+        profile.version = expected + 1
+        self._profiles[user_id] = profile
+
+    def _count(self, values: dict[str, str]) -> None:
+        for attribute, value in values.items():
+            self._counts[(attribute, value)] += 1
+            totals = self._totals[attribute]
+            totals[0] += 1
+            totals[1] += self._counts[(attribute, value)] == 1
+
+    def _append(self, body: dict[str, Any]) -> None:
+        if not self.keep_audit:
+            return
+        prev = self._audit[-1].hash if self._audit else GENESIS
+        sealed = {**body, "chain": self.chain, "seq": len(self._audit) + 1}
+        self._audit.append(AuditRow(self.chain, len(self._audit) + 1, canonical(sealed), prev, seal(prev, sealed)))
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,242 @@
+"""The embedded default store: one SQLite file under RISKENGINE_HOME, WAL mode.
+
+``BEGIN IMMEDIATE`` serialises writers across threads and processes, and the
+profile row's version column turns a lost update into a ``Conflict`` to retry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from riskengine.audit import GENESIS, AuditRow, canonical, seal
+from riskengine.profiles import UserProfile
+from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, DuplicateEvent, GlobalCount,
+                                    IpActivity, StoredEvent, StoreUnavailable)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ip_events (ip TEXT NOT NULL, user_key TEXT NOT NULL, at REAL NOT NULL, success INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ip_events_ip_at ON ip_events (ip, at);
+CREATE INDEX IF NOT EXISTS ip_events_user ON ip_events (user_key);
+CREATE TABLE IF NOT EXISTS global_counts (attribute TEXT NOT NULL, value TEXT NOT NULL, count REAL NOT NULL,
+    PRIMARY KEY (attribute, value)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS global_totals (attribute TEXT PRIMARY KEY, total REAL NOT NULL, distinct_values REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, at REAL NOT NULL,
+    request TEXT NOT NULL, decision TEXT NOT NULL, features TEXT NOT NULL, outcome TEXT);
+CREATE INDEX IF NOT EXISTS events_user ON events (user_id);
+CREATE TABLE IF NOT EXISTS user_secrets (user_key TEXT PRIMARY KEY, secret BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (chain TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (chain, seq)) WITHOUT ROWID;
+"""
+_PRUNE_EVERY = 512
+
+
+class SQLiteStore:
+    """Thread-safe: one connection per thread, transactions short and immediate."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL", chain: str = "main") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self.chain = chain
+        self._local = threading.local()
+        self._commits = 0
+        with self._tx() as db:
+            db.executescript(_SCHEMA)
+
+    # -- connection handling ----------------------------------------------
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={self.synchronous}")
+                db.execute("PRAGMA busy_timeout=30000")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot open SQLite store {self.path.name}: {exc}") from exc
+            self._local.db = db
+        return db
+
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self._db())
+
+    # -- reads --------------------------------------------------------------
+    def get(self, user_id: str) -> UserProfile:
+        row = self._db().execute("SELECT version, data FROM profiles WHERE user_id=?", (user_id,)).fetchone()
+        if row is None:
+            return UserProfile(user_id=user_id)
+        profile = UserProfile.from_json(row[1])
+        profile.version = row[0]
+        return profile
+
+    def ip_activity(self, ip: str, at: float) -> IpActivity:
+        failures, users = self._db().execute(
+            "SELECT COALESCE(SUM(success=0),0), COUNT(DISTINCT user_key) FROM ip_events "
+            "WHERE ip=? AND at>? AND at<=?", (ip, at - IP_WINDOW_S, at)).fetchone()
+        return IpActivity(int(failures), int(users))
+
+    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
+        db = self._db()
+        totals = {a: (t, d) for a, t, d in db.execute("SELECT attribute, total, distinct_values FROM global_totals")}
+        result = {}
+        for attribute, value in values.items():
+            row = db.execute("SELECT count FROM global_counts WHERE attribute=? AND value=?",
+                             (attribute, value)).fetchone()
+            total, distinct = totals.get(attribute, (0.0, 0.0))
+            result[attribute] = GlobalCount(row[0] if row else 0.0, total, distinct)
+        return result
+
+    def find_event(self, event_id: str) -> StoredEvent | None:
+        row = self._db().execute("SELECT event_id, user_id, at, request, decision, features, outcome "
+                                 "FROM events WHERE event_id=?", (event_id,)).fetchone()
+        return _stored(row) if row else None
+
+    def labelled_events(self) -> Iterator[StoredEvent]:
+        rows = self._db().execute("SELECT event_id, user_id, at, request, decision, features, outcome "
+                                  "FROM events ORDER BY at")
+        for row in rows:
+            yield _stored(row)
+
+    def audit_rows(self) -> Iterator[AuditRow]:
+        for chain, seq, body, prev, digest in self._db().execute(
+                "SELECT chain, seq, body, prev_hash, hash FROM audit ORDER BY chain, seq"):
+            yield AuditRow(chain, seq, body, prev, digest)
+
+    def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
+        db = self._db()
+        row = db.execute("SELECT secret FROM user_secrets WHERE user_key=?", (user_key,)).fetchone()
+        if row is not None or not create:
+            return row[0] if row else None
+        with self._tx() as tx:
+            tx.execute("INSERT OR IGNORE INTO user_secrets VALUES (?, ?)", (user_key, os.urandom(32)))
+            return tx.execute("SELECT secret FROM user_secrets WHERE user_key=?", (user_key,)).fetchone()[0]
+
+    # -- writes -------------------------------------------------------------
+    def commit(self, change: Commit) -> None:
+        with self._tx() as db:
+            if change.event is not None and db.execute(
+                    "SELECT 1 FROM events WHERE event_id=?", (change.event.event_id,)).fetchone():
+                raise DuplicateEvent(change.event.event_id)
+            if change.profile is not None:
+                self._put_profile(db, change.user_id, change.expected_version, change.profile)
+                self._count(db, change.learned_values)
+            db.execute("INSERT INTO ip_events VALUES (?, ?, ?, ?)",
+                       (change.ip, change.user_key, change.at, int(change.success)))
+            if change.event is not None:
+                e = change.event
+                db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                           (e.event_id, e.user_id, e.at, json.dumps(e.request), json.dumps(e.decision),
+                            json.dumps(e.features)))
+            if change.audit is not None:
+                self._append(db, change.audit)
+            self._commits += 1
+            if self._commits % _PRUNE_EVERY == 0:
+                db.execute("DELETE FROM ip_events WHERE at < ?", (change.at - 2 * IP_WINDOW_S,))
+
+    def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
+                       learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
+        with self._tx() as db:
+            self._put_profile(db, user_id, expected_version, profile)
+            self._count(db, learned_values)
+            if audit is not None:
+                self._append(db, audit)
+
+    def record_outcome(self, event_id: str, outcome: str, audit: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            if db.execute("UPDATE events SET outcome=? WHERE event_id=?", (outcome, event_id)).rowcount == 0:
+                return False
+            self._append(db, audit)
+            return True
+
+    def append_audit(self, audit: dict[str, Any]) -> None:
+        with self._tx() as db:
+            self._append(db, audit)
+
+    def erase_user(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            found = db.execute("DELETE FROM profiles WHERE user_id=?", (user_id,)).rowcount
+            found += db.execute("DELETE FROM events WHERE user_id=?", (user_id,)).rowcount
+            found += db.execute("DELETE FROM user_secrets WHERE user_key=?", (user_key,)).rowcount
+            db.execute("DELETE FROM ip_events WHERE user_key=?", (user_key,))
+            self._append(db, audit)
+            return found > 0
+
+    def _put_profile(self, db: sqlite3.Connection, user_id: str, expected: int, profile: UserProfile) -> None:
+        profile.version = expected + 1
+        if expected == 0:
+            cursor = db.execute("INSERT OR IGNORE INTO profiles VALUES (?, ?, ?)",
+                                (user_id, profile.version, profile.to_json()))
+        else:
+            cursor = db.execute("UPDATE profiles SET version=?, data=? WHERE user_id=? AND version=?",
+                                (profile.version, profile.to_json(), user_id, expected))
+        if cursor.rowcount != 1:
+            raise Conflict(user_id)
+
+    @staticmethod
+    def _count(db: sqlite3.Connection, values: dict[str, str]) -> None:
+        for attribute, value in values.items():
+            (count,) = db.execute(
+                "INSERT INTO global_counts VALUES (?, ?, 1) ON CONFLICT(attribute, value) "
+                "DO UPDATE SET count=count+1 RETURNING count", (attribute, value)).fetchone()
+            db.execute("INSERT INTO global_totals VALUES (?, 1, 1) ON CONFLICT(attribute) DO UPDATE SET "
+                       "total=total+1, distinct_values=distinct_values+?", (attribute, int(count == 1)))
+
+    def _append(self, db: sqlite3.Connection, body: dict[str, Any]) -> None:
+        row = db.execute("SELECT seq, hash FROM audit WHERE chain=? ORDER BY seq DESC LIMIT 1",
+                         (self.chain,)).fetchone()
+        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+        sealed = {**body, "chain": self.chain, "seq": seq}
+        db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)",
+                   (self.chain, seq, canonical(sealed), prev, seal(prev, sealed)))
+
+    # -- housekeeping -------------------------------------------------------
+    def ping(self) -> None:
+        self._db().execute("SELECT 1").fetchone()
+
+    def clear(self) -> None:
+        with self._tx() as db:
+            for table in ("profiles", "ip_events", "global_counts", "global_totals", "events",
+                          "user_secrets", "audit"):
+                db.execute(f"DELETE FROM {table}")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``: the write lock is taken up front, so no upgrade deadlocks."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite store busy or unavailable: {exc}") from exc
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error as error:
+                self.db.execute("ROLLBACK")
+                raise StoreUnavailable(f"SQLite commit failed: {error}") from error
+        else:
+            self.db.execute("ROLLBACK")
+
+
+def _stored(row: tuple) -> StoredEvent:
+    event_id, user_id, at, request, decision, features, outcome = row
+    return StoredEvent(event_id, user_id, at, json.loads(request), json.loads(decision),
+                       json.loads(features), outcome)
