@@ -51,7 +51,7 @@ class StatisticalScorer:
         """Each signal's contribution to the score, in log-likelihood-ratio units."""
         evidence = {_NOVELTY.get(a, f"lr_{a}") if v.get(_NOVELTY.get(a, "")) else f"lr_{a}": max(0.0, v[f"lr_{a}"])
                     for a in FREEMAN_ATTRIBUTES}
-        evidence["new_device"] = 1.5 * v["new_device"]
+        evidence["new_device"] = 3.0 * v["new_device"]
         evidence["impossible_travel"] = 8.0 * v["impossible_travel"]
         z = v["amount_zscore"]
         evidence["amount_zscore"] = 1.5 * max(0.0, z - 2.0) if not math.isnan(z) else 0.0

@@ -50,8 +50,8 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [{"field": _field(e["loc"]), "message": e["msg"].removeprefix("Value error, "), "type": e["type"]}
-              for e in exc.errors()]
+    errors = [{"field": "body" if e["type"] == "json_invalid" else _field(e["loc"]),
+               "message": e["msg"].removeprefix("Value error, "), "type": e["type"]} for e in exc.errors()]
     status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
     return JSONResponse({"detail": errors}, status_code=status)
 

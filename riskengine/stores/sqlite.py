@@ -46,8 +46,7 @@ class SQLiteStore:
         self.chain = chain
         self._local = threading.local()
         self._commits = 0
-        with self._tx() as db:
-            db.executescript(_SCHEMA)
+        self._db().executescript(_SCHEMA)     # executescript manages its own transaction
 
     # -- connection handling ----------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -230,9 +229,10 @@ class _Transaction:
             try:
                 self.db.execute("COMMIT")
             except sqlite3.Error as error:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise StoreUnavailable(f"SQLite commit failed: {error}") from error
-        else:
+        elif self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
 

@@ -1,0 +1,125 @@
+"""Each signal against a hand-computed expectation."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+import pytest
+
+from riskengine import profiles
+from riskengine.features import FEATURE_NAMES, Context, extract, likelihood_ratio
+from riskengine.stores.base import GlobalCount, IpActivity
+from tests.conftest import BOMLO_IP, OSLO_IP, SAFARI_IPHONE, SYDNEY_IP, T0, US_IP, event
+
+RETENTION = 180 * profiles.DAY
+
+
+def history(enricher, events):
+    profile = profiles.UserProfile("alice")
+    for e in events:
+        profile = profiles.learned(profile, enricher.enrich(e), RETENTION)
+    return profile
+
+
+def signals(enricher, e, profile, context=Context()):
+    return extract(enricher.enrich(e), profile, context).values
+
+
+def test_oslo_then_sydney_30_minutes_later_is_impossible_travel(enricher):
+    profile = history(enricher, [event(0, ip=OSLO_IP)])
+    v = signals(enricher, event(1, ip=SYDNEY_IP, at=T0 + timedelta(minutes=30)), profile)
+    assert v["impossible_travel"] == 1.0
+    assert 15_900 < v["km_from_last_success"] < 16_000          # Oslo -> Melbourne area
+    # slack: Sydney's 1,000 km accuracy radius is subtracted before dividing by half an hour
+    assert v["kmh_from_last_success"] == pytest.approx((v["km_from_last_success"] - 1 - 1000) * 2, rel=1e-6)
+
+
+def test_same_city_a_day_later_is_not_impossible_travel(enricher):
+    profile = history(enricher, [event(0)])
+    v = signals(enricher, event(1, at=T0 + timedelta(days=1)), profile)
+    assert v["impossible_travel"] == 0.0 and v["km_from_last_success"] == 0.0
+
+
+def test_oslo_to_bomlo_by_plane_is_plausible_but_not_in_one_minute(enricher):
+    profile = history(enricher, [event(0, ip=OSLO_IP)])
+    two_hours = signals(enricher, event(1, ip=BOMLO_IP, at=T0 + timedelta(hours=2)), profile)
+    one_minute = signals(enricher, event(2, ip=BOMLO_IP, at=T0 + timedelta(minutes=1)), profile)
+    assert two_hours["impossible_travel"] == 0.0
+    assert one_minute["impossible_travel"] == 1.0
+
+
+def test_novelty_signals_need_history_and_compare_with_it(enricher):
+    empty = profiles.UserProfile("alice")
+    first = signals(enricher, event(0), empty)
+    assert first["new_country"] == first["new_device"] == first["new_ip"] == 0.0   # cold start: no evidence
+    assert first["history_logins"] == 0.0
+    profile = history(enricher, [event(i, at=T0 + timedelta(days=i)) for i in range(3)])
+    later = signals(enricher, event(9, ip=US_IP, ua=SAFARI_IPHONE, device="phone-9",
+                                    at=T0 + timedelta(days=4)), profile)
+    assert later["new_country"] == later["new_network"] == later["new_ip"] == later["new_device"] == 1.0
+    assert later["new_browser"] == later["new_os"] == 1.0
+    assert later["history_logins"] == 3.0
+    same = signals(enricher, event(10, at=T0 + timedelta(days=4)), profile)
+    assert same["new_country"] == same["new_device"] == same["new_browser"] == 0.0
+
+
+def test_freeman_likelihood_ratio_by_hand():
+    population = GlobalCount(count=9, total=90, distinct=9)      # p(v) = 10 / 100
+    # user saw the value 4 times out of 8: p(v|u) = (4 + 0.1) / 9
+    assert likelihood_ratio(population, 4, 8) == pytest.approx(math.log(0.1 / (4.1 / 9)))
+    # never seen in 8: p(v|u) = 0.1 / 9 -> ratio 9
+    assert likelihood_ratio(population, 0, 8) == pytest.approx(math.log(9))
+    # the same unseen value is more suspicious for a user with a longer history
+    assert likelihood_ratio(population, 0, 100) > likelihood_ratio(population, 0, 8)
+
+
+def test_amount_zscore_first_payment_and_new_payee(enricher):
+    pays = [event(i, action="payment", amount=20.0 + i, payee_id="landlord", at=T0 + timedelta(days=i))
+            for i in range(6)]
+    profile = history(enricher, pays)
+    mean = sum(math.log1p(20.0 + i) for i in range(6)) / 6
+    big = signals(enricher, event(9, action="payment", amount=1000.0, payee_id="stranger",
+                                  at=T0 + timedelta(days=7)), profile)
+    assert big["amount_zscore"] == pytest.approx((math.log1p(1000) - mean) / 0.25)   # spread floor 0.25
+    assert big["new_payee"] == 1.0 and big["first_payment"] == 0.0
+    usual = signals(enricher, event(10, action="payment", amount=22.0, payee_id="landlord",
+                                    at=T0 + timedelta(days=7)), profile)
+    assert abs(usual["amount_zscore"]) < 1 and usual["new_payee"] == 0.0
+    first = signals(enricher, event(0, action="payment", amount=5.0, payee_id="x"), profiles.UserProfile("bob"))
+    assert first["first_payment"] == 1.0 and math.isnan(first["amount_zscore"])
+
+
+def test_time_of_day_against_the_users_own_hours(enricher):
+    profile = history(enricher, [event(i, at=T0 + timedelta(days=i)) for i in range(20)])   # always 08:00
+    usual = signals(enricher, event(30, at=T0 + timedelta(days=30)), profile)
+    night = signals(enricher, event(31, at=T0 + timedelta(days=30, hours=12)), profile)
+    assert usual["hour_unusualness"] < 0 < night["hour_unusualness"]
+    # 20 logins at 08:00, none at 20:00: p = (0 + 2/24) / 22 -> -log(24 p)
+    assert night["hour_unusualness"] == pytest.approx(-math.log(24 * (2 / 24) / 22))
+
+
+def test_failures_and_per_ip_counters(enricher):
+    profile = profiles.UserProfile("alice")
+    for minutes in (0, 10, 50):
+        profile = profiles.failed(profile, enricher.enrich(event(minutes, success=False,
+                                                               at=T0 + timedelta(minutes=minutes))), RETENTION)
+    v = signals(enricher, event(99, at=T0 + timedelta(minutes=55)), profile,
+                Context(ip=IpActivity(failures=40, distinct_users=25)))
+    assert v["failed_logins_15m"] == 1.0 and v["failed_logins_1h"] == 3.0
+    assert v["ip_failures_1h"] == 40.0 and v["ip_users_1h"] == 25.0
+
+
+def test_profile_is_bounded_and_pruned_by_event_time(enricher):
+    events = [event(i, device=f"d{i}", at=T0 + timedelta(hours=i)) for i in range(40)]
+    profile = history(enricher, events)
+    assert len(profile.devices) == profiles.CAPS["devices"]
+    assert "d39" in profile.devices and "d0" not in profile.devices     # least recently seen went first
+    later = profiles.learned(profile, enricher.enrich(event(50, device="new", at=T0 + timedelta(days=200))),
+                             RETENTION)
+    assert list(later.devices) == ["new"]                                  # 180-day retention, event time
+
+
+def test_features_come_in_catalogue_order(enricher):
+    s = extract(enricher.enrich(event(0)), profiles.UserProfile("alice"), Context())
+    assert list(s.values) == list(FEATURE_NAMES)[: len(s.values)] and len(s.row()) == len(FEATURE_NAMES)
