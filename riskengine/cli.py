@@ -1,10 +1,11 @@
-"""The ``riskengine`` command: serve | generate | train | evaluate | audit verify."""
+"""The ``riskengine`` command: serve | generate | train | models | evaluate | audit."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from riskengine.settings import Settings
@@ -16,9 +17,108 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.api import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.bootstrap_model:
+        _bootstrap(settings)
     app = create_app(settings)
     # access_log off: its lines carry client IPs and raw paths (DELETE /users/<id>)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
+    return 0
+
+
+def _bootstrap(settings: Settings) -> None:
+    """A fresh home gets a first model trained on generated data, so one command gives a real service."""
+    from riskengine.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.models)
+    if registry.champion_version() is not None:
+        return
+    print(f"no trained model in {settings.models}: generating {settings.bootstrap_users} users x "
+          f"{settings.bootstrap_days} days of synthetic events and training a first one", file=sys.stderr)
+    data = settings.home / "data" / "raw" / f"bootstrap-u{settings.bootstrap_users}-d{settings.bootstrap_days}.parquet"
+    if not data.exists():
+        _generate_to(data, settings.bootstrap_users, settings.bootstrap_days, 42)
+    _train_from(data, settings, promote=True)
+
+
+def _generate_to(out: Path, users: int, days: int, seed: int) -> None:
+    from riskengine import synth
+
+    started = time.perf_counter()
+    frame = synth.generate_events(users=users, days=days, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    synth.write_events(frame, out)
+    attacks = int(frame["label"].sum())
+    print(f"wrote {len(frame):,} events ({attacks:,} attacks) to {out} in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
+
+
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    _generate_to(Path(args.out), args.users, args.days, args.seed)
+    return 0
+
+
+def _train_from(data: Path, settings: Settings, promote: bool) -> int:
+    from riskengine import training
+    from riskengine.registry import ModelRegistry
+
+    frame = training.load_frame(data)
+    started = time.perf_counter()
+    dataset = training.backfill(frame.to_dict("records"),
+                                progress=training.terminal_progress(len(frame), "replaying events"))
+    print(f"features for {len(frame):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    report = training.train(dataset, ModelRegistry(settings.models), promote=promote, source=str(data))
+    print(report.text())
+    return 0
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    if args.from_service:
+        return _train_from_service(settings, args.promote)
+    if not args.data:
+        raise SystemExit("riskengine train: give --data PATH (generated Parquet/JSONL or the RBA CSV) or --from-service")
+    return _train_from(Path(args.data), settings, args.promote)
+
+
+def _train_from_service(settings: Settings, promote: bool) -> int:
+    from riskengine import training
+    from riskengine.engine import Engine
+    from riskengine.registry import ModelRegistry
+
+    with Engine.open(settings, scorer=_statistical()) as engine:
+        dataset = training.from_store(engine.store)
+    print(f"{len(dataset.y):,} recorded events, {int(dataset.y.sum()):,} labelled as attacks", file=sys.stderr)
+    report = training.train(dataset, ModelRegistry(settings.models), promote=promote, source="service")
+    print(report.text())
+    return 0
+
+
+def _statistical():
+    from riskengine.model import StatisticalScorer
+
+    return StatisticalScorer()
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from riskengine.registry import ModelRefused, ModelRegistry
+
+    registry = ModelRegistry(settings.models)
+    try:
+        if args.models_command == "promote":
+            registry.load(args.version)               # refuse a model the service would refuse
+            registry.promote(args.version)
+            print(f"champion is now {args.version}")
+        elif args.models_command == "rollback":
+            print(f"champion is now {registry.rollback()}")
+        else:
+            champion = registry.champion_version()
+            for entry in registry.versions():
+                m = entry.metadata.get("metrics", {})
+                mark = "*" if entry.version == champion else " "
+                print(f"{mark} {entry.version}  roc_auc={m.get('roc_auc', float('nan')):.4f} "
+                      f"pr_auc={m.get('pr_auc', float('nan')):.4f} tpr@1%={m.get('tpr@1%', float('nan')):.4f}")
+    except ModelRefused as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -46,6 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(run=_serve)
+    generate = commands.add_parser("generate", help="write a labelled synthetic event stream")
+    generate.add_argument("--out", required=True, help="file to write: .parquet or .jsonl")
+    generate.add_argument("--users", type=int, default=500)
+    generate.add_argument("--days", type=int, default=30)
+    generate.add_argument("--seed", type=int, default=42)
+    generate.set_defaults(run=_generate)
+    train = commands.add_parser("train", help="replay, fit, evaluate against the champion, register")
+    train.add_argument("--data", help="generated Parquet/JSONL, or the public RBA CSV")
+    train.add_argument("--from-service", action="store_true", help="train on the service's recorded, labelled events")
+    train.add_argument("--promote", action="store_true", help="make it the champion if not worse")
+    train.set_defaults(run=_train)
+    models = commands.add_parser("models", help="the model registry")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_commands.add_parser("list", help="versions, metrics; * marks the champion").set_defaults(run=_models)
+    promote = models_commands.add_parser("promote", help="make VERSION the champion")
+    promote.add_argument("version")
+    promote.set_defaults(run=_models)
+    models_commands.add_parser("rollback", help="back to the previous champion").set_defaults(run=_models)
     audit = commands.add_parser("audit", help="audit trail tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check the hash chain end to end").set_defaults(run=_audit_verify)

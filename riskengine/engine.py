@@ -18,8 +18,9 @@ from riskengine.audit import pseudonym
 from riskengine.enrich import EnrichedEvent, Enricher
 from riskengine.events import Event, event_from_request, event_to_request, format_timestamp
 from riskengine.features import BY_NAME, Context, Signals, extract
-from riskengine.model import Score, Scorer, StatisticalScorer
+from riskengine.model import Score, Scorer, StatisticalScorer, TrainedScorer
 from riskengine.policy import Decision, Policy, Reason
+from riskengine.registry import ChampionWatcher, ModelRegistry, ModelVersion
 from riskengine.settings import Settings
 from riskengine.stores import Commit, Conflict, DuplicateEvent, ProfileStore, StoredEvent, open_store
 
@@ -52,8 +53,11 @@ class Engine:
 
     def __init__(self, store: ProfileStore, enricher: Enricher, scorer: Scorer | None = None,
                  policy: Policy | None = None, retention_days: float = 180.0,
-                 pseudonym_key: bytes | None = None) -> None:
+                 pseudonym_key: bytes | None = None, record: bool = True) -> None:
         self.store = store
+        self.record = record                      # False: training backfills keep no events or audit
+        self.model_error: str | None = None
+        self._watcher: ChampionWatcher | None = None
         self.enricher = enricher
         self.scorer: Scorer = scorer or StatisticalScorer()
         self.policy = policy or Policy()
@@ -67,7 +71,28 @@ class Engine:
         store = open_store(settings.store, settings.home, **options)
         enricher = Enricher(settings.geoip_city_db, settings.geoip_asn_db)
         key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key")
-        return cls(store, enricher, scorer, Policy(), settings.retention_days, key)
+        engine = cls(store, enricher, scorer, Policy(), settings.retention_days, key)
+        if scorer is None:
+            engine.watch_models(ModelRegistry(settings.models))
+        return engine
+
+    def watch_models(self, registry: ModelRegistry, interval: float = 1.0) -> None:
+        """Serve the registry's champion now, and each newly promoted one without a restart."""
+        self._watcher = ChampionWatcher(registry, self._use_model, self._model_refused, interval)
+        self._watcher.check()
+        self._watcher.start()
+
+    def _use_model(self, model: Any, entry: ModelVersion) -> None:
+        self.scorer = TrainedScorer(model, entry.version)       # one reference swap: in-flight requests keep theirs
+        self.model_error = None
+        log.info("serving model %s", entry.version)
+        self.store.append_audit({"kind": "model", "at": format_timestamp(_now()),
+                                 "recorded_at": format_timestamp(_now()), "model_version": entry.version,
+                                 "sha256": entry.metadata.get("sha256")})
+
+    def _model_refused(self, reason: str) -> None:
+        self.model_error = reason
+        log.error("model refused, keeping %s: %s", self.scorer.version, reason)
 
     def __enter__(self) -> "Engine":
         return self
@@ -76,6 +101,8 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
         self.store.close()
         self.enricher.close()
 
@@ -121,6 +148,9 @@ class Engine:
             new, learned_values = profiles.failed(profile, scored.enriched, self.retention_s), {}
         else:
             new, learned_values = None, {}
+        if not self.record:
+            return Commit(event.user_id, profile.version, new, event.ip, self.user_key(event.user_id), event.ts,
+                          event.success or event.action != "login", learned_values)
         decision = scored.decision.to_dict()
         stored = StoredEvent(event.event_id, event.user_id, event.ts, event_to_request(event), decision,
                              scored.signals.values)
@@ -187,7 +217,10 @@ class Engine:
 
     def health(self) -> dict[str, Any]:
         self.store.ping()
-        return {"status": "ok", "model_version": self.scorer.version, "policy_version": self.policy.version}
+        health = {"status": "ok", "model_version": self.scorer.version, "policy_version": self.policy.version}
+        if self.model_error:
+            health["model_error"] = self.model_error
+        return health
 
 
 def _now() -> datetime:

@@ -11,7 +11,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from riskengine.features import Signals
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from riskengine.fastpath import CompiledModel, UnsupportedModel, compile_model
+from riskengine.features import FEATURE_NAMES, Signals
 from riskengine.profiles import FREEMAN_ATTRIBUTES
 
 STATISTICAL_VERSION = "freeman-statistical@1"
@@ -67,3 +75,68 @@ class StatisticalScorer:
         evidence = self.evidence(signals.values)
         total = max(0.0, sum(evidence.values()))
         return Score(1.0 - math.exp(-total / self.scale), evidence, self.version)
+
+
+class RiskModel(ClassifierMixin, BaseEstimator):
+    """Gradient-boosted trees on the ``FEATURES`` row, isotonic-calibrated on the latest rows.
+
+    Rows must come in time order: the last ``calibration_share`` of them (the most
+    recent) calibrate the probabilities, so calibration sees the natural attack rate
+    while the trees train with balanced class weights.
+    """
+
+    def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
+                 l2_regularization: float = 1.0, class_weight: str | None = "balanced",
+                 calibration_share: float = 0.2, random_state: int | None = 0) -> None:
+        self.max_iter, self.learning_rate, self.max_leaf_nodes = max_iter, learning_rate, max_leaf_nodes
+        self.l2_regularization, self.class_weight = l2_regularization, class_weight
+        self.calibration_share, self.random_state = calibration_share, random_state
+
+    def fit(self, X, y) -> "RiskModel":
+        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan")
+        n_cal = max(int(len(y) * self.calibration_share), 1)
+        trees = HistGradientBoostingClassifier(
+            max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+            l2_regularization=self.l2_regularization, class_weight=self.class_weight, early_stopping=False,
+            random_state=self.random_state).fit(X[:-n_cal], y[:-n_cal])
+        self.calibrated_ = CalibratedClassifierCV(FrozenEstimator(trees), method="isotonic").fit(X[-n_cal:], y[-n_cal:])
+        self.classes_ = self.calibrated_.classes_
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        return self.calibrated_.predict_proba(validate_data(self, X, reset=False, ensure_all_finite="allow-nan"))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+class TrainedScorer:
+    """Serves a registered model: compiled trees for speed, Saabas path contributions for reasons.
+
+    Saabas (tree-path) attribution splits the raw log-odds exactly into a bias plus one
+    share per feature, in the same pass that finds the leaves; TreeSHAP is fairer with
+    correlated features but costs far more per event and another dependency.
+    """
+
+    def __init__(self, model: RiskModel, version: str) -> None:
+        self.model, self.version = model, version
+        try:
+            self._compiled: CompiledModel | None = compile_model(model.calibrated_)
+        except UnsupportedModel:
+            self._compiled = None
+
+    def score(self, signals: Signals) -> Score:
+        row = signals.row()
+        if self._compiled is None:
+            risk = float(self.model.predict_proba(np.asarray([row], dtype=float))[0, 1])
+            return Score(risk, {}, self.version)
+        risk = self._compiled.predict_proba_one(row)
+        _, contributions = self._compiled.contributions_one(row)
+        return Score(risk, {n: c for n, c in zip(FEATURE_NAMES, contributions) if c > 0}, self.version)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Batch risks, for evaluation and champion comparison."""
+        if self._compiled is not None:
+            return self._compiled.predict_proba(X)[:, 1]
+        return self.model.predict_proba(X)[:, 1]

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     sqlite_synchronous: str = "FULL"            # FULL: a 200 survives power loss, not just a crash
     max_body_bytes: int = 64 * 1024
     pseudonym_key_file: Path | None = None      # default: <home>/var/pseudonym.key
+    bootstrap_model: bool = True                # serve trains a first model on generated data when none exists
+    bootstrap_users: int = 1000
+    bootstrap_days: int = 30
 
     @property
     def var(self) -> Path:

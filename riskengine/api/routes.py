@@ -45,7 +45,7 @@ def erase_user(user_id: str, engine: EngineDep, client: ClientDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/health", response_model=HealthResponse)
+@router.get("/health", response_model=HealthResponse, response_model_exclude_none=True)
 def health(engine: EngineDep) -> HealthResponse:
     return HealthResponse(**engine.health())
 

@@ -131,3 +131,4 @@ class HealthResponse(BaseModel):
     status: str
     model_version: str
     policy_version: str
+    model_error: str | None = None     # a refused model (checksum, features, versions): the old one serves

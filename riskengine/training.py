@@ -1,0 +1,247 @@
+"""The retraining job: replay labelled events through the serving pipeline, fit, evaluate, register.
+
+``backfill`` sends each event, in time order, through the very same
+enrich -> profile -> features code as ``/score`` (with an in-memory store), so
+every row sees only the history before it. Step-ups are resolved as the real
+users and attackers would: legitimate users pass them, attackers do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from riskengine import evaluation
+from riskengine.enrich import Enricher
+from riskengine.engine import Engine
+from riskengine.events import event_from_request
+from riskengine.features import FEATURE_NAMES
+from riskengine.model import RiskModel, StatisticalScorer, TrainedScorer
+from riskengine.policy import Policy
+from riskengine.registry import ModelRegistry, ModelVersion
+from riskengine.stores import MemoryStore
+
+FPRS = (0.01, 0.02, 0.05)
+_REQUEST_FIELDS = ("event_id", "user_id", "action", "timestamp", "ip", "user_agent", "device_id", "success",
+                   "amount", "currency", "payee_id")
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Dataset:
+    """Point-in-time feature rows, labels and what evaluation slices by."""
+
+    X: np.ndarray
+    y: np.ndarray
+    meta: pd.DataFrame            # event_id, timestamp, action, attack_class, history, freeman, decision
+
+    def window(self, mask: np.ndarray) -> "Dataset":
+        return Dataset(self.X[mask], self.y[mask], self.meta[mask].reset_index(drop=True))
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def row_to_request(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat labelled row (synthetic or recorded) -> the ``/score`` body it stands for."""
+    body = {k: row[k] for k in _REQUEST_FIELDS if k in row and not _missing(row[k])}
+    acr, auth_time = row.get("session_acr"), row.get("session_auth_time")
+    if not _missing(acr) or not _missing(auth_time):
+        body["session"] = {k: v for k, v in (("acr", acr), ("auth_time", auth_time)) if not _missing(v)}
+    attributes = {k.removeprefix("attr_") if k.startswith("attr_") else k: row[k] for k in row
+                  if (k.startswith("attr_") or k.startswith("geo_")) and not _missing(row[k])}
+    if attributes:
+        body["attributes"] = attributes
+    return body
+
+
+def backfill(rows: Iterable[Mapping[str, Any]], enricher: Enricher | None = None, policy: Policy | None = None,
+             progress: Progress | None = None, chunk: int = 10_000) -> Dataset:
+    """Features for every row as ``/score`` would have computed them at that moment."""
+    engine = Engine(MemoryStore(keep_events=False, keep_audit=False), enricher or Enricher(),
+                    StatisticalScorer(), policy, record=False)
+    blocks: list[np.ndarray] = []
+    buffer: list[list[float]] = []
+    meta: dict[str, list] = {k: [] for k in ("event_id", "timestamp", "action", "attack_class", "history",
+                                             "freeman", "decision")}
+    labels: list[int] = []
+    for n, row in enumerate(rows, 1):
+        event = event_from_request(row_to_request(row))
+        scored = engine.score_and_record(event)
+        label = int(row.get("label", 0) or 0)
+        if scored.decision.decision == "step_up" and not scored.learned and label == 0:
+            engine.apply_step_up(event, learn=event.success)     # the real user passes the step-up
+        buffer.append(scored.signals.row())
+        labels.append(label)
+        for key, value in (("event_id", event.event_id), ("timestamp", event.timestamp),
+                           ("action", event.action), ("attack_class", row.get("attack_class", "legit")),
+                           ("history", scored.signals.values["history_logins"]),
+                           ("freeman", scored.score.risk), ("decision", scored.decision.decision)):
+            meta[key].append(value)
+        if len(buffer) >= chunk:
+            blocks.append(np.asarray(buffer, dtype=np.float64))
+            buffer = []
+            if progress:
+                progress(n)
+    if buffer:
+        blocks.append(np.asarray(buffer, dtype=np.float64))
+    X = np.concatenate(blocks) if blocks else np.empty((0, len(FEATURE_NAMES)))
+    return Dataset(X, np.asarray(labels, dtype=np.int8), pd.DataFrame(meta))
+
+
+def split_by_time(data: Dataset, eval_share: float = 0.25) -> tuple[Dataset, Dataset]:
+    """Train on the earlier days, evaluate on the later ones (never a random split)."""
+    ts = pd.to_datetime(data.meta["timestamp"], utc=True)
+    cut = ts.min() + (ts.max() - ts.min()) * (1 - eval_share)
+    later = (ts > cut).to_numpy()
+    return data.window(~later), data.window(later)
+
+
+@dataclass
+class Report:
+    """What the job measured, for the terminal and ``metadata.json``."""
+
+    metrics: dict[str, Any]
+    table: pd.DataFrame
+    by_class: pd.DataFrame
+    step_up: pd.DataFrame
+    champion: dict[str, Any] | None = None
+    promoted: bool = False
+    version: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [f"model {self.version}: evaluated on {self.metrics['n_eval']} later events "
+                 f"({self.metrics['eval_attacks']} attacks), trained on {self.metrics['n_train']}",
+                 "", self.table.round(4).to_string(), "",
+                 "catch rate per attacker class at 1% legitimate FPR:", self.by_class.round(4).to_string(), "",
+                 "legitimate events stepped up by risk (risk >= policy's medium band), per action:",
+                 self.step_up.round(4).to_string()]
+        return "\n".join(lines + [""] + self.notes)
+
+
+def evaluate(scores: dict[str, np.ndarray], data: Dataset, policy: Policy) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Side-by-side table, per-class catch at 1% FPR, and legit step-up rates at the policy's bands."""
+    table = evaluation.compare(data.y, scores, FPRS)
+    classes = data.meta["attack_class"].astype(str).to_numpy()
+    per_class = {}
+    for name, s in scores.items():
+        threshold = evaluation.threshold_at_fpr(data.y, s, FPRS[0])
+        rates = evaluation.catch_rate_by_class(data.y, s, classes, threshold)["caught_share"]
+        per_class[name] = rates.drop("legit", errors="ignore")
+    legit = data.y == 0
+    actions = data.meta["action"].to_numpy()
+    step_up = pd.DataFrame({name: pd.Series(s[legit] >= policy.medium_at).groupby(actions[legit]).mean()
+                            for name, s in scores.items()})
+    return table, pd.DataFrame(per_class), step_up
+
+
+def fingerprint(data: Dataset) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(data.X).tobytes())
+    digest.update(data.y.tobytes())
+    return digest.hexdigest()
+
+
+def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy: Policy | None = None,
+          model: RiskModel | None = None, source: str = "") -> Report:
+    """Fit on earlier weeks, evaluate on later ones next to the Freeman baseline, register."""
+    policy = policy or Policy()
+    train_set, eval_set = split_by_time(data)
+    if len(np.unique(train_set.y)) < 2 or len(np.unique(eval_set.y)) < 2:
+        raise ValueError("training needs attacks and legitimate events in both the earlier and the later window")
+    fitted = (model or RiskModel()).fit(train_set.X, train_set.y)
+    candidate = TrainedScorer(fitted, "candidate")
+    scores = {"model": candidate.predict(eval_set.X), "freeman": eval_set.meta["freeman"].to_numpy()}
+    champion_entry: ModelVersion | None = None
+    if (current := registry.champion_version()) is not None:
+        champ_model, champion_entry = registry.load(current)
+        scores["champion"] = TrainedScorer(champ_model, current).predict(eval_set.X)
+    table, by_class, step_up = evaluate(scores, eval_set, policy)
+    metrics = {"n_train": int(len(train_set.y)), "n_eval": int(len(eval_set.y)),
+               "eval_attacks": int(eval_set.y.sum()),
+               "eval_window": [str(eval_set.meta["timestamp"].min()), str(eval_set.meta["timestamp"].max())],
+               **{k: float(v) for k, v in table.loc["model"].items()},
+               "freeman": {k: float(v) for k, v in table.loc["freeman"].items()},
+               "catch_at_1pct": {k: float(v) for k, v in by_class["model"].items()},
+               "legit_step_up": {k: float(v) for k, v in step_up["model"].items()}}
+    better = True
+    notes = []
+    if champion_entry is not None:
+        champ = table.loc["champion"]
+        better = bool(table.loc["model", "pr_auc"] >= champ["pr_auc"] - 0.002
+                      and table.loc["model", "roc_auc"] >= champ["roc_auc"] - 0.002)
+        notes.append(f"champion {champion_entry.version}: pr_auc {champ['pr_auc']:.4f} vs new "
+                     f"{table.loc['model', 'pr_auc']:.4f} on the same window -> "
+                     f"{'not worse' if better else 'WORSE: not promoted'}")
+    entry = registry.register(fitted, {"metrics": metrics, "data_fingerprint": fingerprint(data), "source": source,
+                                       "params": fitted.get_params()})
+    promoted = False
+    if promote and better:
+        registry.promote(entry.version)
+        promoted = True
+        notes.append(f"promoted {entry.version} to champion")
+    elif promote:
+        notes.append("kept the current champion")
+    return Report(metrics, table, by_class, step_up, dict(champion_entry.metadata) if champion_entry else None,
+                  promoted, entry.version, notes)
+
+
+def terminal_progress(total: int, label: str) -> Progress:
+    """A plain progress bar on stderr: no extra dependency for one line."""
+    def show(done: int) -> None:
+        share = min(done / max(total, 1), 1.0)
+        bar = "#" * int(share * 30)
+        print(f"\r{label} [{bar:<30}] {done:,}/{total:,}", end="" if share < 1 else "\n", file=sys.stderr,
+              flush=True)
+    return show
+
+
+def load_frame(path: Path) -> pd.DataFrame:
+    """Parquet or JSONL from ``riskengine generate``, or the public RBA CSV."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        from riskengine import rba
+
+        return pd.concat(list(rba.iter_rba_events(path)), ignore_index=True)
+    from riskengine import synth
+
+    return synth.read_events(path)
+
+
+ATTACK_OUTCOMES = {"confirmed_fraud": 1, "step_up_failed": 1, "confirmed_legit": 0, "step_up_passed": 0}
+
+
+def from_store(store) -> Dataset:
+    """Production outcomes as training data: the features recorded at scoring time, labelled by feedback.
+
+    Events without feedback count as legitimate (most are); ``step_up_failed`` counts as an attack.
+    """
+    from riskengine.features import Signals
+
+    baseline = StatisticalScorer()
+    rows, labels = [], []
+    meta: dict[str, list] = {k: [] for k in ("event_id", "timestamp", "action", "attack_class", "history",
+                                             "freeman", "decision")}
+    for stored in store.labelled_events():
+        values = {name: float(stored.features.get(name, math.nan)) for name in FEATURE_NAMES}
+        label = ATTACK_OUTCOMES.get(stored.outcome or "", 0)
+        rows.append([values[name] for name in FEATURE_NAMES])
+        labels.append(label)
+        for key, value in (("event_id", stored.event_id), ("timestamp", pd.Timestamp(stored.at, unit="s", tz="UTC")),
+                           ("action", stored.request.get("action", "")),
+                           ("attack_class", stored.outcome if label else "legit"),
+                           ("history", values["history_logins"]),
+                           ("freeman", baseline.score(Signals(values, {})).risk),
+                           ("decision", stored.decision.get("decision", ""))):
+            meta[key].append(value)
+    X = np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
+    return Dataset(X, np.asarray(labels, dtype=np.int8), pd.DataFrame(meta))
