@@ -43,7 +43,8 @@ class Scored:
 
 def reasons_from(score: Score, signals: Signals) -> tuple[Reason, ...]:
     """The strongest positive contributions, as shares of all that pushed the risk up."""
-    positive = sorted(((w, n) for n, w in score.contributions.items() if w > 0), reverse=True)
+    positive = sorted(((w, n) for n, w in score.contributions.items()
+                       if w > 0 and BY_NAME[n].applies(signals.values[n])), reverse=True)
     total = sum(w for w, _ in positive) or 1.0
     return tuple(Reason(BY_NAME[n].code, signals.message(n), w / total) for w, n in positive[:MAX_REASONS])
 

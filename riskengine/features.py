@@ -8,6 +8,7 @@ human message. The profile is the one from *before* the event.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from string import Formatter
 from typing import Any
@@ -25,11 +26,18 @@ ACTION_SENSITIVITY = {"view_dashboard": 0.0, "login": 1.0, "payment": 3.0, "add_
 UNKNOWN_ACTION_SENSITIVITY = 2.0
 
 
+def _positive(value: float) -> bool:
+    return value > 0                      # NaN compares False: "not applicable" explains nothing
+
+
 @dataclass(frozen=True, slots=True)
 class Feature:
+    """``applies`` says when the value is on its risky side, so a reason never claims the opposite."""
+
     name: str
     code: str
     message: str
+    applies: Callable[[float], bool] = _positive
 
 
 FEATURES: tuple[Feature, ...] = (
@@ -44,11 +52,11 @@ FEATURES: tuple[Feature, ...] = (
     Feature("new_device", "new_device", "device not seen for this user"),
     Feature("new_browser", "new_browser", "browser {browser} not seen for this user"),
     Feature("new_os", "new_os", "operating system {os} not seen for this user"),
-    Feature("trusted_device", "trusted_device", "device confirmed by a passed step-up"),
-    Feature("trusted_place", "trusted_place", "place confirmed by a passed step-up"),
-    Feature("devices_30d", "many_devices", "{devices_30d:.0f} distinct devices in the last 30 days"),
+    Feature("trusted_device", "untrusted_device", "device never confirmed by a passed step-up", lambda v: v == 0),
+    Feature("trusted_place", "untrusted_place", "place never confirmed by a passed step-up", lambda v: v == 0),
+    Feature("devices_30d", "many_devices", "{devices_30d:.0f} distinct devices in the last 30 days", lambda v: v > 2),
     Feature("amount_log", "amount", "amount of {amount:,.2f}"),
-    Feature("amount_zscore", "unusual_amount", "amount {amount:,.2f} is {amount_zscore:.1f} standard deviations from the user's usual (log scale)"),
+    Feature("amount_zscore", "unusual_amount", "amount {amount:,.2f} is {amount_zscore:.1f} standard deviations from the user's usual (log scale)", lambda v: v > 1),
     Feature("first_payment", "first_payment", "first payment for this user"),
     Feature("new_payee", "new_payee", "payee not seen for this user"),
     Feature("hour_unusualness", "unusual_time", "unusual time of day for this user ({hour:02d}:00 UTC)"),
@@ -57,9 +65,11 @@ FEATURES: tuple[Feature, ...] = (
     Feature("ip_failures_1h", "ip_failures", "{ip_failures_1h:.0f} failed logins from this address in the last hour"),
     Feature("ip_users_1h", "ip_many_users", "{ip_users_1h:.0f} different users from this address in the last hour"),
     Feature("login_failed", "login_failed", "the primary credential check failed"),
-    Feature("action_sensitivity", "sensitive_action", "sensitive action ({action})"),
-    Feature("hours_since_step_up", "no_recent_step_up", "no passed step-up for {hours_since_step_up:,.0f} hours"),
-    Feature("history_logins", "little_history", "little history for this user ({history_logins:.0f} earlier logins)"),
+    Feature("action_sensitivity", "sensitive_action", "sensitive action ({action})", lambda v: v >= 2),
+    Feature("hours_since_step_up", "no_recent_step_up", "no passed step-up for {hours_since_step_up:,.0f} hours",
+            lambda v: v > 24 * 30),
+    Feature("history_logins", "little_history", "little history for this user ({history_logins:.0f} earlier logins)",
+            lambda v: v < 5),
     Feature("lr_ip", "rare_ip", "IP address unusual for this user"),
     Feature("lr_network", "rare_network", "network unusual for this user"),
     Feature("lr_country", "rare_country", "country unusual for this user"),
