@@ -23,6 +23,7 @@ from riskengine.features import FEATURE_NAMES, Signals
 from riskengine.profiles import FREEMAN_ATTRIBUTES
 
 STATISTICAL_VERSION = "freeman-statistical@1"
+ISOTONIC_MIN_POSITIVES = 500
 #: a never-seen value's likelihood ratio is credited to the plainer "new_*" signal in reasons
 _NOVELTY = {"ip": "new_ip", "network": "new_network", "country": "new_country", "browser": "new_browser",
             "os": "new_os"}
@@ -78,19 +79,21 @@ class StatisticalScorer:
 
 
 class RiskModel(ClassifierMixin, BaseEstimator):
-    """Gradient-boosted trees on the ``FEATURES`` row, isotonic-calibrated on the latest rows.
+    """Gradient-boosted trees on the ``FEATURES`` row, calibrated on the latest rows.
 
     Rows must come in time order: the last ``calibration_share`` of them (the most
     recent) calibrate the probabilities, so calibration sees the natural attack rate
-    while the trees train with balanced class weights.
+    while the trees train with balanced class weights. ``calibration="auto"`` uses
+    isotonic regression when the slice holds enough attacks to fit a step function
+    and Platt's sigmoid otherwise, which keeps the trees' ranking intact on small data.
     """
 
     def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
                  l2_regularization: float = 1.0, class_weight: str | None = "balanced",
-                 calibration_share: float = 0.2, random_state: int | None = 0) -> None:
+                 calibration_share: float = 0.2, calibration: str = "auto", random_state: int | None = 0) -> None:
         self.max_iter, self.learning_rate, self.max_leaf_nodes = max_iter, learning_rate, max_leaf_nodes
         self.l2_regularization, self.class_weight = l2_regularization, class_weight
-        self.calibration_share, self.random_state = calibration_share, random_state
+        self.calibration_share, self.calibration, self.random_state = calibration_share, calibration, random_state
 
     def fit(self, X, y) -> "RiskModel":
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan")
@@ -99,7 +102,10 @@ class RiskModel(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
             l2_regularization=self.l2_regularization, class_weight=self.class_weight, early_stopping=False,
             random_state=self.random_state).fit(X[:-n_cal], y[:-n_cal])
-        self.calibrated_ = CalibratedClassifierCV(FrozenEstimator(trees), method="isotonic").fit(X[-n_cal:], y[-n_cal:])
+        method = self.calibration
+        if method == "auto":
+            method = "isotonic" if int(np.sum(y[-n_cal:])) >= ISOTONIC_MIN_POSITIVES else "sigmoid"
+        self.calibrated_ = CalibratedClassifierCV(FrozenEstimator(trees), method=method).fit(X[-n_cal:], y[-n_cal:])
         self.classes_ = self.calibrated_.classes_
         return self
 
