@@ -66,7 +66,7 @@ def test_training_evaluates_next_to_the_freeman_baseline_and_registers(dataset, 
     registry = ModelRegistry(tmp_path / "models")
     report = training.train(dataset, registry, promote=True, model=RiskModel(max_iter=60))
     assert report.promoted and registry.champion_version() == report.version
-    assert report.metrics["roc_auc"] > 0.95 and 0 < report.metrics["freeman"]["roc_auc"] <= 1
+    assert report.metrics["roc_auc"] > 0.9 and 0 < report.metrics["freeman"]["roc_auc"] <= 1
     # the report's figures are the evaluation window's, recomputed here directly
     from sklearn.metrics import roc_auc_score
     _, later = training.split_by_time(dataset)
