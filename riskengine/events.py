@@ -7,7 +7,9 @@ plain core types so the CLI, training and notebooks build events without HTTP.
 from __future__ import annotations
 
 import ipaddress
+import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -127,3 +129,42 @@ def event_from_request(body: dict) -> Event:
         session=SessionInfo(session.get("acr"), parse_timestamp(auth_time) if auth_time else None),
         attributes=dict(body.get("attributes") or {}),
     )
+
+
+REQUEST_FIELDS = ("event_id", "user_id", "action", "timestamp", "ip", "user_agent", "device_id", "success",
+                  "amount", "currency", "payee_id")
+#: dataset columns that travel as ``attributes``: recorded geo answers for masked IPs, round-trip time
+ATTRIBUTE_HINTS = ("geo_country", "geo_region", "geo_city", "geo_asn", "rtt_ms")
+
+
+def _plain(value: object) -> object:
+    """A JSON-ready Python value, or None for None/NaN/NA (numpy and pandas scalars unwrapped)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ in ("NAType", "NaTType"):
+        return None
+    return value
+
+
+def row_to_request(row: Mapping) -> dict:
+    """One flat dataset row (generated or the public RBA set) -> the ``/score`` body it stands for.
+
+    Labels never leave the row; absent values are dropped; the session is nested.
+
+    >>> row_to_request({"user_id": "u1", "action": "login", "ip": "10.0.0.1", "success": False,
+    ...                 "device_id": float("nan"), "session_acr": "aal1", "geo_country": "NO", "label": 1})
+    {'user_id': 'u1', 'action': 'login', 'ip': '10.0.0.1', 'success': False, 'session': {'acr': 'aal1'}, \
+'attributes': {'geo_country': 'NO'}}
+    """
+    body: dict = {}
+    for name in REQUEST_FIELDS:
+        if (value := _plain(row.get(name))) is not None:
+            body[name] = value
+    if (acr := _plain(row.get("session_acr"))) is not None:
+        body["session"] = {"acr": acr}
+        if (auth_time := _plain(row.get("session_auth_time"))) is not None:
+            body["session"]["auth_time"] = auth_time
+    attributes = {k: v for k in ATTRIBUTE_HINTS if (v := _plain(row.get(k))) is not None}
+    if attributes:
+        body["attributes"] = attributes
+    return body

@@ -6,13 +6,14 @@ replays share, and turns one event row into a ``/score`` request body (API.md).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from os import PathLike
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from riskengine.events import row_to_request
 
 USER_AGENT_MAX = 1024  # API.md limit on ``user_agent``
 CSV_COLUMNS = (
@@ -25,13 +26,6 @@ EVENT_COLUMNS = (
     "amount", "currency", "payee_id", "session_acr", "session_auth_time", "label", "attack_class",
     "geo_country", "geo_region", "geo_city", "geo_asn", "is_attack_ip", "rtt_ms",
 )
-REQUEST_FIELDS = (
-    "event_id", "user_id", "action", "timestamp", "ip", "user_agent", "device_id", "success",
-    "amount", "currency", "payee_id",
-)
-# Hints the enricher falls back on: the dataset's 10.0.0.0/8 placeholders resolve nowhere.
-# ``is_attack_ip`` is a label, so it never goes into a request.
-ATTRIBUTE_HINTS = ("geo_country", "geo_region", "geo_city", "geo_asn", "rtt_ms")
 
 PathArg = str | PathLike[str]
 
@@ -122,18 +116,7 @@ def to_request(row: Mapping[str, Any] | pd.Series) -> dict[str, Any]:
     {'event_id': 'rba-0', 'user_id': '-43', 'action': 'login', 'ip': '10.0.0.1', 'success': False, \
 'attributes': {'geo_country': 'NO', 'geo_asn': 29695}}
     """
-    body: dict[str, Any] = {}
-    for field in REQUEST_FIELDS:
-        if (value := _plain(row.get(field))) is not None:
-            body[field] = value
-    if (acr := _plain(row.get("session_acr"))) is not None:
-        body["session"] = {"acr": acr}
-        if (auth_time := _plain(row.get("session_auth_time"))) is not None:
-            body["session"]["auth_time"] = auth_time
-    attributes = {k: v for k in ATTRIBUTE_HINTS if (v := _plain(row.get(k))) is not None}
-    if attributes:
-        body["attributes"] = attributes
-    return body
+    return row_to_request(row)
 
 
 def _flag(column: pd.Series, name: str, index: pd.Series) -> pd.Series:
@@ -153,12 +136,3 @@ def _unknown(column: pd.Series) -> pd.Series:
     return text.astype(object).where(~text.isin(["-", ""]), None)
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-ready Python value, or None for None/NaN/NA (numpy scalars unwrapped)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value

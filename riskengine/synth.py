@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from riskengine import synth_ua
+from riskengine.events import row_to_request
 from riskengine.synth_attacks import ATTACK_CLASSES, attack_rows
 from riskengine.synth_geo import format_ips, load_pools
 from riskengine.synth_legit import ACTIONS, Clock, Rows, concat_rows, legit_rows, take
@@ -36,8 +36,6 @@ SCHEMA = pa.schema([
     ("session_auth_time", pa.string()), ("label", pa.int8()), ("attack_class", pa.string()),
 ])
 EVENT_COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
-_REQUEST_FIELDS = ("event_id", "user_id", "action", "timestamp", "ip", "user_agent", "device_id",
-                   "success", "amount", "currency", "payee_id")
 _RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -139,10 +137,6 @@ def read_events(path: str | Path) -> pd.DataFrame:
     return _to_pandas(pa_json.read_json(path, parse_options=options))
 
 
-def _present(value: object) -> bool:
-    return not (value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)))
-
-
 def to_request(row: Mapping) -> dict:
     """One stream row as a POST /score body: absent fields dropped, the session nested, and the
     label left out (the engine must never see it).
@@ -152,19 +146,4 @@ def to_request(row: Mapping) -> dict:
     ...             "session_auth_time": "2026-01-03T08:15:02Z", "label": 0})
     {'user_id': 'u000001', 'action': 'payment', 'ip': '192.0.2.7', 'success': True, 'amount': 12.5, 'session': {'acr': 'aal1', 'auth_time': '2026-01-03T08:15:02Z'}}
     """
-    body: dict = {}
-    for field in _REQUEST_FIELDS:
-        value = row.get(field)
-        if not _present(value):
-            continue
-        if field == "success":
-            body[field] = bool(value)
-        elif field == "amount":
-            body[field] = float(value)
-        else:
-            body[field] = str(value)
-    if _present(acr := row.get("session_acr")):
-        body["session"] = {"acr": str(acr)}
-        if _present(auth_time := row.get("session_auth_time")):
-            body["session"]["auth_time"] = str(auth_time)
-    return body
+    return row_to_request(row)

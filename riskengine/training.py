@@ -22,7 +22,7 @@ import pandas as pd
 from riskengine import evaluation
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
-from riskengine.events import event_from_request
+from riskengine.events import event_from_request, row_to_request
 from riskengine.features import FEATURE_NAMES
 from riskengine.model import RiskModel, StatisticalScorer, TrainedScorer
 from riskengine.policy import Policy
@@ -30,8 +30,6 @@ from riskengine.registry import ModelRegistry, ModelVersion
 from riskengine.stores import MemoryStore
 
 FPRS = (0.01, 0.02, 0.05)
-_REQUEST_FIELDS = ("event_id", "user_id", "action", "timestamp", "ip", "user_agent", "device_id", "success",
-                   "amount", "currency", "payee_id")
 Progress = Callable[[int], None]
 
 
@@ -45,23 +43,6 @@ class Dataset:
 
     def window(self, mask: np.ndarray) -> "Dataset":
         return Dataset(self.X[mask], self.y[mask], self.meta[mask].reset_index(drop=True))
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def row_to_request(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A flat labelled row (synthetic or recorded) -> the ``/score`` body it stands for."""
-    body = {k: row[k] for k in _REQUEST_FIELDS if k in row and not _missing(row[k])}
-    acr, auth_time = row.get("session_acr"), row.get("session_auth_time")
-    if not _missing(acr) or not _missing(auth_time):
-        body["session"] = {k: v for k, v in (("acr", acr), ("auth_time", auth_time)) if not _missing(v)}
-    attributes = {k.removeprefix("attr_") if k.startswith("attr_") else k: row[k] for k in row
-                  if (k.startswith("attr_") or k.startswith("geo_")) and not _missing(row[k])}
-    if attributes:
-        body["attributes"] = attributes
-    return body
 
 
 def backfill(rows: Iterable[Mapping[str, Any]], enricher: Enricher | None = None, policy: Policy | None = None,
