@@ -139,6 +139,36 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _replay(data: Path):
+    """A labelled data file -> the point-in-time feature rows, with a progress bar on stderr."""
+    from riskengine import training
+
+    frame = training.load_frame(data)
+    return training.backfill(frame.to_dict("records"),
+                             progress=training.terminal_progress(len(frame), "replaying events"))
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import datetime, timezone
+
+    from riskengine import report
+    from riskengine.registry import ModelRefused, ModelRegistry
+
+    registry = ModelRegistry(settings.models)
+    try:
+        version = report.pick_model(registry, args.model)
+        result = report.evaluate_dataset(_replay(Path(args.data)), registry, version, window=args.window)
+    except (ModelRefused, ValueError) as refused:
+        print(f"riskengine evaluate: {refused}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else (
+        settings.home / "reports" / f"{result.model_version}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+    result.write(out)
+    print(result.text())
+    print(f"report: {out / 'report.md'} (plots and metrics.json beside it)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="riskengine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("version")
     promote.set_defaults(run=_models)
     models_commands.add_parser("rollback", help="back to the previous champion").set_defaults(run=_models)
+    evaluate = commands.add_parser("evaluate", help="offline evaluation report: model vs Freeman baseline")
+    evaluate.add_argument("--data", required=True, help="labelled events: generated Parquet/JSONL or the RBA CSV")
+    evaluate.add_argument("--model", help="registered model version (default: the champion)")
+    evaluate.add_argument("--out", help="report folder (default: $RISKENGINE_HOME/reports/<model>-<time>/)")
+    evaluate.add_argument("--window", choices=("auto", "all", "later"), default="auto",
+                          help="events to score: auto = the later quarter if the model was trained on this data")
+    evaluate.set_defaults(run=_evaluate)
     audit = commands.add_parser("audit", help="audit trail tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check the hash chain end to end").set_defaults(run=_audit_verify)

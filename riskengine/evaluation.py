@@ -1,19 +1,18 @@
 """Offline evaluation: what a scored, labelled event table says about a model and its policy.
 
 Sits after training (``training.py``) and before promotion and policy tuning. Pure functions
-over label/score arrays; ``riskengine evaluate`` and the notebooks only call these.
+over label/score arrays; ``report.py`` turns them into text, Markdown and plots.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ks_2samp
+from scipy.stats import ks_2samp, norm
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     average_precision_score,
@@ -390,6 +389,72 @@ def drift(
     return pd.DataFrame(rows).set_index("column")
 
 
+def second_half(timestamp: Any) -> np.ndarray:
+    """True for events after the midpoint of the time window: splits it into two halves for drift.
+
+    >>> second_half(["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-05T00:00:00Z"]).tolist()
+    [False, False, True]
+    """
+    ts = pd.to_datetime(pd.Series(np.asarray(timestamp, dtype=object).ravel()), utc=True)
+    if ts.empty:
+        raise ValueError("second_half needs at least one timestamp")
+    middle = ts.min() + (ts.max() - ts.min()) / 2
+    return (ts > middle).to_numpy()
+
+
+def score_shift(first: Any, second: Any, threshold: float, bins: int = 10) -> dict[str, float]:
+    """How a score's distribution moved between two windows, and what that does to step-ups.
+
+    ``flagged_*`` is the share at or above ``threshold``: a stable PSI with a moved flagged share
+    still changes what users see, so both are reported.
+
+    >>> shift = score_shift([0.1, 0.2, 0.3, 0.9], [0.1, 0.2, 0.8, 0.9], threshold=0.5)
+    >>> shift["flagged_first"], shift["flagged_second"], round(shift["mean_second"] - shift["mean_first"], 2)
+    (0.25, 0.5, 0.12)
+    """
+    a, b = np.asarray(first, dtype=float).ravel(), np.asarray(second, dtype=float).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError("score_shift needs scores in both windows")
+    with warnings.catch_warnings():  # exact->asymptotic fallback notice on large ties
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ks = ks_2samp(a, b)
+    value = psi(a, b, bins=bins)
+    return {"psi": value, "shift": _shift(value), "ks_statistic": float(ks.statistic),
+            "ks_pvalue": float(ks.pvalue), "mean_first": float(a.mean()), "mean_second": float(b.mean()),
+            "p95_first": float(np.quantile(a, 0.95)), "p95_second": float(np.quantile(b, 0.95)),
+            "flagged_first": float(np.mean(a >= threshold)), "flagged_second": float(np.mean(b >= threshold))}
+
+
+# --- uncertainty ------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a share ``successes / n``: honest at 0%, 100% and small ``n``.
+
+    The normal (Wald) interval collapses to a point at 0 of 30 caught; Wilson does not. An empty
+    group (``n == 0``) knows nothing: (0, 1).
+
+    >>> [round(v, 4) for v in wilson_interval(3, 4)]
+    [0.3006, 0.9544]
+    >>> [round(v, 4) for v in wilson_interval(0, 20)]
+    [0.0, 0.1611]
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval needs 0 <= successes <= n, got {successes} of {n}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r} (e.g. 0.95)")
+    if n == 0:
+        return 0.0, 1.0
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    lower = 0.0 if successes == 0 else max(0.0, float(centre - half))   # exact ends, no 1e-18 residue
+    upper = 1.0 if successes == n else min(1.0, float(centre + half))
+    return lower, upper
+
+
 # --- comparison -------------------------------------------------------------------------------
 
 
@@ -423,156 +488,3 @@ def compare(
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "model"
     return table
-
-
-# --- figures and report -----------------------------------------------------------------------
-
-
-def _figure(size: tuple[float, float] = (6.0, 4.5)) -> Any:
-    """A figure drawn by the Agg canvas: headless, and without switching pyplot's backend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, format="png")
-    return out
-
-
-def _as_dict(scores: Any) -> dict[str, Any]:
-    return dict(scores) if isinstance(scores, Mapping) else {"model": scores}
-
-
-def plot_roc(y: Any, scores: Any, path: str | Path) -> Path:
-    """ROC curve of one score array or a ``{name: scores}`` dict, AUC in the legend."""
-    fig = _figure()
-    ax = fig.add_subplot()
-    for name, s in _as_dict(scores).items():
-        r = roc_pr(y, s)
-        ax.plot(r["fpr"], r["tpr"], label=f"{name} (AUC {r['roc_auc']:.3f})")
-    ax.plot([0, 1], [0, 1], ls=":", color="grey")
-    ax.set(xlabel="legit false-positive rate", ylabel="attacks caught (TPR)", title="ROC")
-    ax.legend(loc="lower right")
-    return _save(fig, path)
-
-
-def plot_budget_curve(
-    y: Any, score: Any, path: str | Path, action: Any = None, budget: float | None = 0.02,
-    xmax: float = 0.1,
-) -> Path:
-    """Legit step-up share vs attacks caught, one line per action, the login budget dashed.
-
-    The x axis stops at ``xmax`` (10%): budgets live there; pass 1.0 for the whole curve.
-    """
-    curve = budget_curve(y, score, action)
-    fig = _figure()
-    ax = fig.add_subplot()
-    for name, block in curve.groupby("action", sort=False):
-        ax.step(np.r_[0.0, block["legit_stepped_up"]], np.r_[0.0, block["attacks_caught"]],
-                where="post", label=str(name))
-    if budget is not None:
-        ax.axvline(budget, ls="--", color="grey", label=f"budget {_pct(budget)}")
-    ax.set(xlabel="legit events stepped up", ylabel="attacks caught", title="Step-up budget",
-           xlim=(0, xmax), ylim=(0, 1.02))
-    ax.legend(loc="lower right")
-    return _save(fig, path)
-
-
-def plot_catch_rates(
-    y: Any, score: Any, attack_class: Any, threshold: float, path: str | Path
-) -> Path:
-    """Bar per attacker class: share flagged at ``threshold`` (legit bar = false step-ups)."""
-    table = catch_rate_by_class(y, score, attack_class, threshold)
-    fig = _figure()
-    ax = fig.add_subplot()
-    colors = ["tab:grey" if c == LEGIT else "tab:red" for c in table.index]
-    bars = ax.bar(table.index.astype(str), table["caught_share"], color=colors)
-    ax.bar_label(bars, labels=[f"n={n}" for n in table["n"]], fontsize=8)
-    ax.set(ylabel="share flagged", ylim=(0, 1.1), title=f"Flagged at score >= {threshold:.3g}")
-    ax.tick_params(axis="x", labelrotation=30)
-    return _save(fig, path)
-
-
-def plot_reliability(y: Any, scores: Any, path: str | Path, bins: int = 10) -> Path:
-    """Reliability curve per scorer against the diagonal, Brier score in the legend."""
-    fig = _figure()
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect")
-    for name, s in _as_dict(scores).items():
-        c = calibration(y, s, bins=bins)
-        ax.plot(c["prob_pred"], c["prob_true"], marker="o",
-                label=f"{name} (Brier {c['brier']:.4f})")
-    ax.set(xlabel="mean predicted risk", ylabel="observed attack share", title="Reliability")
-    ax.legend(loc="upper left")
-    return _save(fig, path)
-
-
-def _markdown_table(df: pd.DataFrame) -> str:
-    def cell(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v)
-
-    header = [str(df.index.name or "")] + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([str(i)] + [cell(v) for v in row]) + " |"
-              for i, row in zip(df.index, df.itertuples(index=False))]
-    return "\n".join(lines)
-
-
-def report_markdown(
-    y: Any,
-    scores: Any,
-    out_dir: str | Path,
-    *,
-    action: Any = None,
-    attack_class: Any = None,
-    history: Any = None,
-    fprs: Sequence[float] = DEFAULT_FPRS,
-    login_budget: float = 0.02,
-    deny_budget: float = 0.001,
-    title: str = "riskengine offline evaluation",
-) -> str:
-    """Write ``report.md`` and its PNGs into ``out_dir``; return the Markdown.
-
-    The first entry of ``scores`` is the model under review; the others are compared with it.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    scores = _as_dict(scores)
-    main_name, main = next(iter(scores.items()))
-    yy, s = _arrays(y, main)
-    parts = [f"# {title}", "",
-             f"{yy.size} events, {int(yy.sum())} attacks; model under review: `{main_name}`.", "",
-             "## Comparison", "", _markdown_table(compare(yy, scores, fprs)), ""]
-    parts += ["![ROC](roc.png)", "", "![Reliability](reliability.png)", ""]
-    plot_roc(yy, scores, out / "roc.png")
-    plot_reliability(yy, scores, out / "reliability.png")
-    threshold = threshold_at_fpr(yy, s, fprs[0])
-    if action is not None:
-        bands = suggest_bands(yy, s, action, login_budget, deny_budget)
-        threshold = bands["medium"]
-        parts += ["## Suggested bands", "",
-                  f"medium (step-up) >= {bands['medium']:.4f}: "
-                  f"{bands['login_legit_stepped_up']:.2%} of legit logins stepped up "
-                  f"(budget {_pct(login_budget)}), "
-                  f"{bands['login_attacks_caught']:.2%} of login attacks caught.",
-                  f"high (deny) >= {bands['high']:.4f}: {bands['login_legit_denied']:.2%} of legit "
-                  f"logins denied (budget {_pct(deny_budget)}).", "",
-                  _markdown_table(bands["by_action"]), "", "![Budget](budget.png)", ""]
-        plot_budget_curve(yy, s, out / "budget.png", action=action, budget=login_budget)
-    if attack_class is not None:
-        parts += [f"## Attacker classes at score >= {threshold:.4f}", "",
-                  _markdown_table(catch_rate_by_class(yy, s, attack_class, threshold)), "",
-                  "![Catch rates](catch_rates.png)", ""]
-        plot_catch_rates(yy, s, attack_class, threshold, out / "catch_rates.png")
-    if history is not None:
-        parts += [f"## By user history (earlier logins), fpr {_pct(fprs[0])}", "",
-                  _markdown_table(by_history(yy, s, history, fprs[0])), ""]
-    text = "\n".join(parts)
-    (out / "report.md").write_text(text, encoding="utf-8")
-    return text

@@ -14,20 +14,15 @@ from riskengine.evaluation import (
     compare,
     drift,
     history_bucket,
-    plot_budget_curve,
-    plot_catch_rates,
-    plot_reliability,
-    plot_roc,
     psi,
-    report_markdown,
     roc_pr,
+    score_shift,
+    second_half,
     suggest_bands,
     threshold_at_fpr,
     tpr_at_fpr,
+    wilson_interval,
 )
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 def scored(n: int = 4000, attack_share: float = 0.05, seed: int = 0):
     """Synthetic labelled scores: attacks score higher on average, with ties from rounding."""
@@ -271,35 +266,44 @@ def test_compare_model_vs_baseline():
     assert math.isnan(freeman_like.loc["raw", "brier"])
 
 
-def assert_png(path):
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC and len(data) > 5000
+# --- drift between halves, uncertainty ----------------------------------------------------------
 
 
-def test_plots_write_png_files(tmp_path):
-    y, score, action = scored()
-    classes = np.where(y == 1, "stuffing", "legit")
-    paths = [
-        plot_roc(y, {"model": score, "baseline": score ** 2}, tmp_path / "roc.png"),
-        plot_budget_curve(y, score, tmp_path / "sub" / "budget.png", action=action),
-        plot_catch_rates(y, score, classes, 0.5, tmp_path / "classes.png"),
-        plot_reliability(y, score, tmp_path / "reliability.png"),
-    ]
-    assert [p.name for p in paths] == ["roc.png", "budget.png", "classes.png", "reliability.png"]
-    for path in paths:
-        assert_png(path)
+def test_second_half_splits_at_the_time_midpoint_not_the_row_count():
+    stamps = ["2026-01-01T00:00:00Z"] * 5 + ["2026-01-03T00:00:00Z", "2026-01-11T00:00:00Z"]
+    assert second_half(stamps).tolist() == [False] * 6 + [True]
+    with pytest.raises(ValueError, match="at least one"):
+        second_half([])
 
 
-def test_report_markdown(tmp_path):
-    y, score, action = scored(seed=5)
-    classes = np.where(y == 1, "stuffing", "legit")
-    history = np.random.default_rng(5).integers(0, 40, y.size)
-    text = report_markdown(y, {"model": score, "baseline": score ** 2}, tmp_path, action=action,
-                           attack_class=classes, history=history)
-    assert (tmp_path / "report.md").read_text() == text
-    for name in ["roc.png", "reliability.png", "budget.png", "catch_rates.png"]:
-        assert f"]({name})" in text
-        assert_png(tmp_path / name)
-    assert "| model |" in text and "| baseline |" in text and "| 20+ |" in text
-    bands = suggest_bands(y, score, action)
-    assert f">= {bands['medium']:.4f}" in text
+def test_score_shift_against_direct_computation():
+    rng = np.random.default_rng(3)
+    a, b = rng.beta(1, 8, 3000), rng.beta(1, 5, 3000)
+    shift = score_shift(a, b, threshold=0.3)
+    assert shift["flagged_first"] == pytest.approx(np.mean(a >= 0.3))
+    assert shift["flagged_second"] == pytest.approx(np.mean(b >= 0.3)) and shift["flagged_second"] > 0.1
+    assert shift["ks_statistic"] == pytest.approx(ks_2samp(a, b).statistic)
+    assert shift["psi"] == pytest.approx(psi(a, b)) and shift["psi"] > 0.1
+    assert shift["p95_second"] == pytest.approx(np.quantile(b, 0.95))
+    assert score_shift(a, a, 0.3)["shift"] == "stable"
+
+
+@pytest.mark.parametrize("k, n", [(0, 1), (0, 50), (7, 50), (50, 50), (1, 3), (300, 1000)])
+def test_wilson_interval_solves_its_defining_equation(k, n):
+    """Wilson's bounds are the p where |k/n - p| = z * sqrt(p(1-p)/n): check that, not a copy of the formula."""
+    z = 1.959963984540054
+    lo, hi = wilson_interval(k, n)
+    assert 0 <= lo <= k / n <= hi <= 1
+    for bound in (lo, hi):
+        if 0 < bound < 1:
+            assert abs(k / n - bound) == pytest.approx(z * math.sqrt(bound * (1 - bound) / n), abs=1e-9)
+    assert (lo == 0) == (k == 0) and (hi == 1) == (k == n)
+
+
+def test_wilson_interval_narrows_with_more_data_and_names_bad_input():
+    assert np.diff(wilson_interval(20, 100)) > np.diff(wilson_interval(200, 1000))
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="successes <= n"):
+        wilson_interval(5, 4)
+    with pytest.raises(ValueError, match="confidence"):
+        wilson_interval(1, 4, confidence=95)

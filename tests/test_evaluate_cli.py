@@ -1,0 +1,135 @@
+"""``riskengine evaluate`` end to end: generate -> train -> evaluate, figures checked against sklearn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from riskengine import synth, training
+from riskengine.cli import main
+from riskengine.evaluation import history_bucket
+from riskengine.model import TrainedScorer
+from riskengine.registry import ModelRegistry
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def markdown_section(markdown: str, heading: str) -> dict[str, dict[str, str]]:
+    """The first table under ``## heading...`` as {row: {column: cell}}."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {heading}"))
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    header, body = rows[0], rows[1:]
+    return {row[0]: dict(zip(header[1:], row[1:])) for row in body}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A home with generated events and a champion trained on them, by the CLI (once per module)."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RISKENGINE_HOME", str(home))
+        data = home / "events.parquet"
+        assert main(["generate", "--out", str(data), "--users", "150", "--days", "21", "--seed", "11"]) == 0
+        assert main(["train", "--data", str(data), "--promote"]) == 0
+    return home
+
+
+@pytest.fixture
+def env(trained, monkeypatch) -> Path:
+    monkeypatch.setenv("RISKENGINE_HOME", str(trained))
+    return trained
+
+
+def test_evaluate_without_a_model_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RISKENGINE_HOME", str(tmp_path))
+    data = tmp_path / "events.parquet"
+    synth.write_events(synth.generate_events(users=20, days=3, seed=1), data)
+    assert main(["evaluate", "--data", str(data)]) == 1
+    assert "riskengine train --data PATH --promote" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(data), "--model", "2026-01-01T00-00-00Z-dead"]) == 1
+    assert "model 2026-01-01T00-00-00Z-dead: no metadata.json" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_generate_train_evaluate_figures_match_a_direct_computation(env, capsys):
+    data = env / "events.parquet"
+    capsys.readouterr()
+    out = env / "report"
+    assert main(["evaluate", "--data", str(data), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+
+    # the same numbers, computed here without riskengine.evaluation / report
+    registry = ModelRegistry(env / "models")
+    version = registry.champion_version()
+    model, _ = registry.load(version)
+    _, later = training.split_by_time(training.backfill(synth.read_events(data).to_dict("records")))
+    y, s, freeman = later.y, TrainedScorer(model, version).predict(later.X), later.meta["freeman"].to_numpy()
+    assert 0 < y.sum() < y.size
+
+    markdown = (out / "report.md").read_text()
+    assert f"{y.size:,} events, {int(y.sum()):,} attacks" in markdown and "held-out later window" in markdown
+    comparison = markdown_section(markdown, "Comparison")
+    for name, scores in (("model", s), ("freeman", freeman)):
+        assert float(comparison[name]["roc_auc"]) == pytest.approx(roc_auc_score(y, scores), abs=6e-5)
+        assert float(comparison[name]["pr_auc"]) == pytest.approx(average_precision_score(y, scores), abs=6e-5)
+        assert float(comparison[name]["brier"]) == pytest.approx(brier_score_loss(y, scores), abs=6e-5)
+
+    # threshold helper: the suggested step-up band keeps legit logins within 2%, and catches what it says
+    bands = markdown_section(markdown, "Suggested bands")
+    medium = json.loads((out / "metrics.json").read_text())["bands"]["model"]["medium"]
+    assert float(bands["model"]["medium"]) == pytest.approx(medium, abs=6e-5)
+    logins = later.meta["action"].to_numpy() == "login"
+    legit_share = np.mean(s[logins & (y == 0)] >= medium)
+    assert legit_share <= 0.02
+    assert float(bands["model"]["login_legit_stepped_up"]) == pytest.approx(legit_share, abs=6e-5)
+    caught = np.mean(s[logins & (y == 1)] >= medium)
+    assert float(bands["model"]["login_attacks_caught"]) == pytest.approx(caught, abs=6e-5)
+
+    # per class and per history bucket: counts and shares from the raw columns
+    classes = markdown_section(markdown, "Catch rate per attacker class")
+    attack_class = later.meta["attack_class"].to_numpy()
+    for cls, row in classes.items():
+        assert int(row["n"]) == int(np.sum(attack_class == cls))
+        assert float(row["model"]) == pytest.approx(np.mean(s[attack_class == cls] >= medium), abs=6e-5)
+    history = markdown_section(markdown, "By login history")
+    buckets = history_bucket(later.meta["history"])
+    assert {k: int(v["n"]) for k, v in history.items()} == {b: int(np.sum(buckets == b))
+                                                            for b in ("0", "1-4", "5-19", "20+")}
+    # drift: the score's mean in each half of the window
+    ts = later.meta["timestamp"]
+    second = (ts > ts.min() + (ts.max() - ts.min()) / 2).to_numpy()
+    shift = markdown_section(markdown, "Drift: scores")["model"]
+    assert float(shift["mean_first"]) == pytest.approx(s[~second].mean(), abs=6e-5)
+    assert float(shift["mean_second"]) == pytest.approx(s[second].mean(), abs=6e-5)
+    assert len(markdown_section(markdown, "Drift: features")) == later.X.shape[1]
+
+    for png in ("roc", "budget", "catch_rates", "reliability"):
+        assert f"]({png}.png)" in markdown
+        assert (out / f"{png}.png").read_bytes()[:8] == PNG_MAGIC
+    assert stdout == (out / "report.txt").read_text() + "\n"
+    assert f"{roc_auc_score(y, s):.4f}"[:4] in stdout and "## Drift: features" in stdout
+
+
+def test_evaluate_new_data_on_all_rows_into_the_default_folder(env, capsys):
+    """Data the model never saw: every row is scored, and the report lands under RISKENGINE_HOME."""
+    data = env / "fresh.parquet"
+    frame = synth.generate_events(users=80, days=14, seed=99)
+    synth.write_events(frame, data)
+    version = ModelRegistry(env / "models").champion_version()
+    assert main(["evaluate", "--data", str(data), "--model", version]) == 0
+    stdout = capsys.readouterr().out
+    assert f"{len(frame):,} events, {int(frame['label'].sum()):,} attacks" in stdout
+    assert "held-out" not in stdout
+    (folder,) = (env / "reports").glob(f"{version}-*")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["n"] == len(frame) and set(metrics["comparison"]) == {"model", "freeman"}
