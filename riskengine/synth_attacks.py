@@ -17,7 +17,7 @@ from riskengine.synth_users import NEVER, Population
 ATTACK_CLASSES = ("legit", "naive", "vpn", "targeted", "very_targeted", "credential_stuffing",
                   "impossible_travel", "session_hijack_payment")
 CODE = {name: code for code, name in enumerate(ATTACK_CLASSES)}
-MIN_HISTORY = 5  # successful logins a victim has before any attack on them
+MIN_HISTORY = 1  # successful logins a victim has before any attack on them: new users get attacked too
 # Incidents per user per 30 days (credential stuffing: bursts, each over many users).
 RATES = {"naive": 0.055, "vpn": 0.055, "targeted": 0.05, "very_targeted": 0.045,
          "impossible_travel": 0.045, "session_hijack_payment": 0.05, "credential_stuffing": 0.006}

@@ -15,6 +15,7 @@ from _maxminddb_geolite2 import geolite2_database
 from riskengine.synth import (ATTACK_CLASSES, EVENT_COLUMNS, generate_events, read_events,
                               to_request, write_events)
 from riskengine.synth_geo import POOLS_CSV
+from riskengine.synth_attacks import MIN_HISTORY
 
 RFC3339_Z = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 API_FIELDS = {"event_id", "user_id", "action", "timestamp", "ip", "user_agent", "device_id", "success",
@@ -81,7 +82,7 @@ def test_attacks_start_after_victim_history(events):
     attacks = events[events.label == 1]
     prior = [np.searchsorted(history.get(u, np.array([], dtype=object)), t)
              for u, t in zip(attacks.user_id, attacks.timestamp)]
-    assert min(prior) >= 5
+    assert min(prior) >= MIN_HISTORY
 
 
 def test_very_targeted_copies_the_victim_user_agent_on_a_new_device(events):
