@@ -6,12 +6,14 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 
 from riskengine.api import metrics
 from riskengine.api.auth import ClientDep
 from riskengine.api.schemas import (FeedbackRequest, FeedbackResponse, HealthResponse, ScoreRequest,
                                     ScoreResponse)
 from riskengine.engine import Engine
+from riskengine.stores import StoreUnavailable
 
 router = APIRouter()
 
@@ -46,8 +48,12 @@ def erase_user(user_id: str, engine: EngineDep, client: ClientDep) -> Response:
 
 
 @router.get("/health", response_model=HealthResponse, response_model_exclude_none=True)
-def health(engine: EngineDep) -> HealthResponse:
-    return HealthResponse(**engine.health())
+def health(engine: EngineDep) -> HealthResponse | JSONResponse:
+    try:
+        return HealthResponse(**engine.health())
+    except StoreUnavailable:                # a load balancer takes this replica out until its store answers
+        return JSONResponse({"status": "unavailable", "reason": "profile store not answering"},
+                            status_code=503, headers={"Retry-After": "1"})
 
 
 @router.get("/metrics")

@@ -1,0 +1,499 @@
+"""The shared store: several service processes or machines keep profiles, counters,
+events and audit chains in one Redis, so no replica holds state another needs.
+
+Every write is one Lua script, so Redis runs it as a single atomic step; a profile's
+version turns a lost update into a ``Conflict`` to retry, as in the SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
+from riskengine.profiles import UserProfile
+from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
+                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable)
+
+#: errors that mean "Redis cannot answer now" (down, restarting, loading, failed over, full):
+#: the service answers 503 and a later request finds it back
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
+                redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
+                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+_IP_TTL_S = int(2 * IP_WINDOW_S)          # an IP idle for two windows holds nothing a read could count
+_USER_IPS_TTL_S = 7 * 86400               # outlives the IP entries it points at, so erasure finds them
+_HEAD_RETRIES = 5
+_CHUNK = 500
+
+# Audit append, shared by every write script. KEYS[1..3] = chain head anchor (hash seq/hash/mac),
+# chain rows (list of "seq TAB prev TAB hash TAB body"), chain ids (set). ARGV[1..7] = has_audit,
+# expected head seq, expected head hash, new hash, row, chain id, new head mac. Python seals the
+# record and its anchor (Lua has no sha256 nor HMAC); the script checks the head is still the one
+# it sealed onto, so a refused check writes nothing.
+_AUDIT_LUA = f"""
+local function head_moved()
+  if ARGV[1] ~= '1' then return nil end
+  local head = redis.call('HMGET', KEYS[1], 'seq', 'hash')
+  local seq, hash = tonumber(head[1]) or 0, head[2] or '{GENESIS}'
+  if seq ~= tonumber(ARGV[2]) or hash ~= ARGV[3] then return {{'HEAD', tostring(seq), hash}} end
+  return nil
+end
+local function append_audit()
+  if ARGV[1] ~= '1' then return end
+  redis.call('RPUSH', KEYS[2], ARGV[5])
+  redis.call('HSET', KEYS[1], 'seq', tonumber(ARGV[2]) + 1, 'hash', ARGV[4], 'mac', ARGV[7])
+  redis.call('SADD', KEYS[3], ARGV[6])
+end
+"""
+
+# One scored event (or a profile update, or an audit record alone).
+# KEYS[4] profile, [5] event, [6] events by time, [7] the user's event ids, [8] IP entries,
+# [9] the user's IPs, [10] global totals, [11] payments by time in the event's currency,
+# [12..] global counts per learned attribute.
+# ARGV[8] event_id ('' = none), [9] has_profile, [10] expected version, [11] profile JSON,
+# [12] has_ip, [13] IP member, [14] at, [15] trim-below score, [16] IP TTL, [17] IP, [18] user-IPs TTL,
+# [19] store_event, [20] user_id, [21] request, [22] decision, [23] features, [24] currency of a
+# payment ('' = none), [25..] attribute, value pairs (one pair per KEYS[12..]).
+_COMMIT_LUA = _AUDIT_LUA + """
+if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return {'DUP'} end
+if ARGV[9] == '1' then
+  local version = tonumber(redis.call('HGET', KEYS[4], 'v')) or 0
+  if version ~= tonumber(ARGV[10]) then return {'CONFLICT'} end
+end
+local moved = head_moved()
+if moved then return moved end
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[4], 'v', tonumber(ARGV[10]) + 1, 'd', ARGV[11])
+  for i = 12, #KEYS do
+    local attribute, value = ARGV[25 + 2 * (i - 12)], ARGV[26 + 2 * (i - 12)]
+    if redis.call('HINCRBY', KEYS[i], value, 1) == 1 then
+      redis.call('HINCRBY', KEYS[10], 'd:' .. attribute, 1)
+    end
+    redis.call('HINCRBY', KEYS[10], 't:' .. attribute, 1)
+  end
+end
+if ARGV[12] == '1' then
+  redis.call('ZADD', KEYS[8], ARGV[14], ARGV[13])
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', ARGV[15])
+  redis.call('EXPIRE', KEYS[8], ARGV[16])
+  redis.call('SADD', KEYS[9], ARGV[17])
+  redis.call('EXPIRE', KEYS[9], ARGV[18])
+end
+if ARGV[19] == '1' then
+  redis.call('HSET', KEYS[5], 'user_id', ARGV[20], 'at', ARGV[14], 'request', ARGV[21],
+             'decision', ARGV[22], 'features', ARGV[23])
+  redis.call('ZADD', KEYS[6], ARGV[14], ARGV[8])
+  redis.call('SADD', KEYS[7], ARGV[8])
+  if ARGV[24] ~= '' then
+    redis.call('HSET', KEYS[5], 'pay', ARGV[24])
+    redis.call('ZADD', KEYS[11], ARGV[14], ARGV[8])
+  end
+end
+append_audit()
+return {'OK'}
+"""
+
+# KEYS[4] event. ARGV[8] outcome.
+_OUTCOME_LUA = _AUDIT_LUA + """
+if redis.call('EXISTS', KEYS[4]) == 0 then return {'MISSING'} end
+local moved = head_moved()
+if moved then return moved end
+redis.call('HSET', KEYS[4], 'outcome', ARGV[8])
+append_audit()
+return {'OK'}
+"""
+
+# KEYS[4] profile, [5] secret, [6] the user's event ids, [7] the user's IPs, [8] events by time.
+# ARGV[8] key prefix, [9] user_key. Event, payment and IP keys come from the sets, so they are
+# built here: this store wants one Redis primary (not Cluster mode).
+_ERASE_LUA = _AUDIT_LUA + """
+local moved = head_moved()
+if moved then return moved end
+local found = redis.call('DEL', KEYS[4], KEYS[5])
+for _, event_id in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+  local key = ARGV[8] .. 'e:' .. event_id
+  local currency = redis.call('HGET', key, 'pay')
+  if currency then redis.call('ZREM', ARGV[8] .. 'pay:' .. currency, event_id) end
+  found = found + redis.call('DEL', key)
+  redis.call('ZREM', KEYS[8], event_id)
+end
+for _, ip in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+  local key = ARGV[8] .. 'ip:' .. ip
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    if string.match(member, '^%d:[^:]*:(.*)$') == ARGV[9] then redis.call('ZREM', key, member) end
+  end
+end
+redis.call('DEL', KEYS[6], KEYS[7])
+append_audit()
+return {'OK', tostring(found)}
+"""
+
+# Retention: drop a chain's records up to ARGV[9] (never its last) and anchor where it now starts.
+# KEYS[4] the pruned chain's rows, [5] its start anchor. ARGV[8] index of the cut record,
+# [9] its seq, [10] its hash, [11] the start anchor's mac.
+_PRUNE_LUA = _AUDIT_LUA + """
+local function field(row, n)
+  local seq, prev, hash = string.match(row or '', '^(%d+)\\t([^\\t]*)\\t([^\\t]*)\\t')
+  return ({seq, prev, hash})[n]
+end
+local index = tonumber(ARGV[8])
+if field(redis.call('LINDEX', KEYS[4], index), 1) ~= ARGV[9]
+   or field(redis.call('LINDEX', KEYS[4], index), 3) ~= ARGV[10]
+   or tonumber(field(redis.call('LINDEX', KEYS[4], -1), 1) or 0) <= tonumber(ARGV[9]) then
+  return {'GONE'}
+end
+local moved = head_moved()
+if moved then return moved end
+redis.call('LTRIM', KEYS[4], index + 1, -1)
+redis.call('HSET', KEYS[5], 'seq', tonumber(ARGV[9]) + 1, 'hash', ARGV[10], 'mac', ARGV[11])
+append_audit()
+return {'OK', tostring(index + 1)}
+"""
+
+# The first writer's secret wins, in one round trip. KEYS[1] secret, ARGV[1] a fresh one.
+_SECRET_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+# Counting on the server: a busy IP's entries never cross the network. KEYS[1] IP entries.
+_IP_ACTIVITY_LUA = """
+local failures, users, distinct = 0, {}, 0
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])) do
+  local ok, user = string.match(member, '^(%d):[^:]*:(.*)$')
+  if ok == '0' then failures = failures + 1 end
+  if user and not users[user] then users[user] = true; distinct = distinct + 1 end
+end
+return {failures, distinct}
+"""
+
+
+class RedisStore:
+    """Thread-safe; one audit chain per store (so per process), appended under a local lock."""
+
+    def __init__(self, url: str, chain: str | None = None, prefix: str = "re:",
+                 socket_timeout: float = 1.0, audit_key: bytes | None = None) -> None:
+        self.prefix = prefix
+        self.chain = chain or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.audit_key = audit_key
+        # Two quick retries let a pooled connection reconnect after a Redis restart;
+        # more would only hold a request that should get its 503 now.
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2))
+        self._lock_timeout = 4 * socket_timeout + 1
+        self._commit = self._redis.register_script(_COMMIT_LUA)
+        self._outcome = self._redis.register_script(_OUTCOME_LUA)
+        self._erase = self._redis.register_script(_ERASE_LUA)
+        self._prune = self._redis.register_script(_PRUNE_LUA)
+        self._secret = self._redis.register_script(_SECRET_LUA)
+        self._ip_activity = self._redis.register_script(_IP_ACTIVITY_LUA)
+        self._audit_lock = threading.Lock()
+        self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
+
+    def _key(self, kind: str, name: str = "") -> str:
+        return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
+
+    # -- reads --------------------------------------------------------------
+    def get(self, user_id: str) -> UserProfile:
+        with _available():
+            version, data = self._redis.hmget(self._key("p", user_id), ["v", "d"])
+        if data is None:
+            return UserProfile(user_id=user_id)
+        profile = UserProfile.from_json(data)
+        profile.version = int(version)
+        return profile
+
+    def ip_activity(self, ip: str, at: float) -> IpActivity:
+        with _available():
+            failures, users = self._ip_activity(keys=[self._key("ip", ip)],
+                                                args=[f"({at - IP_WINDOW_S!r}", repr(at)])
+        return IpActivity(int(failures), int(users))
+
+    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
+        with _available():
+            pipe = self._redis.pipeline(transaction=False)
+            for attribute, value in values.items():
+                pipe.hget(self._key("gc", attribute), value)
+                pipe.hmget(self._key("gt"), [f"t:{attribute}", f"d:{attribute}"])
+            replies = pipe.execute()
+        result = {}
+        for i, attribute in enumerate(values):
+            count, (total, distinct) = replies[2 * i], replies[2 * i + 1]
+            result[attribute] = GlobalCount(float(count or 0), float(total or 0), float(distinct or 0))
+        return result
+
+    def find_event(self, event_id: str) -> StoredEvent | None:
+        with _available():
+            fields = self._redis.hgetall(self._key("e", event_id))
+        return _stored(event_id, fields) if fields else None
+
+    def labelled_events(self) -> Iterator[StoredEvent]:
+        """In time order, a chunk at a time: an offline job's history need not fit in memory."""
+        start = 0
+        while True:
+            with _available():
+                ids = self._redis.zrange(self._key("events"), start, start + _CHUNK - 1)
+                fields = self._events([i.decode() for i in ids], None)
+            if not ids:
+                return
+            for event_id, row in zip(ids, fields):
+                if row:                          # erased since the index was read
+                    yield _stored(event_id.decode(), row)
+            start += len(ids)
+
+    def payment_totals(self, actions: tuple[str, ...], currency: str, since: float,
+                       until: float) -> PaymentTotals:
+        """Scans only this currency's payments in the window (an index kept by ``commit``)."""
+        count, amount, fraud_count, fraud_amount = 0, 0.0, 0, 0.0
+        offset = 0
+        while True:
+            with _available():
+                ids = self._redis.zrangebyscore(self._key("pay", currency), repr(since), f"({until!r}",
+                                                start=offset, num=_CHUNK)
+                rows = self._events([i.decode() for i in ids], [b"request", b"decision", b"outcome"])
+            for request, decision, outcome in rows:
+                if request is None:
+                    continue
+                request, verdict = json.loads(request), json.loads(decision).get("decision")
+                outcome, value = outcome.decode() if outcome else None, request.get("amount")
+                if request.get("action") not in actions or value is None or request.get("currency") != currency:
+                    continue
+                if verdict == "allow" or (verdict == "step_up" and outcome in EXECUTED_OUTCOMES):
+                    count, amount = count + 1, amount + float(value)
+                    if outcome == "confirmed_fraud":
+                        fraud_count, fraud_amount = fraud_count + 1, fraud_amount + float(value)
+            if len(ids) < _CHUNK:
+                return PaymentTotals(count, amount, fraud_count, fraud_amount)
+            offset += len(ids)
+
+    def _events(self, ids: list[str], fields: list[bytes] | None) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for event_id in ids:
+            if fields:
+                pipe.hmget(self._key("e", event_id), fields)
+            else:
+                pipe.hgetall(self._key("e", event_id))
+        return pipe.execute() if ids else []
+
+    def audit_rows(self) -> Iterator[AuditRow]:
+        for chain in self._chains():
+            start = 0
+            while True:
+                with _available():
+                    items = self._redis.lrange(self._key("ar", chain), start, start + _CHUNK - 1)
+                if not items:
+                    break
+                for position, item in enumerate(items, start + 1):
+                    yield _audit_row(chain, position, item.decode(errors="replace"))
+                start += len(items)
+
+    def audit_anchors(self) -> list[Anchor]:
+        chains = self._chains()
+        with _available():
+            pipe = self._redis.pipeline(transaction=False)
+            for chain in chains:
+                pipe.hmget(self._key("ah", chain), ["seq", "hash", "mac"])
+                pipe.hmget(self._key("as", chain), ["seq", "hash", "mac"])
+            replies = pipe.execute()
+        anchors = []
+        for i, chain in enumerate(chains):
+            for kind, (seq, digest, mac) in ((HEAD, replies[2 * i]), (START, replies[2 * i + 1])):
+                if seq is not None:
+                    anchors.append(Anchor(chain, kind, int(seq), (digest or b"").decode(), (mac or b"").decode()))
+        return anchors
+
+    def _chains(self) -> list[str]:
+        with _available():
+            return sorted(c.decode() for c in self._redis.smembers(self._key("chains")))
+
+    def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
+        key = self._key("s", user_key)
+        with _available():
+            return self._secret(keys=[key], args=[os.urandom(32)]) if create else self._redis.get(key)
+
+    # -- writes -------------------------------------------------------------
+    def commit(self, change: Commit) -> None:
+        event, profile = change.event, change.profile
+        learned = list(change.learned_values.items()) if profile is not None else []
+        currency = _payment_currency(event.request) if event else ""
+        keys = [self._key("p", change.user_id), self._key("e", event.event_id if event else "-"),
+                self._key("events"), self._key("ue", change.user_id), self._key("ip", change.ip),
+                self._key("uip", change.user_key), self._key("gt"), self._key("pay", currency or "-"),
+                *(self._key("gc", attribute) for attribute, _ in learned)]
+        # member: success flag, a unique suffix (two entries never merge), then the user key
+        member = f"{int(change.success)}:{secrets.token_hex(8)}:{change.user_key}"
+        args = [event.event_id if event else "",
+                "1" if profile is not None else "0", change.expected_version,
+                _profile_json(profile, change.expected_version) if profile is not None else "",
+                "1", member, repr(change.at), f"({change.at - 2 * IP_WINDOW_S!r}", _IP_TTL_S,
+                change.ip, _USER_IPS_TTL_S,
+                "1" if event else "0", change.user_id,
+                json.dumps(event.request) if event else "", json.dumps(event.decision) if event else "",
+                json.dumps(event.features) if event else "", currency,
+                *(item for pair in learned for item in pair)]
+        status = self._write(self._commit, keys, args, change.audit)
+        if status[0] == b"DUP":
+            raise DuplicateEvent(event.event_id if event else "")
+        if status[0] == b"CONFLICT":
+            raise Conflict("the profile's version moved")     # no user id: exceptions end up in logs
+        if profile is not None:
+            profile.version = change.expected_version + 1
+
+    def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
+                       learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
+        learned = list(learned_values.items())
+        keys = [self._key("p", user_id), *self._unused(7), *(self._key("gc", a) for a, _ in learned)]
+        keys[6] = self._key("gt")                # KEYS[10]: the totals the learned values add to
+        args = ["", "1", expected_version, _profile_json(profile, expected_version), "0", "", "0", "", 0,
+                "", 0, "0", "", "", "", "", "", *(item for pair in learned for item in pair)]
+        if self._write(self._commit, keys, args, audit)[0] == b"CONFLICT":
+            raise Conflict("the profile's version moved")
+        profile.version = expected_version + 1
+
+    def record_outcome(self, event_id: str, outcome: str, audit: dict[str, Any]) -> bool:
+        return self._write(self._outcome, [self._key("e", event_id)], [outcome], audit)[0] == b"OK"
+
+    def append_audit(self, audit: dict[str, Any]) -> None:
+        args = ["", "0", 0, "", "0", "", "0", "", 0, "", 0, "0", "", "", "", "", ""]
+        self._write(self._commit, self._unused(8), args, audit)
+
+    def erase_user(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
+        keys = [self._key("p", user_id), self._key("s", user_key), self._key("ue", user_id),
+                self._key("uip", user_key), self._key("events")]
+        status = self._write(self._erase, keys, [self.prefix, user_key], audit)
+        return len(status) < 2 or int(status[1]) > 0
+
+    def prune_audit(self, chain: str, through_seq: int, audit: dict[str, Any]) -> int:
+        """Drop ``chain``'s records up to ``through_seq`` (never its last), anchor where it now
+        starts, and record the pruning on this store's chain, in one script."""
+        rows = self._key("ar", chain)
+        with _available():
+            first = self._redis.lindex(rows, 0)
+            first_seq = _audit_row(chain, 1, first.decode(errors="replace")).seq if first else 0
+            index = through_seq - first_seq
+            cut = self._redis.lindex(rows, index) if first and index >= 0 else None
+        if cut is None:
+            return 0
+        cut_hash = _audit_row(chain, 0, cut.decode(errors="replace")).hash
+        start = Anchor.make(START, chain, through_seq + 1, cut_hash, self.audit_key)
+        status = self._write(self._prune, [rows, self._key("as", chain)],
+                             [index, through_seq, cut_hash, start.mac], audit)
+        return int(status[1]) if status[0] == b"OK" and len(status) > 1 else 0
+
+    def _unused(self, n: int) -> list[str]:
+        """Placeholder keys for a script's unused slots (the write script's KEYS[4..])."""
+        return [self._key("unused")] * n
+
+    def _write(self, script: Script, keys: list[str], args: list[Any],
+               audit: dict[str, Any] | None) -> list[bytes]:
+        """Run one write script, sealing ``audit`` onto this store's chain inside it."""
+        chain_keys = [self._key("ah", self.chain), self._key("ar", self.chain), self._key("chains")]
+        if audit is None:
+            return self._run(script, chain_keys + keys, ["0", 0, "", "", "", self.chain, "", *args])
+        # One append at a time per chain: each record is sealed onto the one before it.
+        if not self._audit_lock.acquire(timeout=self._lock_timeout):
+            raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
+        try:
+            for _ in range(_HEAD_RETRIES):
+                seq, prev = self._head or self._read_head()
+                sealed = {**audit, "chain": self.chain, "seq": seq + 1}
+                digest = seal(prev, sealed, self.audit_key)
+                row = f"{seq + 1}\t{prev}\t{digest}\t{canonical(sealed)}"
+                mac = Anchor.make(HEAD, self.chain, seq + 1, digest, self.audit_key).mac
+                try:
+                    status = self._run(script, chain_keys + keys,
+                                       ["1", seq, prev, digest, row, self.chain, mac, *args])
+                except StoreUnavailable:
+                    self._head = None            # the script may or may not have run: re-read the head
+                    raise
+                if status[0] == b"HEAD":
+                    self._head = (int(status[1]), status[2].decode())
+                    if self._head == (seq + 1, digest):
+                        return [b"OK"]           # a reconnect retry of this very call had applied it
+                    continue                     # the chain moved: Redis lost its data, or a shared chain id
+                if status[0] == b"OK":
+                    self._head = (seq + 1, digest)
+                return status
+            raise StoreUnavailable("the audit chain head kept moving: does another writer use this chain id?")
+        finally:
+            self._audit_lock.release()
+
+    def _read_head(self) -> tuple[int, str]:
+        with _available():
+            seq, digest = self._redis.hmget(self._key("ah", self.chain), ["seq", "hash"])
+        return (int(seq), digest.decode()) if seq is not None else (0, GENESIS)
+
+    def _run(self, script: Script, keys: list[str], args: Sequence[Any]) -> list[bytes]:
+        with _available():
+            return script(keys=keys, args=list(args))
+
+    # -- housekeeping -------------------------------------------------------
+    def ping(self) -> None:
+        with _available():
+            self._redis.ping()
+
+    def clear(self) -> None:
+        """Delete this prefix's keys only: other stores (and tests) may share the server."""
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix) + "*"
+        with _available():
+            batch: list[bytes] = []
+            for key in self._redis.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    self._redis.unlink(*batch)
+                    batch.clear()
+            if batch:
+                self._redis.unlink(*batch)
+        self._head = None
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+@contextmanager
+def _available() -> Iterator[None]:
+    """Redis down, restarting or failed over -> StoreUnavailable (503); redis-py reconnects later."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"Redis store unavailable ({type(exc).__name__})") from exc
+
+
+def _payment_currency(request: dict[str, Any]) -> str:
+    """The currency under which ``payment_totals`` finds this event, or '' when it moved no money."""
+    currency = request.get("currency")
+    return str(currency) if request.get("amount") is not None and currency else ""
+
+
+def _profile_json(profile: UserProfile, expected_version: int) -> str:
+    profile.version = expected_version + 1       # as stored; the caller's object is bumped on success
+    try:
+        return profile.to_json()
+    finally:
+        profile.version = expected_version
+
+
+def _stored(event_id: str, fields: dict[bytes, bytes]) -> StoredEvent:
+    outcome = fields.get(b"outcome")
+    return StoredEvent(event_id, fields[b"user_id"].decode(), float(fields[b"at"]),
+                       json.loads(fields[b"request"]), json.loads(fields[b"decision"]),
+                       json.loads(fields[b"features"]), outcome.decode() if outcome else None)
+
+
+def _audit_row(chain: str, position: int, item: str) -> AuditRow:
+    """``seq TAB prev TAB hash TAB body``; an entry edited out of shape still becomes a row verify flags."""
+    parts = item.split("\t", 3)
+    if len(parts) != 4 or not parts[0].isdigit():
+        return AuditRow(chain, position, item, "", "")
+    return AuditRow(chain, int(parts[0]), parts[3], parts[1], parts[2])

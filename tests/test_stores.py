@@ -1,0 +1,313 @@
+"""One contract suite run on every profile store: memory, SQLite (a tmp file) and the real Redis.
+
+The stores must be interchangeable behind the Engine, so each test states one behaviour of
+``ProfileStore`` and runs it on all three; the last one drives concurrent writers through the Engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any, Iterator
+
+import pytest
+import redis
+
+from riskengine.audit import verify
+from riskengine.engine import Engine
+from riskengine.enrich import Enricher
+from riskengine.profiles import UserProfile
+from riskengine.stores import (Commit, Conflict, DuplicateEvent, MemoryStore, ProfileStore, SQLiteStore,
+                               StoredEvent, open_store)
+from riskengine.stores.redis import RedisStore
+from tests.conftest import REDIS_URL, T0, event
+
+AT = T0.timestamp()
+IP = "203.0.113.7"
+AUDIT_KEY = b"contract-suite audit key"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ProfileStore]:
+    """A fresh store; the Redis one lives under its own key prefix on db 15 and is cleared after."""
+    if request.param == "memory":
+        opened: ProfileStore = MemoryStore(audit_key=AUDIT_KEY)
+    elif request.param == "sqlite":
+        opened = open_store(f"sqlite:///{tmp_path}/profiles.db", synchronous="NORMAL", audit_key=AUDIT_KEY)
+    else:
+        opened = open_store(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:12]}:", audit_key=AUDIT_KEY)
+    try:
+        yield opened
+    finally:
+        opened.clear()
+        opened.close()
+
+
+def stored_event(event_id: str, user: str = "alice", at: float = AT, verdict: str = "allow",
+                 **request: Any) -> StoredEvent:
+    return StoredEvent(event_id, user, at, {"user_id": user, "action": "login", **request},
+                       {"decision": verdict, "risk_score": 0.1}, {"new_device": 0.0})
+
+
+def change(event_id: str | None = "e1", user: str = "alice", version: int = 0, events: int | None = None,
+           ip: str = IP, at: float = AT, success: bool = True, learned: dict[str, str] | None = None,
+           profile: bool = True, audit: bool = True) -> Commit:
+    """One scored event as the Engine would commit it; ``events`` marks the profile written."""
+    new = UserProfile(user_id=user, events=version + 1 if events is None else events) if profile else None
+    return Commit(user, version, new, ip, f"key-{user}", at, success,
+                  learned if learned is not None else {"ip": ip, "country": "NO"},
+                  stored_event(event_id, user, at) if event_id else None,
+                  {"kind": "score", "event_id": event_id, "subject": f"s-{user}"} if audit else None)
+
+
+def snapshot(store: ProfileStore) -> dict[str, Any]:
+    """Everything a refused commit must leave alone."""
+    return {"profile": store.get("alice"), "ip": store.ip_activity(IP, AT + 10),
+            "counts": store.global_counts({"ip": IP, "country": "NO"}),
+            "events": [e.event_id for e in store.labelled_events()],
+            "audit": [(r.chain, r.seq, r.hash) for r in store.audit_rows()], "anchors": store.audit_anchors()}
+
+
+def test_unknown_user_has_an_empty_profile(store: ProfileStore) -> None:
+    profile = store.get("nobody")
+    assert (profile.user_id, profile.version, profile.events) == ("nobody", 0, 0)
+    assert store.find_event("missing") is None
+
+
+def test_commit_then_get(store: ProfileStore) -> None:
+    commit = change("e1", events=1)
+    store.commit(commit)
+    assert commit.profile.version == 1
+    profile = store.get("alice")
+    assert (profile.version, profile.events) == (1, 1)
+    store.commit(change("e2", version=1, events=2))
+    assert (store.get("alice").version, store.get("alice").events) == (2, 2)
+    assert store.get("bob").version == 0
+
+
+def test_a_moved_version_conflicts_and_changes_nothing(store: ProfileStore) -> None:
+    store.commit(change("e1"))
+    before = snapshot(store)
+    with pytest.raises(Conflict):
+        store.commit(change("e2", version=0, events=99))         # read before e1 was committed
+    assert snapshot(store) == before
+    assert store.find_event("e2") is None
+
+
+def test_a_known_event_id_is_refused_and_changes_nothing(store: ProfileStore) -> None:
+    store.commit(change("e1"))
+    before = snapshot(store)
+    with pytest.raises(DuplicateEvent):
+        store.commit(change("e1", version=1, events=99, success=False))
+    assert snapshot(store) == before
+    assert store.find_event("e1").decision["decision"] == "allow"
+
+
+def test_ip_activity_counts_failures_and_distinct_users_in_the_hour_before(store: ProfileStore) -> None:
+    store.commit(change("old", user="old", at=AT - 3600, success=False))         # exactly an hour: out
+    store.commit(change("a1", user="alice", at=AT - 1800, success=False))
+    store.commit(change("a2", user="alice", version=1, at=AT - 60, success=False))
+    store.commit(change("b1", user="bob", at=AT - 10))
+    store.commit(change("c1", user="carol", at=AT + 60, success=False))          # after `at`: out
+    store.commit(change("o1", user="dave", ip="198.51.100.1", at=AT, success=False))
+    assert store.ip_activity(IP, AT) == store.ip_activity(IP, AT)             # reads change nothing
+    activity = store.ip_activity(IP, AT)
+    assert (activity.failures, activity.distinct_users) == (2, 2)
+    later = store.ip_activity(IP, AT + 1800 + 1)                              # alice's a1 has left the hour
+    assert (later.failures, later.distinct_users) == (2, 3)
+    assert store.ip_activity("192.0.2.99", AT) == store.ip_activity("192.0.2.98", AT)
+    assert store.ip_activity("192.0.2.99", AT).distinct_users == 0
+
+
+def test_global_counts_totals_and_distinct_values(store: ProfileStore) -> None:
+    store.commit(change("a1", user="alice", learned={"ip": IP, "country": "NO"}))
+    store.commit(change("b1", user="bob", learned={"ip": IP, "country": "SE"}))
+    store.commit(change("c1", user="carol", learned={"ip": "198.51.100.1", "country": "NO"}))
+    store.commit(change("x1", user="dave", profile=False, learned={"ip": IP}))     # not learned: not counted
+    counts = store.global_counts({"ip": IP, "country": "NO", "os": "Windows"})
+    assert counts["ip"].count == 2 and counts["ip"].total == 3 and counts["ip"].distinct == 2
+    assert counts["country"].count == 2 and counts["country"].total == 3 and counts["country"].distinct == 2
+    assert (counts["os"].count, counts["os"].total, counts["os"].distinct) == (0, 0, 0)
+
+
+def test_find_event_record_outcome_and_labelled_events(store: ProfileStore) -> None:
+    store.commit(change("late", user="alice", at=AT + 100))
+    store.commit(change("early", user="bob", at=AT - 100))
+    found = store.find_event("late")
+    assert found == stored_event("late", "alice", AT + 100)
+    rows_before = len(list(store.audit_rows()))
+    assert store.record_outcome("late", "confirmed_fraud", {"kind": "feedback", "event_id": "late"})
+    assert not store.record_outcome("nope", "confirmed_fraud", {"kind": "feedback", "event_id": "nope"})
+    assert len(list(store.audit_rows())) == rows_before + 1                  # the unknown one left no record
+    assert store.find_event("late").outcome == "confirmed_fraud"
+    assert [(e.event_id, e.outcome) for e in store.labelled_events()] == [("early", None),
+                                                                         ("late", "confirmed_fraud")]
+
+
+def test_update_profile_checks_the_version_and_counts(store: ProfileStore) -> None:
+    store.commit(change("e1", learned={}))
+    profile = UserProfile(user_id="alice", events=7)
+    store.update_profile("alice", 1, profile, {"country": "NO"}, None)
+    assert profile.version == 2
+    assert (store.get("alice").version, store.get("alice").events) == (2, 7)
+    assert store.global_counts({"country": "NO"})["country"].count == 1
+    with pytest.raises(Conflict):
+        store.update_profile("alice", 1, UserProfile(user_id="alice", events=99), {"country": "NO"},
+                             {"kind": "trust"})
+    assert store.get("alice").events == 7
+    assert store.global_counts({"country": "NO"})["country"].count == 1
+
+
+def test_erase_user_removes_only_that_user(store: ProfileStore) -> None:
+    store.commit(change("a1", user="alice", success=False))
+    store.commit(change("a2", user="alice", version=1, ip="198.51.100.1"))
+    store.commit(change("b1", user="bob", success=False))
+    alice_secret = store.user_secret("alice", "key-alice", create=True)
+    bob_secret = store.user_secret("bob", "key-bob", create=True)
+    assert alice_secret and store.user_secret("alice", "key-alice", create=True) == alice_secret
+    rows_before = len(list(store.audit_rows()))
+
+    assert store.erase_user("alice", "key-alice", {"kind": "erasure", "subject": "s-alice"})
+
+    assert store.get("alice").version == 0
+    assert store.find_event("a1") is None and store.find_event("a2") is None
+    assert store.user_secret("alice", "key-alice", create=False) is None
+    assert (store.ip_activity(IP, AT).failures, store.ip_activity(IP, AT).distinct_users) == (1, 1)
+    assert store.ip_activity("198.51.100.1", AT).distinct_users == 0
+    assert store.get("bob").version == 1 and store.find_event("b1") is not None
+    assert store.user_secret("bob", "key-bob", create=False) == bob_secret
+    assert [e.event_id for e in store.labelled_events()] == ["b1"]
+    assert len(list(store.audit_rows())) == rows_before + 1
+    assert not store.erase_user("alice", "key-alice", {"kind": "erasure", "subject": "s-alice"})
+
+
+def test_audit_rows_verify_with_the_key_and_an_edited_row_is_found(store: ProfileStore, tmp_path) -> None:
+    store.commit(change("e1"))
+    store.append_audit({"kind": "model", "model_version": "m1"})
+    store.commit(change("e2", version=1))
+    rows = list(store.audit_rows())
+    assert [r.seq for r in rows] == [1, 2, 3] and len({r.chain for r in rows}) == 1
+    assert verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+    assert verify(rows, b"another key", store.audit_anchors()) != []          # seals are keyed
+
+    _tamper(store, tmp_path, rows[1], rows[1].body.replace('"m1"', '"m2"'))
+
+    problems = verify(store.audit_rows(), AUDIT_KEY, store.audit_anchors())
+    assert [(p.seq, "edited" in p.what) for p in problems] == [(2, True)]
+
+
+def test_a_deleted_last_audit_record_is_found_by_the_head_anchor(store: ProfileStore, tmp_path) -> None:
+    for n in range(3):
+        store.append_audit({"kind": "model", "model_version": f"m{n}"})
+    rows = list(store.audit_rows())
+
+    _tamper(store, tmp_path, rows[-1], None)
+
+    assert [r.seq for r in store.audit_rows()] == [1, 2]
+    assert verify(store.audit_rows(), AUDIT_KEY) == []                    # the links alone look fine
+    problems = verify(store.audit_rows(), AUDIT_KEY, store.audit_anchors())
+    assert [(p.seq, "missing" in p.what) for p in problems] == [(3, True)]
+
+
+def _tamper(store: ProfileStore, tmp_path, row: Any, body: str | None) -> None:
+    """Edit (or, with ``body=None``, delete) one stored audit record behind the store's back."""
+    if isinstance(store, MemoryStore):
+        index = store._audit.index(row)
+        if body is None:
+            del store._audit[index]
+        else:
+            store._audit[index] = dataclasses.replace(row, body=body)
+    elif isinstance(store, SQLiteStore):
+        with sqlite3.connect(tmp_path / "profiles.db") as db:
+            if body is None:
+                db.execute("DELETE FROM audit WHERE chain=? AND seq=?", (row.chain, row.seq))
+            else:
+                db.execute("UPDATE audit SET body=? WHERE chain=? AND seq=?", (body, row.chain, row.seq))
+    else:
+        assert isinstance(store, RedisStore)
+        client = redis.Redis.from_url(REDIS_URL)
+        key = f"{store.prefix}ar:{row.chain}"
+        stored = [item for item in client.lrange(key, 0, -1) if item.endswith(row.body.encode())]
+        assert len(stored) == 1
+        if body is None:
+            client.lrem(key, 1, stored[0])
+        else:
+            client.lset(key, row.seq - 1, stored[0].replace(row.body.encode(), body.encode()))
+        client.close()
+
+
+def test_prune_audit_keeps_the_chain_verifiable(store: ProfileStore) -> None:
+    for n in range(5):
+        store.append_audit({"kind": "model", "model_version": f"m{n}"})
+    chain = next(store.audit_rows()).chain
+    assert store.prune_audit(chain, 2, {"kind": "audit_pruned", "through_seq": 2}) == 2
+    rows = list(store.audit_rows())
+    assert [r.seq for r in rows] == [3, 4, 5, 6]
+    assert '"audit_pruned"' in rows[-1].body
+    assert verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+    assert verify(rows, AUDIT_KEY) != []                              # without its start anchor: a gap
+    assert store.prune_audit(chain, 6, {"kind": "audit_pruned"}) == 0     # never the last record
+    assert store.prune_audit(chain, 1, {"kind": "audit_pruned"}) == 0     # already gone
+    assert [r.seq for r in store.audit_rows()] == [3, 4, 5, 6]
+
+
+def test_payment_totals_count_executed_payments_in_the_window(store: ProfileStore) -> None:
+    day = 86400.0
+    payments = [  # event id, at, action, amount, currency, decision, outcome
+        ("p1", AT, "payment", 100.0, "EUR", "allow", None),
+        ("p2", AT + 60, "payment", 50.0, "EUR", "step_up", "step_up_passed"),
+        ("p3", AT + 120, "payment", 30.0, "EUR", "step_up", None),              # never went ahead
+        ("p4", AT + 180, "payment", 20.0, "EUR", "allow", "confirmed_fraud"),
+        ("p5", AT, "payment", 1000.0, "USD", "allow", None),                    # other currency
+        ("p6", AT, "add_payee", 5.0, "EUR", "allow", None),                     # other action
+        ("p7", AT, "payment", 8.0, "EUR", "deny", None),
+        ("p8", AT - day, "payment", 1.0, "EUR", "allow", None),                 # since is inclusive
+        ("p9", AT + day, "payment", 9.0, "EUR", "allow", None),                 # until is not
+    ]
+    for event_id, at, action, amount, currency, verdict, outcome in payments:
+        commit = change(event_id, user=f"user-{event_id}", at=at)
+        commit.event = stored_event(event_id, commit.user_id, at, verdict, action=action, amount=amount,
+                                    currency=currency)
+        store.commit(commit)
+        if outcome:
+            assert store.record_outcome(event_id, outcome, {"kind": "feedback"})
+    store.commit(change("login", user="user-login"))
+    totals = store.payment_totals(("payment",), "EUR", AT - day, AT + day)
+    assert (totals.count, totals.amount, totals.fraud_count, totals.fraud_amount) == (4, 171.0, 1, 20.0)
+    assert totals.fraud_rate == pytest.approx(20.0 / 171.0)
+    assert store.payment_totals(("payment", "add_payee"), "EUR", AT - day, AT + day).count == 5
+    assert store.payment_totals(("payment",), "GBP", AT - day, AT + day).fraud_rate is None
+    assert store.erase_user("user-p4", "key-user-p4", {"kind": "erasure"})
+    assert store.payment_totals(("payment",), "EUR", AT - day, AT + day).fraud_count == 0
+
+
+def test_concurrent_events_for_one_user_lose_no_update(store: ProfileStore) -> None:
+    """8 threads x 50 logins for the same user through the Engine: every learned event is counted once."""
+    engine = Engine(store, Enricher())
+    learned = [0] * 8
+    errors: list[BaseException] = []
+
+    def post(thread: int) -> None:
+        try:
+            for i in range(50):
+                n = thread * 50 + i
+                scored = engine.score_and_record(event(n, at=T0 + timedelta(seconds=30 * n)))
+                learned[thread] += scored.learned
+        except BaseException as exc:       # surfaced below: a thread's failure must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    profile = store.get("alice")
+    assert sum(learned) == 400                                  # low-risk repeats: every one is learned
+    assert profile.events == 400
+    assert len(list(store.labelled_events())) == 400
+    rows = list(store.audit_rows())
+    assert len(rows) == 400 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
