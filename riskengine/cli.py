@@ -19,9 +19,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.bootstrap_model:
         _bootstrap(settings)
+    from riskengine.api.timeouts import HeaderDeadlineProtocol
+
     app = create_app(settings)
-    # access_log off: its lines carry client IPs and raw paths (DELETE /users/<id>)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info")
+    head_limit = 64 * 1024
+    # access_log off: its lines carry client IPs and raw paths (DELETE /users/<id>).
+    # Slow or oversized clients: headers and body each within read_timeout_seconds (408), a request
+    # head of at most 64 KiB (431), idle keep-alive closed, and past limit_concurrency a quick 503.
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info",
+                http=HeaderDeadlineProtocol.configured(settings.read_timeout_seconds, head_limit),
+                timeout_keep_alive=settings.keep_alive_seconds, limit_concurrency=settings.limit_concurrency,
+                h11_max_incomplete_event_size=head_limit)
     return 0
 
 

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     retention_days: float = 180.0
     sqlite_synchronous: str = "FULL"            # FULL: a 200 survives power loss, not just a crash
     max_body_bytes: int = 64 * 1024
+    rate_limit_per_second: float = 2000.0       # per API key and per process (N workers: N x this); 0 disables
+    rate_limit_burst: float = 4000.0
+    read_timeout_seconds: float = 5.0           # a request's headers, then its body, must each arrive within this
+    keep_alive_seconds: int = 5                 # idle keep-alive connections are closed after this
+    limit_concurrency: int = 1000               # connections + in-flight requests per process; more get 503
     pseudonym_key_file: Path | None = None      # default: <home>/var/pseudonym.key
     bootstrap_model: bool = True                # serve trains a first model on generated data when none exists
     bootstrap_users: int = 1000

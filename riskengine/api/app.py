@@ -14,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from riskengine.api import metrics, routes
 from riskengine.api.auth import KeyRing
+from riskengine.api.ratelimit import RateLimit
+from riskengine.api.timeouts import BodyTimeout
 from riskengine.engine import Engine
 from riskengine.settings import Settings
 from riskengine.stores import StoreUnavailable
@@ -39,6 +41,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(StoreUnavailable, _unavailable)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeout, seconds=settings.read_timeout_seconds)
+    app.add_middleware(RateLimit, keys=keys, per_second=settings.rate_limit_per_second,
+                       burst=settings.rate_limit_burst)        # outermost of these: a 429 reads no body
     app.middleware("http")(_observe)
     return app
 
@@ -106,8 +111,11 @@ class BodyLimit:
             await _too_large(send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """An HTTPException, so FastAPI's body parsing lets it through to the 413 handler (not a 400)."""
+
+    def __init__(self) -> None:
+        super().__init__(413, detail=[{"field": "body", "message": "request body too large"}])
 
 
 async def _too_large(send) -> None:
