@@ -1,9 +1,13 @@
 """Step 7 of the flow: the tamper-evident audit trail.
 
-Each record is sealed with ``sha256(previous hash + canonical JSON)`` and carries
-its chain and sequence number, so ``verify`` finds an edited byte, a deleted,
-inserted or reordered record and names where. Users appear only as keyed
-pseudonyms: erasing a user's key leaves the chain verifiable but anonymous.
+Each record is sealed with ``HMAC-SHA256(audit key, previous seal + canonical JSON)``
+(plain SHA-256 when a store has no key, e.g. training replays) and carries its
+chain and sequence number. Each chain also has two keyed anchors: its head (the
+last record, so a truncated end shows) and, once retention pruned it, its start
+(the seal the first kept record links to). ``verify`` finds an edited byte and a
+deleted, inserted, forged or reordered record, and names the chain and record.
+Users appear only as keyed pseudonyms: erasing a user's secret leaves the chain
+verifiable but anonymous.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 GENESIS = "0" * 64
+HEAD, START = "head", "start"
 
 
 def canonical(body: dict[str, Any]) -> str:
@@ -23,13 +28,16 @@ def canonical(body: dict[str, Any]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def seal(prev_hash: str, body: dict[str, Any]) -> str:
-    """Chain one record onto the previous one.
+def seal(prev_hash: str, body: dict[str, Any], key: bytes | None = None) -> str:
+    """Chain one record onto the previous one; with a key, only its holder can make a valid seal.
 
     >>> seal(GENESIS, {"seq": 1}) == seal(GENESIS, {"seq": 1}) != seal(GENESIS, {"seq": 2})
     True
+    >>> seal(GENESIS, {"seq": 1}, b"k") != seal(GENESIS, {"seq": 1}, b"other key")
+    True
     """
-    return hashlib.sha256((prev_hash + canonical(body)).encode()).hexdigest()
+    data = (prev_hash + canonical(body)).encode()
+    return hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
 
 
 def pseudonym(user_key: bytes, user_id: str) -> str:
@@ -49,6 +57,31 @@ class AuditRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Anchor:
+    """A keyed mark of where a chain ends (``head``: seq and seal of its last record) or, after
+    retention pruned its oldest records, where it now starts (``start``: seq of the first kept
+    record and the seal it links to)."""
+
+    chain: str
+    kind: str
+    seq: int
+    hash: str
+    mac: str
+
+    @classmethod
+    def make(cls, kind: str, chain: str, seq: int, digest: str, key: bytes | None) -> "Anchor":
+        return cls(chain, kind, seq, digest, _anchor_mac(kind, chain, seq, digest, key))
+
+    def valid(self, key: bytes | None) -> bool:
+        return hmac.compare_digest(self.mac, _anchor_mac(self.kind, self.chain, self.seq, self.hash, key))
+
+
+def _anchor_mac(kind: str, chain: str, seq: int, digest: str, key: bytes | None) -> str:
+    data = f"riskengine-audit-{kind}:{chain}:{seq}:{digest}".encode()
+    return hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
 class Problem:
     chain: str
     seq: int
@@ -58,18 +91,35 @@ class Problem:
         return f"chain {self.chain} record {self.seq}: {self.what}"
 
 
-def verify(rows: Iterable[AuditRow]) -> list[Problem]:
-    """Check every chain end to end; rows may come in any chain order but by seq within one."""
+def verify(rows: Iterable[AuditRow], key: bytes | None = None,
+           anchors: Iterable[Anchor] | None = None) -> list[Problem]:
+    """Check every chain end to end; rows may come in any chain order but by seq within one.
+
+    With ``anchors`` (a store's heads and starts) a chain must end at its head and begin
+    at its start anchor (or at record 1); without, only the links between records are checked.
+    """
     problems: list[Problem] = []
-    heads: dict[str, tuple[int, str]] = {}
+    heads: dict[str, Anchor] = {}
+    starts: dict[str, Anchor] = {}
+    for anchor in anchors or ():
+        if not anchor.valid(key):
+            problems.append(Problem(anchor.chain, anchor.seq, f"the chain's {anchor.kind} anchor is not sealed "
+                                    "with the audit key (forged or edited)"))
+        (heads if anchor.kind == HEAD else starts)[anchor.chain] = anchor
+    expected: dict[str, tuple[int, str]] = {}
     for row in rows:
-        expected_seq, expected_prev = heads.get(row.chain, (1, GENESIS))
+        if row.chain not in expected:
+            start = starts.get(row.chain)
+            expected[row.chain] = (start.seq, start.hash) if start is not None else (1, GENESIS)
+        expected_seq, expected_prev = expected[row.chain]
         try:
             body = json.loads(row.body)
         except ValueError:
             problems.append(Problem(row.chain, row.seq, "record is not valid JSON (edited)"))
-            heads[row.chain] = (row.seq + 1, row.hash)
+            expected[row.chain] = (row.seq + 1, row.hash)
             continue
+        if not isinstance(body, dict):
+            body = {}
         if body.get("seq") != row.seq or body.get("chain") != row.chain:
             problems.append(Problem(row.chain, row.seq, "position inside the record does not match "
                                     f"where it is stored (seq {body.get('seq')}): moved or swapped"))
@@ -80,7 +130,31 @@ def verify(rows: Iterable[AuditRow]) -> list[Problem]:
         if row.prev_hash != expected_prev:
             problems.append(Problem(row.chain, row.seq, "does not link to the record before it "
                                     "(a record was deleted, inserted or reordered)"))
-        if seal(row.prev_hash, body) != row.hash or canonical(body) != row.body:
-            problems.append(Problem(row.chain, row.seq, "content does not match its hash (edited)"))
-        heads[row.chain] = (row.seq + 1, row.hash)
+        if not hmac.compare_digest(seal(row.prev_hash, body, key), row.hash) or canonical(body) != row.body:
+            problems.append(Problem(row.chain, row.seq, "content does not match its seal (edited, or forged "
+                                    "without the audit key)"))
+        expected[row.chain] = (row.seq + 1, row.hash)
+    if anchors is not None:
+        problems += _check_ends(expected, heads)
+    return problems
+
+
+def _check_ends(expected: dict[str, tuple[int, str]], heads: dict[str, Anchor]) -> list[Problem]:
+    problems = []
+    for chain, (next_seq, last_hash) in expected.items():
+        head = heads.get(chain)
+        last = next_seq - 1
+        if head is None:
+            problems.append(Problem(chain, last, "the chain has no head anchor (deleted)"))
+        elif last < head.seq:
+            problems.append(Problem(chain, last + 1, f"records {last + 1}..{head.seq} at the end of the chain "
+                                    "are missing (deleted)"))
+        elif last > head.seq:
+            problems.append(Problem(chain, head.seq + 1, f"records {head.seq + 1}..{last} come after the chain's "
+                                    "head (inserted)"))
+        elif last_hash != head.hash:
+            problems.append(Problem(chain, last, "the last record is not the one the head anchor sealed (replaced)"))
+    for chain, head in heads.items():
+        if chain not in expected:
+            problems.append(Problem(chain, head.seq, f"all records of the chain up to {head.seq} are missing (deleted)"))
     return problems

@@ -2,6 +2,7 @@
 
 One ``commit`` writes a user's new profile, the per-IP and global counters, the
 recorded event and its audit record together, or nothing: a 200 implies all.
+Stores take ``audit_key`` (bytes or None): the key that seals audit records and anchors.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
-from riskengine.audit import AuditRow
+from riskengine.audit import Anchor, AuditRow
 from riskengine.profiles import UserProfile
 
 IP_WINDOW_S = 3600.0
@@ -53,6 +54,26 @@ class StoredEvent:
     outcome: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PaymentTotals:
+    """Executed payments of some actions in a window (allowed, or stepped up and then settled by
+    feedback), and the part later confirmed as fraud: the inputs of PSD2 RTS Art. 19's fraud rate."""
+
+    count: int = 0
+    amount: float = 0.0
+    fraud_count: int = 0
+    fraud_amount: float = 0.0
+
+    @property
+    def fraud_rate(self) -> float | None:
+        """Fraud by value; None when there was nothing to measure."""
+        return self.fraud_amount / self.amount if self.amount > 0 else None
+
+
+#: outcomes that show a stepped-up event went ahead (the step-up was passed, or it happened)
+EXECUTED_OUTCOMES = ("step_up_passed", "confirmed_fraud", "confirmed_legit")
+
+
 @dataclass(slots=True)
 class Commit:
     """Everything one scored event changes; ``profile=None`` leaves the profile as it was."""
@@ -83,6 +104,12 @@ class ProfileStore(Protocol):
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None: ...
     def labelled_events(self) -> Iterator[StoredEvent]: ...
     def audit_rows(self) -> Iterator[AuditRow]: ...
+    # -- audit anchors and retention (see audit.py): heads are kept by every append --------
+    def audit_anchors(self) -> list[Anchor]: ...
+    def prune_audit(self, chain: str, through_seq: int, audit: dict[str, Any]) -> int: ...
+    # -- PSD2 fraud rate inputs: executed payments with amount in currency, since <= at < until --
+    def payment_totals(self, actions: tuple[str, ...], currency: str, since: float,
+                       until: float) -> PaymentTotals: ...
     def ping(self) -> None: ...
     def clear(self) -> None: ...
     def close(self) -> None: ...

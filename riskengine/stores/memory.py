@@ -7,17 +7,19 @@ import threading
 from collections import defaultdict, deque
 from typing import Any, Iterator
 
-from riskengine.audit import GENESIS, AuditRow, canonical, seal
+from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, DuplicateEvent, GlobalCount,
-                                    IpActivity, StoredEvent)
+from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
+                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent)
 
 
 class MemoryStore:
     """Dicts behind one lock. ``keep_events=False`` skips recording, for large backfills."""
 
-    def __init__(self, keep_events: bool = True, keep_audit: bool = True, chain: str = "main") -> None:
+    def __init__(self, keep_events: bool = True, keep_audit: bool = True, chain: str = "main",
+                 audit_key: bytes | None = None) -> None:
         self.keep_events, self.keep_audit, self.chain = keep_events, keep_audit, chain
+        self.audit_key = audit_key
         self._lock = threading.RLock()
         self.clear()
 
@@ -29,6 +31,7 @@ class MemoryStore:
         self._events: dict[str, StoredEvent] = {}
         self._secrets: dict[str, bytes] = {}
         self._audit: list[AuditRow] = []
+        self._anchors: dict[tuple[str, str], Anchor] = {}
 
     def get(self, user_id: str) -> UserProfile:
         with self._lock:
@@ -51,7 +54,39 @@ class MemoryStore:
         yield from sorted(self._events.values(), key=lambda e: e.at)
 
     def audit_rows(self) -> Iterator[AuditRow]:
-        yield from self._audit
+        with self._lock:
+            rows = list(self._audit)
+        yield from rows
+
+    def audit_anchors(self) -> list[Anchor]:
+        with self._lock:
+            return [self._anchors[k] for k in sorted(self._anchors)]
+
+    def payment_totals(self, actions: tuple[str, ...], currency: str, since: float, until: float) -> PaymentTotals:
+        count, amount, fraud_count, fraud_amount = 0, 0.0, 0, 0.0
+        with self._lock:
+            events = list(self._events.values())
+        for e in events:
+            verdict, value = e.decision.get("decision"), e.request.get("amount")
+            if not (since <= e.at < until and e.request.get("action") in actions and value is not None
+                    and e.request.get("currency") == currency):
+                continue
+            if verdict == "allow" or (verdict == "step_up" and e.outcome in EXECUTED_OUTCOMES):
+                count, amount = count + 1, amount + float(value)
+                if e.outcome == "confirmed_fraud":
+                    fraud_count, fraud_amount = fraud_count + 1, fraud_amount + float(value)
+        return PaymentTotals(count, amount, fraud_count, fraud_amount)
+
+    def prune_audit(self, chain: str, through_seq: int, audit: dict[str, Any]) -> int:
+        with self._lock:
+            rows = [r for r in self._audit if r.chain == chain]
+            cut = next((r for r in rows if r.seq == through_seq), None)
+            if cut is None or through_seq >= rows[-1].seq:
+                return 0
+            self._audit = [r for r in self._audit if r.chain != chain or r.seq > through_seq]
+            self._anchors[(chain, START)] = Anchor.make(START, chain, through_seq + 1, cut.hash, self.audit_key)
+            self._append(audit)
+            return len([r for r in rows if r.seq <= through_seq])
 
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
         with self._lock:
@@ -126,9 +161,12 @@ class MemoryStore:
     def _append(self, body: dict[str, Any]) -> None:
         if not self.keep_audit:
             return
-        prev = self._audit[-1].hash if self._audit else GENESIS
-        sealed = {**body, "chain": self.chain, "seq": len(self._audit) + 1}
-        self._audit.append(AuditRow(self.chain, len(self._audit) + 1, canonical(sealed), prev, seal(prev, sealed)))
+        head = self._anchors.get((self.chain, HEAD))
+        seq, prev = (head.seq + 1, head.hash) if head is not None else (1, GENESIS)
+        sealed = {**body, "chain": self.chain, "seq": seq}
+        digest = seal(prev, sealed, self.audit_key)
+        self._audit.append(AuditRow(self.chain, seq, canonical(sealed), prev, digest))
+        self._anchors[(self.chain, HEAD)] = Anchor.make(HEAD, self.chain, seq, digest, self.audit_key)
 
     def ping(self) -> None:
         return None

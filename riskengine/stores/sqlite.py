@@ -13,10 +13,10 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from riskengine.audit import GENESIS, AuditRow, canonical, seal
+from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, DuplicateEvent, GlobalCount,
-                                    IpActivity, StoredEvent, StoreUnavailable)
+from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
+                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL);
@@ -29,9 +29,12 @@ CREATE TABLE IF NOT EXISTS global_totals (attribute TEXT PRIMARY KEY, total REAL
 CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, at REAL NOT NULL,
     request TEXT NOT NULL, decision TEXT NOT NULL, features TEXT NOT NULL, outcome TEXT);
 CREATE INDEX IF NOT EXISTS events_user ON events (user_id);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
 CREATE TABLE IF NOT EXISTS user_secrets (user_key TEXT PRIMARY KEY, secret BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (chain TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
     prev_hash TEXT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (chain, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_anchors (chain TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL,
+    hash TEXT NOT NULL, mac TEXT NOT NULL, PRIMARY KEY (chain, kind)) WITHOUT ROWID;
 """
 _PRUNE_EVERY = 512
 
@@ -39,8 +42,10 @@ _PRUNE_EVERY = 512
 class SQLiteStore:
     """Thread-safe: one connection per thread, transactions short and immediate."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL", chain: str = "main") -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL", chain: str = "main",
+                 audit_key: bytes | None = None) -> None:
         self.path = Path(path)
+        self.audit_key = audit_key
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.synchronous = synchronous
         self.chain = chain
@@ -106,6 +111,24 @@ class SQLiteStore:
         for chain, seq, body, prev, digest in self._db().execute(
                 "SELECT chain, seq, body, prev_hash, hash FROM audit ORDER BY chain, seq"):
             yield AuditRow(chain, seq, body, prev, digest)
+
+    def audit_anchors(self) -> list[Anchor]:
+        return [Anchor(chain, kind, seq, digest, mac) for chain, kind, seq, digest, mac in self._db().execute(
+            "SELECT chain, kind, seq, hash, mac FROM audit_anchors ORDER BY chain, kind")]
+
+    def payment_totals(self, actions: tuple[str, ...], currency: str, since: float, until: float) -> PaymentTotals:
+        marks = ",".join("?" * len(actions))
+        outcomes = ",".join("?" * len(EXECUTED_OUTCOMES))
+        row = self._db().execute(
+            "SELECT COUNT(*), COALESCE(SUM(amount), 0), COALESCE(SUM(outcome = 'confirmed_fraud'), 0), "
+            "COALESCE(SUM(CASE WHEN outcome = 'confirmed_fraud' THEN amount ELSE 0 END), 0) FROM ("
+            "  SELECT CAST(json_extract(request, '$.amount') AS REAL) AS amount, outcome,"
+            "         json_extract(decision, '$.decision') AS verdict FROM events"
+            f"  WHERE at >= ? AND at < ? AND json_extract(request, '$.action') IN ({marks})"
+            "   AND json_extract(request, '$.currency') = ? AND json_extract(request, '$.amount') IS NOT NULL)"
+            f" WHERE verdict = 'allow' OR (verdict = 'step_up' AND outcome IN ({outcomes}))",
+            (since, until, *actions, currency, *EXECUTED_OUTCOMES)).fetchone()
+        return PaymentTotals(int(row[0]), float(row[1]), int(row[2]), float(row[3]))
 
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
         db = self._db()
@@ -187,12 +210,35 @@ class SQLiteStore:
                        "total=total+1, distinct_values=distinct_values+?", (attribute, int(count == 1)))
 
     def _append(self, db: sqlite3.Connection, body: dict[str, Any]) -> None:
-        row = db.execute("SELECT seq, hash FROM audit WHERE chain=? ORDER BY seq DESC LIMIT 1",
-                         (self.chain,)).fetchone()
+        # Chain onto the head anchor, not onto whatever row is last: a deleted tail stays a visible gap.
+        row = db.execute("SELECT seq, hash FROM audit_anchors WHERE chain=? AND kind=?", (self.chain, HEAD)).fetchone()
+        if row is None:
+            row = db.execute("SELECT seq, hash FROM audit WHERE chain=? ORDER BY seq DESC LIMIT 1",
+                             (self.chain,)).fetchone()
         seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
         sealed = {**body, "chain": self.chain, "seq": seq}
-        db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)",
-                   (self.chain, seq, canonical(sealed), prev, seal(prev, sealed)))
+        digest = seal(prev, sealed, self.audit_key)
+        db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", (self.chain, seq, canonical(sealed), prev, digest))
+        self._anchor(db, Anchor.make(HEAD, self.chain, seq, digest, self.audit_key))
+
+    @staticmethod
+    def _anchor(db: sqlite3.Connection, anchor: Anchor) -> None:
+        db.execute("INSERT INTO audit_anchors VALUES (?, ?, ?, ?, ?) ON CONFLICT(chain, kind) DO UPDATE SET "
+                   "seq=excluded.seq, hash=excluded.hash, mac=excluded.mac",
+                   (anchor.chain, anchor.kind, anchor.seq, anchor.hash, anchor.mac))
+
+    def prune_audit(self, chain: str, through_seq: int, audit: dict[str, Any]) -> int:
+        """Drop ``chain``'s records up to ``through_seq`` (never its last), anchor where it now starts,
+        and record the pruning, in one transaction."""
+        with self._tx() as db:
+            last = db.execute("SELECT MAX(seq) FROM audit WHERE chain=?", (chain,)).fetchone()[0]
+            row = db.execute("SELECT hash FROM audit WHERE chain=? AND seq=?", (chain, through_seq)).fetchone()
+            if row is None or last is None or through_seq >= last:
+                return 0
+            pruned = db.execute("DELETE FROM audit WHERE chain=? AND seq<=?", (chain, through_seq)).rowcount
+            self._anchor(db, Anchor.make(START, chain, through_seq + 1, row[0], self.audit_key))
+            self._append(db, audit)
+            return pruned
 
     # -- housekeeping -------------------------------------------------------
     def ping(self) -> None:
@@ -201,7 +247,7 @@ class SQLiteStore:
     def clear(self) -> None:
         with self._tx() as db:
             for table in ("profiles", "ip_events", "global_counts", "global_totals", "events",
-                          "user_secrets", "audit"):
+                          "user_secrets", "audit", "audit_anchors"):
                 db.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
