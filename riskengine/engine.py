@@ -8,26 +8,33 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from riskengine import profiles
-from riskengine.audit import pseudonym
+from riskengine import auditlog, profiles
+from riskengine.audit import Problem, pseudonym, verify
 from riskengine.enrich import EnrichedEvent, Enricher
 from riskengine.events import Event, event_from_request, event_to_request, format_timestamp
 from riskengine.features import BY_NAME, Context, Signals, extract
 from riskengine.model import Score, Scorer, StatisticalScorer, TrainedScorer
 from riskengine.policy import Decision, Policy, Reason
+from riskengine.policyfile import PolicyWatcher, load_policy, resolve
 from riskengine.registry import ChampionWatcher, ModelRegistry, ModelVersion
 from riskengine.settings import Settings
-from riskengine.stores import Commit, Conflict, DuplicateEvent, ProfileStore, StoredEvent, open_store
+from riskengine.stores import (Commit, Conflict, DuplicateEvent, ProfileStore, StoredEvent, StoreUnavailable,
+                               open_store)
 
 log = logging.getLogger("riskengine")
 OUTCOMES = ("step_up_passed", "step_up_failed", "confirmed_fraud", "confirmed_legit")
 MAX_REASONS = 5
 _RETRIES = 20
+
+
+class ScoreUnavailable(Exception):
+    """No risk could be computed and the action's policy says answer 503 (``on_failure: unavailable``)."""
 
 
 @dataclass(slots=True)
@@ -39,6 +46,8 @@ class Scored:
     score: Score
     decision: Decision
     learned: bool
+    profile: profiles.UserProfile | None = None     # the profile the decision saw: the commit expects its version
+    policy: Policy | None = None                    # the policy that decided (a reload may swap it meanwhile)
 
 
 def reasons_from(score: Score, signals: Signals) -> tuple[Reason, ...]:
@@ -54,7 +63,8 @@ class Engine:
 
     def __init__(self, store: ProfileStore, enricher: Enricher, scorer: Scorer | None = None,
                  policy: Policy | None = None, retention_days: float = 180.0,
-                 pseudonym_key: bytes | None = None, record: bool = True) -> None:
+                 pseudonym_key: bytes | None = None, record: bool = True, audit_key: bytes | None = None,
+                 fraud_rate_cache_s: float = 60.0) -> None:
         self.store = store
         self.record = record                      # False: training backfills keep no events or audit
         self.model_error: str | None = None
@@ -64,18 +74,38 @@ class Engine:
         self.policy = policy or Policy()
         self.retention_s = retention_days * profiles.DAY
         self._key = pseudonym_key or os.urandom(32)
+        self.audit_key = audit_key                # what ``verify_audit`` checks seals with (the store seals)
+        self.policy_error: str | None = None
+        self._policy_watcher: PolicyWatcher | None = None
+        self.fraud_rate_cache_s = fraud_rate_cache_s
+        self._fraud_rates: dict[tuple, tuple[float, float | None]] = {}
 
     @classmethod
     def open(cls, settings: Settings, scorer: Scorer | None = None) -> "Engine":
         settings.var.mkdir(parents=True, exist_ok=True)
-        options = {"synchronous": settings.sqlite_synchronous} if settings.store.startswith("sqlite") else {}
-        store = open_store(settings.store, settings.home, **options)
+        policy_path = resolve(settings.policy)
+        policy = load_policy(policy_path)             # a broken file stops the start, naming what is wrong
+        store, audit_key = _open_store(settings)
         enricher = Enricher(settings.geoip_city_db, settings.geoip_asn_db)
         key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key")
-        engine = cls(store, enricher, scorer, Policy(), settings.retention_days, key)
+        engine = cls(store, enricher, scorer, policy, settings.retention_days, key, audit_key=audit_key,
+                     fraud_rate_cache_s=settings.fraud_rate_cache_s)
+        engine.use_policy(policy, "load")
+        if settings.policy is not None:
+            engine.watch_policy(policy_path, settings.policy_check_interval)
+        if settings.audit_retention_days is not None:
+            engine.prune_audit(settings.audit_retention_days)
         if scorer is None:
             engine.watch_models(ModelRegistry(settings.models))
         return engine
+
+    @classmethod
+    def for_audit(cls, settings: Settings) -> "Engine":
+        """An existing home's engine for the audit tools: no policy file, no model, nothing recorded on open."""
+        store, audit_key = _open_store(settings)
+        key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key")
+        return cls(store, Enricher(settings.geoip_city_db, settings.geoip_asn_db), StatisticalScorer(), Policy(),
+                   settings.retention_days, key, audit_key=audit_key)
 
     def watch_models(self, registry: ModelRegistry, interval: float = 1.0) -> None:
         """Serve the registry's champion now, and each newly promoted one without a restart."""
@@ -104,32 +134,66 @@ class Engine:
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
+        self._policy_watcher = None
         self.store.close()
         self.enricher.close()
 
     # -- the flow ---------------------------------------------------------
     def evaluate(self, event: Event) -> Scored:
-        """Enrich, read the profile as it was, extract, score and decide; no state changes."""
+        """Enrich, read the profile as it was, extract, score and decide; no state changes.
+
+        A scorer that fails gets the policy's ``on_failure`` answer for the action (or
+        ``ScoreUnavailable``: a 503); an unreachable store raises ``StoreUnavailable``.
+        """
+        if self._policy_watcher is not None:
+            self._policy_watcher.poll()                  # a changed policy file: at most one stat a second
+        policy = self.policy
         enriched = self.enricher.enrich(event)
         profile = self.store.get(event.user_id)
         values = profiles.attribute_values(enriched)
         context = Context(self.store.ip_activity(event.ip, event.ts), self.store.global_counts(values))
         signals = extract(enriched, profile, context)
-        score = self.scorer.score(signals)
-        decision = self.policy.decide(event, score.risk, reasons_from(score, signals), score.model_version)
+        scorer = self.scorer
+        try:
+            score = scorer.score(signals)
+        except Exception as exc:                         # the model, not the client, failed: never a 500 or a guess
+            log.error("risk score failed (%s); answering the policy's on_failure", type(exc).__name__)
+            decision = policy.on_failure(event, "score_unavailable", "the risk score could not be computed",
+                                         scorer.version)
+            if decision is None:
+                raise ScoreUnavailable("the risk score could not be computed") from exc
+            return Scored(enriched, signals, Score(decision.risk_score, {}, scorer.version), decision, False,
+                          profile, policy)
+        decision = policy.decide(event, score.risk, reasons_from(score, signals), score.model_version,
+                                 profile=profile, fraud_rate=self.fraud_rate)
         learn = event.success and decision.decision != "deny" and decision.risk_level == "low"
-        return Scored(enriched, signals, score, decision, learn)
+        return Scored(enriched, signals, score, decision, learn, profile, policy)
 
     def score(self, event: Event, client: str = "local") -> Decision:
-        """Score and record one event; a repeated ``event_id`` returns the stored answer."""
-        if (earlier := self.store.find_event(event.event_id)) is not None:
-            return Decision.from_dict(earlier.decision)
-        return self.score_and_record(event, client).decision
+        """Score and record one event; a repeated ``event_id`` returns the stored answer.
+
+        With the store unreachable, the answer is the action's ``on_failure`` (not recorded:
+        there is nowhere to record it) or, for ``unavailable``, the ``StoreUnavailable`` 503.
+        """
+        try:
+            if (earlier := self.store.find_event(event.event_id)) is not None:
+                return Decision.from_dict(earlier.decision)
+            return self.score_and_record(event, client).decision
+        except StoreUnavailable:
+            decision = self.policy.on_failure(event, "store_unavailable", "the profile store could not be reached",
+                                              self.scorer.version)
+            if decision is None:
+                raise
+            log.error("profile store unavailable: answering %s without recording", decision.decision)
+            return decision
 
     def score_and_record(self, event: Event, client: str = "local") -> Scored:
         for _ in range(_RETRIES):
             scored = self.evaluate(event)
             profile = self.store.get(event.user_id)
+            if scored.policy is not None and scored.policy.counts_since_sca and scored.profile is not None \
+                    and scored.profile.version != profile.version:
+                continue                          # the PSD2 counters the decision used moved: decide again
             try:
                 self.store.commit(self._commit(event, scored, profile, client))
                 return scored
@@ -138,7 +202,7 @@ class Engine:
             except DuplicateEvent:
                 earlier = self.store.find_event(event.event_id)
                 return Scored(scored.enriched, scored.signals, scored.score,
-                              Decision.from_dict(earlier.decision), False)
+                              Decision.from_dict(earlier.decision), False, scored.profile, scored.policy)
         raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
 
     def _commit(self, event: Event, scored: Scored, profile: profiles.UserProfile, client: str) -> Commit:
@@ -149,18 +213,26 @@ class Engine:
             new, learned_values = profiles.failed(profile, scored.enriched, self.retention_s), {}
         else:
             new, learned_values = None, {}
+        counted = (scored.policy or self.policy).after(new or profile, event, scored.decision)
+        if counted is not None:
+            new = counted                         # PSD2 counters since the last SCA moved
         if not self.record:
             return Commit(event.user_id, profile.version, new, event.ip, self.user_key(event.user_id), event.ts,
                           event.success or event.action != "login", learned_values)
         decision = scored.decision.to_dict()
         stored = StoredEvent(event.event_id, event.user_id, event.ts, event_to_request(event), decision,
                              scored.signals.values)
-        audit = {"kind": "score", **self._audit_head(event.user_id, client, event.timestamp),
-                 "event_id": event.event_id, "action": event.action,
-                 "risk_score": decision["risk_score"], "risk_level": decision["risk_level"],
+        audit = {"kind": "score", **self._audit_head(event.user_id, client, event.timestamp, event.event_id),
+                 "action": event.action, "risk_score": decision["risk_score"], "risk_level": decision["risk_level"],
                  "reasons": [r["code"] for r in decision["reasons"]], "decision": decision["decision"],
-                 "required_acr": decision["required_acr"], "exemption": decision["exemption"],
+                 "required_acr": decision["required_acr"], "max_age": decision["max_age"],
+                 "exemption": decision["exemption"], "amr": decision["amr"],
+                 "shadowed": decision["shadow_decision"] is not None,
                  "model_version": decision["model_version"], "policy_version": decision["policy_version"]}
+        if decision["shadow_decision"] is not None:
+            audit["shadow_decision"] = decision["shadow_decision"]
+        if decision["failure"] is not None:
+            audit["failure"] = decision["failure"]
         return Commit(event.user_id, profile.version, new, event.ip, self.user_key(event.user_id), event.ts,
                       event.success or event.action != "login", learned_values, stored, audit)
 
@@ -178,18 +250,22 @@ class Engine:
             event = event_from_request(stored.request)
             learned_already = (event.success and stored.decision["decision"] != "deny"
                                and stored.decision["risk_level"] == "low")
-            self.apply_step_up(event, learn=not learned_already)
-        audit = {"kind": "feedback", **self._audit_head(stored.user_id, client, _now()),
-                 "event_id": event_id, "outcome": outcome}
-        return self.store.record_outcome(event_id, outcome, audit)
+            self.apply_step_up(event, learn=not learned_already, required_acr=stored.decision.get("required_acr"))
+        audit = {"kind": "feedback", **self._audit_head(stored.user_id, client, _now(), event_id),
+                 "outcome": outcome}
+        recorded = self.store.record_outcome(event_id, outcome, audit)
+        self._fraud_rates.clear()                 # a label moves the fraud rate PSD2 TRA exemptions depend on
+        return recorded
 
-    def apply_step_up(self, event: Event, learn: bool) -> None:
+    def apply_step_up(self, event: Event, learn: bool, required_acr: str | None = None) -> None:
         """The user proved it was them: remember this event (if not yet) and trust its device and place."""
         enriched = self.enricher.enrich(event)
         for _ in range(_RETRIES):
             profile = self.store.get(event.user_id)
             new = profiles.learned(profile, enriched, self.retention_s) if learn else profile
             new = profiles.trusted(new, enriched, event.ts)
+            if required_acr is not None and (sca := self.policy.after_step_up(new, required_acr, event.ts)):
+                new = sca                         # an SCA-grade step-up restarts the PSD2 low-value counters
             try:
                 self.store.update_profile(event.user_id, profile.version, new,
                                           profiles.attribute_values(enriched) if learn else {}, None)
@@ -212,20 +288,132 @@ class Engine:
         secret = self.store.user_secret(user_id, self.user_key(user_id), create=True)
         return pseudonym(secret, user_id)
 
-    def _audit_head(self, user_id: str, client: str, at: datetime) -> dict[str, Any]:
-        return {"at": format_timestamp(at), "recorded_at": format_timestamp(_now()), "client": client,
-                "subject": self.subject(user_id)}
+    def _audit_head(self, user_id: str, client: str, at: datetime, event_id: str | None = None) -> dict[str, Any]:
+        """Who and when, as pseudonyms under the user's own secret: erasing it unlinks both.
+
+        ``event_ref`` stands for the client's event id, which may itself carry the user id.
+        """
+        secret = self.store.user_secret(user_id, self.user_key(user_id), create=True)
+        head = {"at": format_timestamp(at), "recorded_at": format_timestamp(_now()), "client": client,
+                "subject": pseudonym(secret, user_id)}
+        if event_id is not None:
+            head["event_ref"] = event_ref(secret, event_id)
+        return head
 
     def health(self) -> dict[str, Any]:
         self.store.ping()
         health = {"status": "ok", "model_version": self.scorer.version, "policy_version": self.policy.version}
         if self.model_error:
             health["model_error"] = self.model_error
+        if self.policy_error:
+            health["policy_error"] = self.policy_error
         return health
+
+    # -- policy and configuration changes -----------------------------------
+    def watch_policy(self, path: Path, interval: float = 1.0) -> None:
+        """Serve each valid new version of the policy file without a restart; keep the old on a broken one."""
+        self._policy_watcher = PolicyWatcher(path, self._policy_changed, self._policy_refused, interval)
+
+    def check_policy(self) -> None:
+        """Look at the policy file now (tests, SIGHUP handlers) instead of waiting for the next poll."""
+        if self._policy_watcher is not None:
+            self._policy_watcher.check()
+
+    def use_policy(self, policy: Policy, change: str = "reload") -> None:
+        """Serve ``policy`` from now on (one reference swap) and record the change."""
+        previous, self.policy, self.policy_error = self.policy, policy, None
+        log.info("policy %s %s from %s", change, policy.version, policy.source)
+        if change != "load" and previous.version == policy.version:
+            log.warning("policy file changed but its version is still %s: bump `version` so answers and audit "
+                        "records tell the two apart", policy.version)
+        self.record_change("policy", {"change": change, "policy_version": policy.version,
+                                      "source": policy.source, "sha256": policy.sha256, "pid": os.getpid()})
+
+    def _policy_changed(self, policy: Policy) -> None:
+        if policy.sha256 == self.policy.sha256:
+            self.policy_error = None              # the file is back to what is serving
+            return
+        self.use_policy(policy, "reload")
+
+    def _policy_refused(self, error: str) -> None:
+        """A broken new policy file: keep serving the old one, say so in the log, /health and the trail."""
+        if error == self.policy_error:
+            return
+        self.policy_error = error
+        log.error("policy file refused, still serving %s: %s", self.policy.version, error)
+        self.record_change("policy", {"change": "refused", "policy_version": self.policy.version,
+                                      "error": error, "pid": os.getpid()})
+
+    def record_change(self, kind: str, details: dict[str, Any]) -> None:
+        """Append a model, policy or other configuration change to the audit trail."""
+        if not self.record:
+            return
+        now = format_timestamp(_now())
+        self.store.append_audit({**details, "kind": kind, "at": now, "recorded_at": now})
+
+    # -- PSD2 fraud rate ------------------------------------------------------
+    def fraud_rate(self, actions: tuple[str, ...], currency: str, since: float, until: float) -> float | None:
+        """Fraud by value among executed payments of ``actions`` in [since, until) (RTS Art. 19).
+
+        Reused for ``fraud_rate_cache_s`` within the same hour of event time: the window is 90 days,
+        an hour moves it little, and scanning it on every payment would not scale. Feedback clears it.
+        """
+        key = (actions, currency, since // 3600, until // 3600)
+        now = time.monotonic()
+        cached = self._fraud_rates.get(key)
+        if cached is not None and now - cached[0] < self.fraud_rate_cache_s:
+            return cached[1]
+        rate = self.store.payment_totals(actions, currency, since, until).fraud_rate
+        if len(self._fraud_rates) > 256:
+            self._fraud_rates.clear()
+        self._fraud_rates[key] = (now, rate)
+        return rate
+
+    # -- the audit trail --------------------------------------------------------
+    def verify_audit(self) -> tuple[int, int, list[Problem]]:
+        """(records, chains, problems) for the whole trail, anchors included."""
+        rows = list(self.store.audit_rows())
+        problems = verify(rows, self.audit_key, self.store.audit_anchors())
+        return len(rows), len({r.chain for r in rows}), problems
+
+    def prune_audit(self, retention_days: float, minimum_days: float | None = None,
+                    now: datetime | None = None) -> int:
+        """Retention: drop records written more than ``retention_days`` ago, never fewer days than the
+        policy's (or ``minimum_days``) regulatory minimum; the trail stays verifiable (auditlog.py)."""
+        floor = max(minimum_days or 0.0, self.policy.audit_min_retention_days or 0.0)
+        pruned = auditlog.prune(self.store, max(retention_days, floor), now)
+        if pruned:
+            log.info("audit retention: pruned %d records older than %.0f days", pruned, max(retention_days, floor))
+        return pruned
+
+    def event_ids(self) -> dict[str, str]:
+        """``event_ref`` -> event id for the recorded events of users not erased (for auditors' extracts)."""
+        refs, secrets = {}, {}
+        for stored in self.store.labelled_events():
+            if stored.user_id not in secrets:
+                secrets[stored.user_id] = self.store.user_secret(stored.user_id, self.user_key(stored.user_id),
+                                                                 create=False)
+            if secrets[stored.user_id] is not None:
+                refs[event_ref(secrets[stored.user_id], stored.event_id)] = stored.event_id
+        return refs
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+
+def event_ref(secret: bytes | None, event_id: str) -> str:
+    """The audit trail's name for a client event id, keyed by the user's secret."""
+    return pseudonym(secret or b"", f"event:{event_id}")
+
+
+def _open_store(settings: Settings) -> tuple[ProfileStore, bytes]:
+    """The configured store, sealing the audit trail with the home's audit key."""
+    settings.var.mkdir(parents=True, exist_ok=True)
+    options = {"synchronous": settings.sqlite_synchronous} if settings.store.startswith("sqlite") else {}
+    audit_key = _load_key(settings.audit_key_file or settings.var / "audit.key")
+    return open_store(settings.store, settings.home, audit_key=audit_key, **options), audit_key
 
 
 def _load_key(path: Path) -> bytes:

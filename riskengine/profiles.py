@@ -77,6 +77,11 @@ class UserProfile:
     #: "device:<id>" or "place:<country>/<city>" -> when a step-up was passed there
     trusted: dict[str, float] = field(default_factory=dict)
     last_step_up_at: float | None = None
+    #: PSD2 RTS Art. 16: when the user last passed SCA, and what was paid without SCA since
+    last_sca_at: float | None = None
+    since_sca_amount: float = 0.0
+    since_sca_count: int = 0
+    since_sca_paid_at: float | None = None      # the latest of those payments
 
     # -- persistence -------------------------------------------------------
     def to_json(self) -> str:

@@ -17,7 +17,11 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None           # one client:key per line
     geoip_city_db: Path | None = None
     geoip_asn_db: Path | None = None
-    policy: Path | None = None
+    policy: Path | None = None                  # a policy file, or a preset name: default | psd2 | hipaa | gdpr
+    policy_check_interval: float = 1.0          # seconds between looks at the policy file for changes
+    audit_key_file: Path | None = None          # seals the audit trail; default: <home>/var/audit.key
+    audit_retention_days: float | None = None   # prune older audit records (never below the policy's minimum)
+    fraud_rate_cache_s: float = 60.0            # PSD2 TRA: how long one computed fraud rate is reused
     retention_days: float = 180.0
     sqlite_synchronous: str = "FULL"            # FULL: a 200 survives power loss, not just a crash
     max_body_bytes: int = 64 * 1024

@@ -16,7 +16,7 @@ from riskengine.api import metrics, routes
 from riskengine.api.auth import KeyRing
 from riskengine.api.ratelimit import RateLimit
 from riskengine.api.timeouts import BodyTimeout
-from riskengine.engine import Engine
+from riskengine.engine import Engine, ScoreUnavailable
 from riskengine.settings import Settings
 from riskengine.stores import StoreUnavailable
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(StoreUnavailable, _unavailable)
+    app.add_exception_handler(ScoreUnavailable, _score_unavailable)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.read_timeout_seconds)
     app.add_middleware(RateLimit, keys=keys, per_second=settings.rate_limit_per_second,
@@ -70,6 +71,13 @@ async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
     log.error("store unavailable: %s", type(exc).__name__)
     return JSONResponse({"detail": "profile store unavailable; retry later"}, status_code=503,
                         headers={"Retry-After": "1"})
+
+
+async def _score_unavailable(request: Request, exc: ScoreUnavailable) -> JSONResponse:
+    """The action's policy says ``on_failure: unavailable``: no guess, the client retries."""
+    log.error("risk score unavailable: answering 503 as the policy says")
+    return JSONResponse({"detail": "risk score unavailable; retry later", "failure": "score_unavailable"},
+                        status_code=503, headers={"Retry-After": "1"})
 
 
 async def _observe(request: Request, call_next):

@@ -111,6 +111,10 @@ class ScoreResponse(BaseModel):
     exemption: str | None
     model_version: str
     policy_version: str
+    # additions to API.md v1 (new optional fields; older clients ignore them)
+    amr: list[str] = []                          # RFC 8176 method references: "rba" when risk analysis decided
+    shadow_decision: Literal["allow", "step_up", "deny"] | None = None   # audit-only mode: what would have been
+    failure: str | None = None                   # set when no risk could be computed: the policy's on_failure answer
 
     @classmethod
     def from_decision(cls, decision: Decision) -> "ScoreResponse":
@@ -132,3 +136,4 @@ class HealthResponse(BaseModel):
     model_version: str
     policy_version: str
     model_error: str | None = None     # a refused model (checksum, features, versions): the old one serves
+    policy_error: str | None = None    # a refused policy file (names file, field, reason): the old one serves
