@@ -17,6 +17,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.api import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (refused := _policy_refused(settings)) is not None:
+        print(f"riskengine serve: the policy cannot be used:\n{refused}", file=sys.stderr)
+        return 1
     if settings.bootstrap_model:
         _bootstrap(settings)
     from riskengine.api.timeouts import HeaderDeadlineProtocol
@@ -191,6 +194,17 @@ def _audit_prune(args: argparse.Namespace, settings: Settings) -> int:
     print(f"pruned {pruned} audit records written more than {kept:g} days ago"
           + (f" (the policy keeps at least {minimum:g})" if minimum and minimum > days else ""))
     return 0
+
+
+def _policy_refused(settings: Settings) -> str | None:
+    """Why RISKENGINE_POLICY cannot serve, before anything starts (None: it can)."""
+    from riskengine.policyfile import PolicyError, load_policy, resolve
+
+    try:
+        load_policy(resolve(settings.policy))
+    except PolicyError as error:
+        return str(error)
+    return None
 
 
 def _policy_check(args: argparse.Namespace, settings: Settings) -> int:

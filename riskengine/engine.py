@@ -252,7 +252,7 @@ class Engine:
                                and stored.decision["risk_level"] == "low")
             self.apply_step_up(event, learn=not learned_already, required_acr=stored.decision.get("required_acr"))
         audit = {"kind": "feedback", **self._audit_head(stored.user_id, client, _now(), event_id),
-                 "outcome": outcome}
+                 "outcome": outcome, "policy_version": self.policy.version}
         recorded = self.store.record_outcome(event_id, outcome, audit)
         self._fraud_rates.clear()                 # a label moves the fraud rate PSD2 TRA exemptions depend on
         return recorded
@@ -276,7 +276,7 @@ class Engine:
 
     def erase(self, user_id: str, client: str = "local") -> bool:
         """GDPR Art. 17: drop the profile, events and the user's pseudonym key; the trail stays valid."""
-        audit = {"kind": "erasure", **self._audit_head(user_id, client, _now())}
+        audit = {"kind": "erasure", **self._audit_head(user_id, client, _now()), "policy_version": self.policy.version}
         return self.store.erase_user(user_id, self.user_key(user_id), audit)
 
     # -- pseudonyms -------------------------------------------------------
@@ -349,7 +349,8 @@ class Engine:
         if not self.record:
             return
         now = format_timestamp(_now())
-        self.store.append_audit({**details, "kind": kind, "at": now, "recorded_at": now})
+        self.store.append_audit({"policy_version": self.policy.version, **details, "kind": kind, "at": now,
+                                 "recorded_at": now})
 
     # -- PSD2 fraud rate ------------------------------------------------------
     def fraud_rate(self, actions: tuple[str, ...], currency: str, since: float, until: float) -> float | None:

@@ -353,3 +353,12 @@ def test_policy_and_model_changes_are_recorded(settings):
 def test_presets_ship_with_the_package():
     assert {p.name for p in Path(PRESETS_DIR).glob("*.yaml")} >= {"default.yaml", "psd2.yaml", "hipaa.yaml",
                                                                    "gdpr.yaml"}
+
+
+def test_serve_refuses_a_broken_policy_before_starting(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: b\nversion: 1\ndefault_action: {requires: aal9}\n")
+    monkeypatch.setenv("RISKENGINE_HOME", str(tmp_path))
+    monkeypatch.setenv("RISKENGINE_POLICY", str(path))
+    assert main(["serve", "--port", "1"]) == 1
+    assert f"{path} default_action.requires: unknown level 'aal9'" in capsys.readouterr().err
