@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     read_timeout_seconds: float = 5.0           # a request's headers, then its body, must each arrive within this
     keep_alive_seconds: int = 5                 # idle keep-alive connections are closed after this
     limit_concurrency: int = 1000               # connections + in-flight requests per process; more get 503
+    worker_threads: int = 2                     # threads running the engine per process (bench/README.md); 0: anyio's 40
     pseudonym_key_file: Path | None = None      # default: <home>/var/pseudonym.key
     bootstrap_model: bool = True                # serve trains a first model on generated data when none exists
     bootstrap_users: int = 1000

@@ -7,6 +7,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,6 +32,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.worker_threads > 0:     # plain-def handlers share the GIL: few threads, no convoy
+            anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         with (engine or Engine.open(settings)) as opened:
             yield {"engine": opened}
 
@@ -45,7 +48,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(BodyTimeout, seconds=settings.read_timeout_seconds)
     app.add_middleware(RateLimit, keys=keys, per_second=settings.rate_limit_per_second,
                        burst=settings.rate_limit_burst)        # outermost of these: a 429 reads no body
-    app.middleware("http")(_observe)
+    app.add_middleware(Observe)
     return app
 
 
@@ -80,15 +83,32 @@ async def _score_unavailable(request: Request, exc: ScoreUnavailable) -> JSONRes
                         status_code=503, headers={"Retry-After": "1"})
 
 
-async def _observe(request: Request, call_next):
-    """Latency by route template: never the raw path, which may hold a user id."""
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    template = getattr(route, "path", "unmatched")
-    metrics.LATENCY.labels(template, request.method, str(response.status_code)).observe(
-        time.perf_counter() - started)
-    return response
+class Observe:
+    """Latency by route template: never the raw path, which may hold a user id.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware costs about
+    0.3 ms of CPU per request (a task and memory streams), a third of this service's HTTP layer.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def observed(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            template = getattr(scope.get("route"), "path", "unmatched")
+            metrics.LATENCY.labels(template, scope["method"], str(status)).observe(time.perf_counter() - started)
 
 
 class BodyLimit:

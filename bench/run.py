@@ -1,0 +1,318 @@
+"""``make bench``: the service's throughput and latency against a bare FastAPI endpoint, and the hot path.
+
+One run measures, each server in its own uvicorn process with one worker, loaded by wrk at
+16 connections for a bounded time after a short warm-up:
+  (a) bench/bare_app.py: FastAPI + the same request schema, no engine;
+  (b) ``riskengine serve`` /score with generated traffic, SQLite store (synchronous=FULL, the
+      default) and, when the Redis store is there and a Redis answers, the Redis store;
+and then (c) the in-process hot path, ``Engine.evaluate`` per event. ``--training`` instead
+measures (d) backfill + training time and peak memory at 100k and 1M events (minutes).
+Figures are printed and written to bench/results/ (git-ignored). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+RESULTS = HERE / "results"
+KEY = "bench-key"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+GOAL_THROUGHPUT, GOAL_P99 = 0.5, 2.0       # /score vs bare: >= half the throughput, <= twice the p99
+LABELS = {"bare": "bare FastAPI", "bare+stack": "bare + service HTTP layer", "sqlite": "/score SQLite FULL",
+          "sqlite-normal": "/score SQLite NORMAL", "redis": "/score Redis"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit("bench: wrk not found. Install it from Debian's packages: apt-get install -y wrk "
+                 "(then run `make bench` again)")
+    return wrk
+
+
+class Server:
+    """A uvicorn process on 127.0.0.1, stopped (SIGINT, then SIGKILL) when done."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.name, self.port = name, port
+        self.log = open(log, "w")
+        self.process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+                                        cwd=HERE.parent)
+
+    def wait_ready(self, path: str, seconds: float = 120) -> None:
+        import httpx
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2)
+                return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not start in {seconds} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+def wrk_run(wrk: str, port: int, bodies: Path, seconds: float, connections: int, threads: int, offset: int,
+            run: str, auth: str | None, out: Path) -> dict:
+    env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_RUN": run, "BENCH_OFFSET": str(offset),
+           "BENCH_THREADS": str(threads), "BENCH_AUTH": auth or "", "BENCH_OUT": str(out)}
+    argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "10s",
+            "-s", str(HERE / "score.lua"), f"http://127.0.0.1:{port}/score"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    result = json.loads(out.read_text())
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def load(name: str, server: Server, wrk: str, bodies: Path, args: argparse.Namespace, auth: str | None,
+         work: Path) -> dict:
+    warm = wrk_run(wrk, server.port, bodies, args.warmup, args.connections, args.threads, 0, f"{name}-warm",
+                   auth, work / f"{name}-warm.json")
+    result = wrk_run(wrk, server.port, bodies, args.duration, args.connections, args.threads,
+                     warm["requests"], f"{name}-run", auth, work / f"{name}.json")
+    result["warmup_requests"] = warm["requests"]
+    result["cycled_bodies"] = warm["requests"] + result["requests"] > result["bodies"]
+    return result
+
+
+def bench_http(args: argparse.Namespace, work: Path) -> dict:
+    from hotpath import build, measure, profile_hot_path, report
+    from workload import make_stream, request_bodies, train_champion, write_lua_bodies
+
+    wrk = need_wrk()
+    python = sys.executable
+    riskengine = str(Path(python).with_name("riskengine"))
+    started = time.perf_counter()
+    print(f"workload: {args.users:,} users x {args.days} days of riskengine.synth events ...", flush=True)
+    stream = make_stream(args.users, args.days, history_share=0.6)
+    models = work / "models"
+    version = train_champion(stream.history, work)
+    bodies = write_lua_bodies(request_bodies(stream.traffic), work / "bodies.lua")
+    print(f"  {len(stream.history):,} history events (warm the stores, train model {version}), "
+          f"{len(stream.traffic):,} traffic bodies for wrk; {time.perf_counter() - started:.0f} s", flush=True)
+
+    results: dict = {"workload": {"users": args.users, "days": args.days, "history": len(stream.history),
+                                  "traffic": len(stream.traffic), "model_version": version}, "http": {}}
+    for name, env, auth in (("bare", {}, None),
+                            ("bare+stack", {"BARE_STACK": "1", "RISKENGINE_API_KEYS": f"bench:{KEY}"}, KEY)):
+        port = free_port()
+        bare = Server(name, [python, "-m", "uvicorn", "--app-dir", str(HERE), "bare_app:app", "--port", str(port),
+                             "--workers", "1", "--no-access-log", "--log-level", "warning"], env, port,
+                      work / f"{name}.log")
+        try:
+            bare.wait_ready("/docs")
+            results["http"][name] = load(name, bare, wrk, bodies, args, auth, work)
+        finally:
+            bare.stop()
+        if name != "bare":
+            results["http"][name]["vs_bare"] = compare(results["http"][name], results["http"]["bare"])
+        print(line(LABELS[name], results["http"][name]), flush=True)
+
+    for store in stores_to_run(args):
+        home = work / f"home-{store}"
+        env = {"RISKENGINE_HOME": str(home), "RISKENGINE_API_KEYS": f"bench:{KEY}",
+               "RISKENGINE_BOOTSTRAP_MODEL": "false", "RISKENGINE_RATE_LIMIT_PER_SECOND": "1000000",
+               "RISKENGINE_REDIS_PREFIX": "bench:"}
+        if store == "redis":
+            env["RISKENGINE_STORE"] = REDIS_URL
+        if store == "sqlite-normal":
+            env["RISKENGINE_SQLITE_SYNCHRONOUS"] = "NORMAL"
+        shutil.copytree(models, home / "models")
+        seconds = warm_store(home, env, stream.history)
+        print(f"  {store}: store warmed with {len(stream.history):,} events in {seconds:.0f} s", flush=True)
+        port = free_port()
+        server = Server(store, [riskengine, "serve", "--port", str(port)], env, port, work / f"{store}.log")
+        try:
+            server.wait_ready("/health")
+            results["http"][store] = load(store, server, wrk, bodies, args, KEY, work)
+        finally:
+            server.stop()
+        results["http"][store]["vs_bare"] = compare(results["http"][store], results["http"]["bare"])
+        print(line(LABELS.get(store, store), results["http"][store]), flush=True)
+
+    if not args.skip_hotpath:
+        print("hot path (in process) ...", flush=True)
+        path = build(stream, models)
+        results["hotpath"] = measure(path)
+        print(report(results["hotpath"]), flush=True)
+        if not results["hotpath"]["met"]:
+            results["hotpath_profile"] = profile_hot_path(path)
+    return results
+
+
+def stores_to_run(args: argparse.Namespace) -> list[str]:
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    if "redis" in stores and not redis_ready():
+        print(f"  redis: skipped (no Redis store module or no Redis answering at {REDIS_URL})", flush=True)
+        stores.remove("redis")
+    return stores
+
+
+def redis_ready() -> bool:
+    try:
+        import redis
+
+        import riskengine.stores.redis  # noqa: F401
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping())
+    except Exception:
+        return False
+
+
+def warm_store(home: Path, env: dict[str, str], history) -> float:
+    """Replay the history through the serving engine into the store the server will open."""
+    from riskengine.engine import Engine
+    from riskengine.settings import Settings
+    from workload import warm
+
+    settings = Settings(home=home, store=env.get("RISKENGINE_STORE", "sqlite"), sqlite_synchronous="NORMAL",
+                        **({"redis_prefix": env["RISKENGINE_REDIS_PREFIX"]}
+                           if "redis_prefix" in Settings.model_fields else {}))
+    with Engine.open(settings) as engine:
+        engine.store.clear()                     # Redis: only this prefix's keys
+        return warm(engine, history)
+
+
+def compare(score: dict, bare: dict) -> dict:
+    throughput = score["rps"] / bare["rps"]
+    p99 = score["latency_us"]["p99"] / bare["latency_us"]["p99"]
+    return {"throughput_ratio": throughput, "p99_ratio": p99,
+            "throughput_goal_met": throughput >= GOAL_THROUGHPUT, "p99_goal_met": p99 <= GOAL_P99}
+
+
+def line(name: str, r: dict) -> str:
+    lat = r["latency_us"]
+    errors = {k: v for k, v in r["errors"].items() if v}
+    text = (f"  {name:26s} {r['rps']:7.0f} req/s   p50 {lat['p50'] / 1e3:6.2f} ms   p99 {lat['p99'] / 1e3:6.2f} ms   "
+            f"({r['requests']:,} requests in {r['duration_us'] / 1e6:.1f} s"
+            f"{', errors ' + json.dumps(errors) if errors else ''}{', bodies cycled' if r['cycled_bodies'] else ''})")
+    if "vs_bare" in r:
+        v = r["vs_bare"]
+        text += (f"\n  {'':26s} vs bare: throughput x{v['throughput_ratio']:.2f} (goal >= {GOAL_THROUGHPUT}: "
+                 f"{'met' if v['throughput_goal_met'] else 'MISSED'}), p99 x{v['p99_ratio']:.2f} "
+                 f"(goal <= {GOAL_P99}: {'met' if v['p99_goal_met'] else 'MISSED'})")
+    return text
+
+
+def machine() -> dict:
+    import platform
+
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "loadavg_at_start": os.getloadavg()}
+
+
+def save(kind: str, results: dict, text: str) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"{stamp}-{kind}.json").write_text(json.dumps(results, indent=2, default=str))
+    (RESULTS / f"{stamp}-{kind}.txt").write_text(text)
+    return RESULTS / f"{stamp}-{kind}.txt"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per server")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (the server needs the other core)")
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--stores", default="sqlite,sqlite-normal,redis",
+                        help="comma list of sqlite (synchronous=FULL), sqlite-normal, redis")
+    parser.add_argument("--skip-hotpath", action="store_true")
+    parser.add_argument("--training", action="store_true", help="backfill + training time and memory instead")
+    parser.add_argument("--sizes", default="100000,1000000", help="event counts for --training")
+    parser.add_argument("--_generate", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_train-one", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import training_bench
+
+    if args._generate:
+        print(json.dumps(training_bench.generate(int(args._generate[0]), Path(args._generate[1]))))
+        return 0
+    if args._train_one:
+        print(json.dumps(training_bench.train_once(Path(args._train_one[0]), Path(args._train_one[1]))))
+        return 0
+
+    info = machine()
+    command = "bench/run.py " + " ".join(sys.argv[1:])
+    print(f"riskengine bench, {info['date']}, {info['cores']} cores, Python {info['python']}: {command}", flush=True)
+    print(f"load average at start {info['loadavg_at_start'][0]:.2f} (other processes share these cores: "
+          "figures are only comparable within one run)", flush=True)
+    if args.training:
+        results = training_bench.run([int(n) for n in args.sizes.split(",")])
+        text = "\n".join([training_bench.describe(r) for r in results["results"]]
+                         + [training_bench.describe_growth(results["growth"])])
+        print(training_bench.describe_growth(results["growth"]))
+        path = save("training", {"machine": info, "command": command, **results}, text)
+        print(f"written: {path} (and .json)")
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="riskengine-bench-"))
+    try:
+        results = bench_http(args, work)
+    finally:
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+    text = summary(results, info, command)
+    print("\n" + text)
+    path = save("http", {"machine": info, "command": command, **results}, text)
+    print(f"written: {path} (and .json)")
+    return 0
+
+
+def summary(results: dict, info: dict, command: str) -> str:
+    from hotpath import report
+
+    w = results["workload"]
+    lines = [f"== riskengine bench {info['date']} ({info['cores']} cores, Python {info['python']}, "
+             f"load average {info['loadavg_at_start'][0]:.2f} at start, {os.getloadavg()[0]:.2f} at end) ==",
+             f"command: {command}",
+             f"workload: {w['users']:,} users x {w['days']} days; {w['history']:,} history events in each store, "
+             f"{w['traffic']:,} distinct /score bodies, model {w['model_version']}"]
+    for name, r in results["http"].items():
+        lines.append(line(LABELS.get(name, name), r))
+    if "hotpath" in results:
+        lines.append(report(results["hotpath"]))
+    if "hotpath_profile" in results:
+        lines += ["hot path profile (cProfile, every event once; top by own time, then cumulative):",
+                  results["hotpath_profile"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
