@@ -1,4 +1,4 @@
-"""The ``riskengine`` command: serve | generate | train | models | evaluate | audit."""
+"""The ``riskengine`` command: serve | generate | train | models | evaluate | whatif | audit | policy."""
 
 from __future__ import annotations
 
@@ -254,6 +254,24 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _whatif(args: argparse.Namespace, settings: Settings) -> int:
+    from riskengine import training, whatif
+    from riskengine.policyfile import PolicyError
+    from riskengine.registry import ModelRefused
+
+    try:
+        current, candidate = whatif.setups(settings, args.policy, args.model)
+    except (ModelRefused, PolicyError) as refused:
+        print(f"riskengine whatif: {refused}", file=sys.stderr)
+        return 1
+    mode = "counterfactual" if args.counterfactual else "shadow"
+    frame = training.load_frame(Path(args.data))
+    replayed = whatif.replay(frame.to_dict("records"), current, candidate, mode,
+                             progress=training.terminal_progress(len(frame), "replaying events"))
+    print(whatif.render(replayed, current, candidate, mode))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="riskengine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--window", choices=("auto", "all", "later"), default="auto",
                           help="events to score: auto = the later quarter if the model was trained on this data")
     evaluate.set_defaults(run=_evaluate)
+    whatif = commands.add_parser("whatif", help="replay events under a candidate policy/model, beside the current")
+    whatif.add_argument("--data", required=True, help="labelled or recorded events: Parquet/JSONL or the RBA CSV")
+    whatif.add_argument("--policy", required=True, help="candidate policy file")
+    whatif.add_argument("--model", help="candidate model version (default: the current champion)")
+    whatif.add_argument("--counterfactual", action="store_true",
+                        help="let the candidate's own decisions shape later history (labelled data only)")
+    whatif.set_defaults(run=_whatif)
     audit = commands.add_parser("audit", help="audit trail tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check the hash chain end to end").set_defaults(run=_audit_verify)
