@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,14 +90,18 @@ def _child(args: list[str], timeout: float) -> dict:
 def run(sizes: list[int], timeout: float = 3600) -> dict:
     work = Path(tempfile.mkdtemp(prefix="riskengine-trainbench-"))
     results = []
-    for n in sizes:
-        data = work / f"events-{n}.parquet"
-        print(f"  generating {n:,} events ...", flush=True)
-        generated = _child(["--_generate", str(n), str(data)], timeout)
-        print(f"  backfill + training on {n:,} events ...", flush=True)
-        trained = _child(["--_train-one", str(data), str(work / f"home-{n}")], timeout)
-        results.append({"generate": generated, "train": trained})
-        print(describe(results[-1]), flush=True)
+    try:
+        for n in sizes:
+            data = work / f"events-{n}.parquet"
+            print(f"  generating {n:,} events ...", flush=True)
+            generated = _child(["--_generate", str(n), str(data)], timeout)
+            print(f"  backfill + training on {n:,} events ...", flush=True)
+            trained = _child(["--_train-one", str(data), str(work / f"home-{n}")], timeout)
+            results.append({"generate": generated, "train": trained})
+            print(describe(results[-1]), flush=True)
+    finally:
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
     return {"sizes": sizes, "results": results, "growth": growth(results)}
 
 
