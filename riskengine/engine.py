@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -188,7 +189,7 @@ class Engine:
             return decision
 
     def score_and_record(self, event: Event, client: str = "local") -> Scored:
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             scored = self.evaluate(event)
             profile = self.store.get(event.user_id)
             if scored.policy is not None and scored.policy.counts_since_sca and scored.profile is not None \
@@ -198,7 +199,7 @@ class Engine:
                 self.store.commit(self._commit(event, scored, profile, client))
                 return scored
             except Conflict:
-                continue                          # another writer moved this user on: recompute
+                _back_off(attempt)                # another writer moved this user on: recompute
             except DuplicateEvent:
                 earlier = self.store.find_event(event.event_id)
                 return Scored(scored.enriched, scored.signals, scored.score,
@@ -260,7 +261,7 @@ class Engine:
     def apply_step_up(self, event: Event, learn: bool, required_acr: str | None = None) -> None:
         """The user proved it was them: remember this event (if not yet) and trust its device and place."""
         enriched = self.enricher.enrich(event)
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             profile = self.store.get(event.user_id)
             new = profiles.learned(profile, enriched, self.retention_s) if learn else profile
             new = profiles.trusted(new, enriched, event.ts)
@@ -271,7 +272,7 @@ class Engine:
                                           profiles.attribute_values(enriched) if learn else {}, None)
                 return
             except Conflict:
-                continue
+                _back_off(attempt)
         raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
 
     def erase(self, user_id: str, client: str = "local") -> bool:
@@ -403,6 +404,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _back_off(attempt: int) -> None:
+    """A short jittered pause before recomputing: writers of one hot user stop colliding in lockstep."""
+    time.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 6)))
+
 
 def event_ref(secret: bytes | None, event_id: str) -> str:
     """The audit trail's name for a client event id, keyed by the user's secret."""
@@ -413,6 +418,8 @@ def _open_store(settings: Settings) -> tuple[ProfileStore, bytes]:
     """The configured store, sealing the audit trail with the home's audit key."""
     settings.var.mkdir(parents=True, exist_ok=True)
     options = {"synchronous": settings.sqlite_synchronous} if settings.store.startswith("sqlite") else {}
+    if settings.store.startswith(("redis://", "rediss://", "unix://")):
+        options = {"prefix": settings.redis_prefix}
     audit_key = _load_key(settings.audit_key_file or settings.var / "audit.key")
     return open_store(settings.store, settings.home, audit_key=audit_key, **options), audit_key
 

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     fraud_rate_cache_s: float = 60.0            # PSD2 TRA: how long one computed fraud rate is reused
     retention_days: float = 180.0
     sqlite_synchronous: str = "FULL"            # FULL: a 200 survives power loss, not just a crash
+    redis_prefix: str = "re:"                   # key prefix: several deployments (or test runs) share one Redis
     max_body_bytes: int = 64 * 1024
     rate_limit_per_second: float = 2000.0       # per API key and per process (N workers: N x this); 0 disables
     rate_limit_burst: float = 4000.0
