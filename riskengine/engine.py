@@ -173,8 +173,8 @@ class Engine:
     def score(self, event: Event, client: str = "local") -> Decision:
         """Score and record one event; a repeated ``event_id`` returns the stored answer.
 
-        With the store unreachable, the answer is the action's ``on_failure`` (not recorded:
-        there is nowhere to record it) or, for ``unavailable``, the ``StoreUnavailable`` 503.
+        With the store unreachable, the answer is the action's ``on_failure`` (not recorded, so the API sends it
+        with a 503) or, for ``unavailable``, the ``StoreUnavailable`` 503.
         """
         try:
             if (earlier := self.store.find_event(event.event_id)) is not None:

@@ -315,9 +315,16 @@ def test_an_unreachable_store_gets_the_policy_answer_without_writing(settings, t
             raise StoreUnavailable("connection refused")
 
         monkeypatch.setattr(store, "get", unreachable)
-        checkout = _score(client, 1, action="checkout")
+
+        def unrecorded(n: int, **extra) -> dict:            # not recorded, so never a 200 (API.md)
+            body = {"event_id": f"ev-{n}", "user_id": "carol", "action": "login", "ip": OSLO_IP, **extra}
+            response = client.post("/score", json=body)
+            assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+            return response.json()
+
+        checkout = unrecorded(1, action="checkout")
         assert (checkout["decision"], checkout["failure"]) == ("deny", "store_unavailable")
-        login = _score(client, 2)
+        login = unrecorded(2)
         assert (login["decision"], login["failure"]) == ("step_up", "store_unavailable")
         export = client.post("/score", json={"user_id": "carol", "action": "export", "ip": OSLO_IP})
         assert export.status_code == 503

@@ -25,11 +25,19 @@ def get_engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-@router.post("/score", response_model=ScoreResponse)
-def score(body: ScoreRequest, engine: EngineDep, client: ClientDep) -> ScoreResponse:
+@router.post("/score", response_model=ScoreResponse,
+             responses={503: {"model": ScoreResponse, "description": "the store is unreachable: nothing was "
+                              "recorded; the body carries the policy's fail-closed answer for the action"}})
+def score(body: ScoreRequest, engine: EngineDep, client: ClientDep) -> ScoreResponse | JSONResponse:
     decision = engine.score(body.to_event(datetime.now(timezone.utc)), client)
     metrics.DECISIONS.labels(decision=decision.decision, action=metrics.action_label(body.action)).inc()
-    return ScoreResponse.from_decision(decision)
+    answer = ScoreResponse.from_decision(decision)
+    if decision.failure == "store_unavailable":
+        # a 200 promises a durable record; this answer was not recorded, so it is a 503 whose
+        # body still tells a client that reads it what the policy wants (deny or step up, never allow)
+        metrics.STORE_ERRORS.inc()
+        return JSONResponse(answer.model_dump(), status_code=503, headers={"Retry-After": "1"})
+    return answer
 
 
 @router.post("/feedback", response_model=FeedbackResponse)
