@@ -97,6 +97,12 @@ class RiskModel(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> "RiskModel":
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan")
+        empty = np.isnan(X).all(axis=0)
+        if empty.any():
+            # a signal the data never has (amounts in a logins-only set) would break the binning;
+            # a constant column is never split on, so NaN at scoring time changes nothing
+            X = X.copy()
+            X[:, empty] = 0.0
         n_cal = max(int(len(y) * self.calibration_share), 1)
         trees = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,

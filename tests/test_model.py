@@ -155,3 +155,14 @@ def _wait_for(client, condition, seconds: float = 10.0):
         if condition(health) or time.monotonic() > deadline:
             return health
         time.sleep(0.1)
+
+
+def test_a_logins_only_dataset_trains(dataset):
+    """The public RBA set has no amounts: all-empty signal columns must not break training."""
+    X = dataset.X.copy()
+    for name in ("amount_log", "amount_zscore"):
+        X[:, FEATURE_NAMES.index(name)] = math.nan
+    model = RiskModel(max_iter=20).fit(X, dataset.y)
+    scores = model.predict_proba(X[:50])[:, 1]
+    assert np.all((scores >= 0) & (scores <= 1))
+    np.testing.assert_allclose(TrainedScorer(model, "v").predict(X[:50]), scores, atol=1e-9)
