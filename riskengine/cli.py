@@ -72,11 +72,9 @@ def _train_from(data: Path, settings: Settings, promote: bool) -> int:
     from riskengine import training
     from riskengine.registry import ModelRegistry
 
-    frame = training.load_frame(data)
     started = time.perf_counter()
-    dataset = training.backfill(frame.to_dict("records"),
-                                progress=training.terminal_progress(len(frame), "replaying events"))
-    print(f"features for {len(frame):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    dataset = training.replay_file(data)
+    print(f"\nfeatures for {len(dataset.y):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     report = training.train(dataset, ModelRegistry(settings.models), promote=promote, source=str(data))
     print(report.text())
     return 0
@@ -228,9 +226,7 @@ def _replay(data: Path):
     """A labelled data file -> the point-in-time feature rows, with a progress bar on stderr."""
     from riskengine import training
 
-    frame = training.load_frame(data)
-    return training.backfill(frame.to_dict("records"),
-                             progress=training.terminal_progress(len(frame), "replaying events"))
+    return training.replay_file(data)
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:

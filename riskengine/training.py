@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,9 +176,12 @@ def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy:
                   promoted, entry.version, notes)
 
 
-def terminal_progress(total: int, label: str) -> Progress:
-    """A plain progress bar on stderr: no extra dependency for one line."""
+def terminal_progress(total: int | None, label: str) -> Progress:
+    """A plain progress bar on stderr (a count when the total is unknown): no dependency for one line."""
     def show(done: int) -> None:
+        if total is None:
+            print(f"\r{label}: {done:,}", end="", file=sys.stderr, flush=True)
+            return
         share = min(done / max(total, 1), 1.0)
         bar = "#" * int(share * 30)
         print(f"\r{label} [{bar:<30}] {done:,}/{total:,}", end="" if share < 1 else "\n", file=sys.stderr,
@@ -187,15 +190,38 @@ def terminal_progress(total: int, label: str) -> Progress:
 
 
 def load_frame(path: Path) -> pd.DataFrame:
-    """Parquet or JSONL from ``riskengine generate``, or the public RBA CSV."""
-    path = Path(path)
+    """Parquet or JSONL from ``riskengine generate``, or the public RBA CSV, whole (small files)."""
+    return pd.concat(list(_frames(Path(path))), ignore_index=True)
+
+
+def _frames(path: Path, chunk: int = 50_000) -> Iterator[pd.DataFrame]:
     if path.suffix == ".csv":
         from riskengine import rba
 
-        return pd.concat(list(rba.iter_rba_events(path)), ignore_index=True)
+        yield from rba.iter_rba_events(path, chunksize=chunk)       # never the whole file
+        return
     from riskengine import synth
 
-    return synth.read_events(path)
+    frame = synth.read_events(path)                                 # columnar: ~25 MB a million events
+    for start in range(0, len(frame), chunk):
+        yield frame.iloc[start:start + chunk]
+
+
+def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """A data file as flat rows, a chunk at a time, so a large history never sits in memory as dicts."""
+    for frame in _frames(Path(path)):
+        yield from frame.to_dict("records")
+
+
+def replay_file(path: Path) -> Dataset:
+    """``backfill`` over a data file, with a progress bar on stderr."""
+    path = Path(path)
+    total = None
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        total = pq.ParquetFile(path).metadata.num_rows
+    return backfill(iter_rows(path), progress=terminal_progress(total, "replaying events"))
 
 
 ATTACK_OUTCOMES = {"confirmed_fraud": 1, "step_up_failed": 1, "confirmed_legit": 0, "step_up_passed": 0}
