@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from riskengine.enrich import EnrichedEvent
@@ -85,7 +85,8 @@ class UserProfile:
 
     # -- persistence -------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # the fields are already JSON-ready; dataclasses.asdict's deep copy was a third of /score's time
+        return json.dumps({name: getattr(self, name) for name in _FIELD_NAMES}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "UserProfile":
@@ -125,6 +126,9 @@ class UserProfile:
     def is_trusted(self, key: str, since: float) -> bool:
         at = self.trusted.get(key)
         return at is not None and at >= since
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(UserProfile))
 
 
 # -- updates: each returns a new profile -------------------------------------
