@@ -329,7 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args, Settings())
+    try:
+        return args.run(args, Settings())
+    except (ValueError, FileNotFoundError) as exc:          # bad data or paths: a sentence, not a traceback
+        print(f"riskengine {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -166,3 +166,30 @@ def test_a_logins_only_dataset_trains(dataset):
     scores = model.predict_proba(X[:50])[:, 1]
     assert np.all((scores >= 0) & (scores <= 1))
     np.testing.assert_allclose(TrainedScorer(model, "v").predict(X[:50]), scores, atol=1e-9)
+
+
+def test_train_from_service_learns_from_feedback_labels(frame, settings, monkeypatch, capsys):
+    """Production outcomes feed the next model: recorded features + /feedback labels -> a registered model."""
+    from riskengine.cli import main
+
+    victims = sorted(frame.loc[frame["label"] == 1, "user_id"].unique())[:50]
+    part = frame[frame["user_id"].isin(victims)]
+    _, later = training.split_by_time(training.backfill(part.to_dict("records")))
+    assert 0 < later.y.sum() < part["label"].sum()             # attacks on both sides of the time split
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        for row in part.to_dict("records"):
+            answer = client.post("/score", json=training.row_to_request(row))
+            assert answer.status_code == 200, answer.text
+            if row["label"] == 1:
+                assert client.post("/feedback", json={"event_id": row["event_id"],
+                                                      "outcome": "confirmed_fraud"}).status_code == 200
+    for name, value in (("RISKENGINE_HOME", str(settings.home)), ("RISKENGINE_API_KEYS", "x:y"),
+                        ("RISKENGINE_SQLITE_SYNCHRONOUS", "NORMAL")):
+        monkeypatch.setenv(name, value)
+    assert main(["train", "--from-service"]) == 0
+    out = capsys.readouterr()
+    assert f"{len(part):,} recorded events, {int(part['label'].sum()):,} labelled as attacks" in out.err
+    entry = ModelRegistry(settings.models).versions()[0]
+    assert entry.metadata["source"] == "service"
+    assert entry.metadata["metrics"]["n_train"] + entry.metadata["metrics"]["n_eval"] == len(part)
