@@ -16,7 +16,7 @@ __all__ = ["Commit", "Conflict", "DuplicateEvent", "GlobalCount", "IpActivity", 
 def open_store(url: str, home: Path | None = None, **options) -> ProfileStore:
     """``memory://``, ``sqlite`` (file under home), ``sqlite:///path`` or ``redis://...``."""
     if url.startswith("memory"):
-        return MemoryStore()
+        return MemoryStore(audit_key=options.get("audit_key"))     # SQLite's file options do not apply
     if url == "sqlite":
         return SQLiteStore((home or Path(".")) / "var" / "profiles.db", **options)
     if url.startswith("sqlite:///"):
