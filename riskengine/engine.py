@@ -9,6 +9,7 @@ import hmac
 import logging
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ log = logging.getLogger("riskengine")
 OUTCOMES = ("step_up_passed", "step_up_failed", "confirmed_fraud", "confirmed_legit")
 MAX_REASONS = 5
 _RETRIES = 20
+_LOCK_STRIPES = 256
 
 
 class ScoreUnavailable(Exception):
@@ -70,6 +72,7 @@ class Engine:
         self.record = record                      # False: training backfills keep no events or audit
         self.model_error: str | None = None
         self._watcher: ChampionWatcher | None = None
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self.enricher = enricher
         self.scorer: Scorer = scorer or StatisticalScorer()
         self.policy = policy or Policy()
@@ -189,6 +192,15 @@ class Engine:
             return decision
 
     def score_and_record(self, event: Event, client: str = "local") -> Scored:
+        with self._user_lock(event.user_id):
+            return self._score_and_record(event, client)
+
+    def _user_lock(self, user_id: str) -> threading.Lock:
+        """Threads of one process take turns per user (striped locks), so only writers in
+        other processes can race; those the version check turns into a retry."""
+        return self._locks[hash(user_id) % len(self._locks)]
+
+    def _score_and_record(self, event: Event, client: str) -> Scored:
         for attempt in range(_RETRIES):
             scored = self.evaluate(event)
             profile = self.store.get(event.user_id)
@@ -261,6 +273,10 @@ class Engine:
     def apply_step_up(self, event: Event, learn: bool, required_acr: str | None = None) -> None:
         """The user proved it was them: remember this event (if not yet) and trust its device and place."""
         enriched = self.enricher.enrich(event)
+        with self._user_lock(event.user_id):
+            self._apply_step_up(event, enriched, learn, required_acr)
+
+    def _apply_step_up(self, event: Event, enriched: EnrichedEvent, learn: bool, required_acr: str | None) -> None:
         for attempt in range(_RETRIES):
             profile = self.store.get(event.user_id)
             new = profiles.learned(profile, enriched, self.retention_s) if learn else profile

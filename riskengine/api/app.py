@@ -19,7 +19,7 @@ from riskengine.api.ratelimit import RateLimit
 from riskengine.api.timeouts import BodyTimeout
 from riskengine.engine import Engine, ScoreUnavailable
 from riskengine.settings import Settings
-from riskengine.stores import StoreUnavailable
+from riskengine.stores import Conflict, StoreUnavailable
 
 log = logging.getLogger("riskengine.api")
 
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(StoreUnavailable, _unavailable)
     app.add_exception_handler(ScoreUnavailable, _score_unavailable)
+    app.add_exception_handler(Conflict, _contended)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.read_timeout_seconds)
     app.add_middleware(RateLimit, keys=keys, per_second=settings.rate_limit_per_second,
@@ -81,6 +82,13 @@ async def _score_unavailable(request: Request, exc: ScoreUnavailable) -> JSONRes
     log.error("risk score unavailable: answering 503 as the policy says")
     return JSONResponse({"detail": "risk score unavailable; retry later", "failure": "score_unavailable"},
                         status_code=503, headers={"Retry-After": "1"})
+
+
+async def _contended(request: Request, exc: Conflict) -> JSONResponse:
+    """Writers in other processes kept moving this user on: nothing was recorded, retry."""
+    log.warning("gave up on a user other processes kept updating; answering 503")
+    return JSONResponse({"detail": "this user is being updated concurrently; retry"}, status_code=503,
+                        headers={"Retry-After": "1"})
 
 
 class Observe:
