@@ -93,18 +93,12 @@ def _train_from_service(settings: Settings, promote: bool) -> int:
     from riskengine.engine import Engine
     from riskengine.registry import ModelRegistry
 
-    with Engine.open(settings, scorer=_statistical()) as engine:
+    with Engine.for_audit(settings) as engine:                # reads the store; records nothing
         dataset = training.from_store(engine.store)
     print(f"{len(dataset.y):,} recorded events, {int(dataset.y.sum()):,} labelled as attacks", file=sys.stderr)
     report = training.train(dataset, ModelRegistry(settings.models), promote=promote, source="service")
     print(report.text())
     return 0
-
-
-def _statistical():
-    from riskengine.model import StatisticalScorer
-
-    return StatisticalScorer()
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:

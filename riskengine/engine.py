@@ -53,6 +53,12 @@ class Scored:
     policy: Policy | None = None                    # the policy that decided (a reload may swap it meanwhile)
 
 
+def learns(success: bool, decision: str, risk_level: str) -> bool:
+    """Does an event teach the profile when scored? Only a successful, low-risk, not denied one;
+    anything riskier is learned when its step-up is passed (``feedback``)."""
+    return success and decision != "deny" and risk_level == "low"
+
+
 def reasons_from(score: Score, signals: Signals) -> tuple[Reason, ...]:
     """The strongest positive contributions, as shares of all that pushed the risk up."""
     positive = sorted(((w, n) for n, w in score.contributions.items()
@@ -105,7 +111,8 @@ class Engine:
 
     @classmethod
     def for_audit(cls, settings: Settings) -> "Engine":
-        """An existing home's engine for the audit tools: no policy file, no model, nothing recorded on open."""
+        """An existing home's engine for offline tools (audit, training on recorded events):
+        no policy file, no model, nothing recorded on open."""
         store, audit_key = _open_store(settings)
         key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key")
         return cls(store, Enricher(settings.geoip_city_db, settings.geoip_asn_db), StatisticalScorer(), Policy(),
@@ -170,7 +177,7 @@ class Engine:
                           profile, policy)
         decision = policy.decide(event, score.risk, reasons_from(score, signals), score.model_version,
                                  profile=profile, fraud_rate=self.fraud_rate)
-        learn = event.success and decision.decision != "deny" and decision.risk_level == "low"
+        learn = learns(event.success, decision.decision, decision.risk_level)
         return Scored(enriched, signals, score, decision, learn, profile, policy)
 
     def score(self, event: Event, client: str = "local") -> Decision:
@@ -261,8 +268,7 @@ class Engine:
             return True                           # a retried feedback changes nothing
         if outcome == "step_up_passed":
             event = event_from_request(stored.request)
-            learned_already = (event.success and stored.decision["decision"] != "deny"
-                               and stored.decision["risk_level"] == "low")
+            learned_already = learns(event.success, stored.decision["decision"], stored.decision["risk_level"])
             self.apply_step_up(event, learn=not learned_already, required_acr=stored.decision.get("required_acr"))
         audit = {"kind": "feedback", **self._audit_head(stored.user_id, client, _now(), event_id),
                  "outcome": outcome, "policy_version": self.policy.version}

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from riskengine import synth, training
 from riskengine.api import create_app
+from riskengine.engine import learns
 from riskengine.features import FEATURE_NAMES
 from riskengine.model import RiskModel, TrainedScorer
 from riskengine.registry import ModelRefused, ModelRegistry
@@ -50,7 +51,7 @@ def test_backfill_equals_serving(frame, dataset, settings):
             answer = client.post("/score", json=training.row_to_request(row))
             assert answer.status_code == 200, answer.text
             d = answer.json()
-            learned = row["success"] and d["decision"] != "deny" and d["risk_level"] == "low"
+            learned = learns(row["success"], d["decision"], d["risk_level"])
             if d["decision"] == "step_up" and not learned and row["label"] == 0:
                 assert client.post("/feedback", json={"event_id": d["event_id"],
                                                       "outcome": "step_up_passed"}).status_code == 200
@@ -139,7 +140,6 @@ def test_service_serves_the_champion_and_refuses_a_tampered_promotion(tiny_model
         bad = registry.register(tiny_model)
         (bad.path / "model.joblib").write_bytes(b"not a model")
         registry.promote(bad.version)
-        engine = client.app.state  # noqa: F841  (the watcher runs in the app's engine)
         health = _wait_for(client, lambda h: "model_error" in h)
         assert health["model_version"] == good.version and "checksum mismatch" in health["model_error"]
         answer = client.post("/score", json={**body, "event_id": "after-bad"})
