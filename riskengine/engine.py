@@ -4,6 +4,7 @@ features -> score -> decide -> record. HTTP, CLI, training and tests all call it
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -79,6 +80,7 @@ class Engine:
         self.model_error: str | None = None
         self._watcher: ChampionWatcher | None = None
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._async_locks: list[asyncio.Lock] | None = None
         self.enricher = enricher
         self.scorer: Scorer = scorer or StatisticalScorer()
         self.policy = policy or Policy()
@@ -187,16 +189,36 @@ class Engine:
         with a 503) or, for ``unavailable``, the ``StoreUnavailable`` 503.
         """
         try:
-            if (earlier := self.store.find_event(event.event_id)) is not None:
-                return Decision.from_dict(earlier.decision)
-            return self.score_and_record(event, client).decision
-        except StoreUnavailable:
-            decision = self.policy.on_failure(event, "store_unavailable", "the profile store could not be reached",
-                                              self.scorer.version)
-            if decision is None:
-                raise
-            log.error("profile store unavailable: answering %s without recording", decision.decision)
-            return decision
+            return self.score_and_record(event, client).decision     # a repeated id: the store says so
+        except StoreUnavailable as exc:
+            return self._unrecorded(event, exc)
+
+    async def score_async(self, event: Event, client: str = "local") -> Decision:
+        """``score`` on an event loop (the service): the pure work runs here, with no thread hop per
+        request; the commit goes to the store's writer thread, in a group with others, and is awaited."""
+        try:
+            async with self._async_lock(event.user_id):
+                for attempt in range(_RETRIES):
+                    scored = self.evaluate(event)
+                    try:
+                        await asyncio.wrap_future(self.store.submit(self._commit(event, scored, client)))
+                        return scored.decision
+                    except Conflict:
+                        if attempt:
+                            await asyncio.sleep(_back_off_s(attempt))
+                    except DuplicateEvent:
+                        return self._earlier(event, scored).decision
+                raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
+        except StoreUnavailable as exc:
+            return self._unrecorded(event, exc)
+
+    def _unrecorded(self, event: Event, exc: StoreUnavailable) -> Decision:
+        decision = self.policy.on_failure(event, "store_unavailable", "the profile store could not be reached",
+                                          self.scorer.version)
+        if decision is None:
+            raise exc
+        log.error("profile store unavailable: answering %s without recording", decision.decision)
+        return decision
 
     def score_and_record(self, event: Event, client: str = "local") -> Scored:
         with self._user_lock(event.user_id):
@@ -207,25 +229,37 @@ class Engine:
         other processes can race; those the version check turns into a retry."""
         return self._locks[hash(user_id) % len(self._locks)]
 
+    def _async_lock(self, user_id: str) -> asyncio.Lock:
+        """The event loop's turns per user, as ``_user_lock`` for threads."""
+        if self._async_locks is None:
+            self._async_locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+        return self._async_locks[hash(user_id) % _LOCK_STRIPES]
+
     def _score_and_record(self, event: Event, client: str) -> Scored:
         for attempt in range(_RETRIES):
             scored = self.evaluate(event)
-            profile = self.store.get(event.user_id)
-            if scored.policy is not None and scored.policy.counts_since_sca and scored.profile is not None \
-                    and scored.profile.version != profile.version:
-                continue                          # the PSD2 counters the decision used moved: decide again
             try:
-                self.store.commit(self._commit(event, scored, profile, client))
+                self.store.commit(self._commit(event, scored, client))
                 return scored
             except Conflict:
-                _back_off(attempt)                # another writer moved this user on: recompute
+                if attempt:                       # another writer moved this user on: decide again
+                    time.sleep(_back_off_s(attempt))
             except DuplicateEvent:
-                earlier = self.store.find_event(event.event_id)
-                return Scored(scored.enriched, scored.signals, scored.score,
-                              Decision.from_dict(earlier.decision), False, scored.profile, scored.policy)
+                return self._earlier(event, scored)
         raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
 
-    def _commit(self, event: Event, scored: Scored, profile: profiles.UserProfile, client: str) -> Commit:
+    def _earlier(self, event: Event, scored: Scored) -> Scored:
+        """A repeated event id: the answer is the one recorded the first time."""
+        earlier = self.store.find_event(event.event_id)
+        if earlier is None:
+            raise StoreUnavailable("a recorded event could not be read back")
+        return Scored(scored.enriched, scored.signals, scored.score, Decision.from_dict(earlier.decision), False,
+                      scored.profile, scored.policy)
+
+    def _commit(self, event: Event, scored: Scored, client: str) -> Commit:
+        """What the event changes, conditional on the profile version its decision read."""
+        profile = scored.profile
+        assert profile is not None
         if scored.learned:
             new = profiles.learned(profile, scored.enriched, self.retention_s)
             learned_values = profiles.attribute_values(scored.enriched)
@@ -294,7 +328,8 @@ class Engine:
                                           profiles.attribute_values(enriched) if learn else {}, None)
                 return
             except Conflict:
-                _back_off(attempt)
+                if attempt:
+                    time.sleep(_back_off_s(attempt))
         raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
 
     def erase(self, user_id: str, client: str = "local") -> bool:
@@ -426,9 +461,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _back_off(attempt: int) -> None:
-    """A short jittered pause before recomputing: writers of one hot user stop colliding in lockstep."""
-    time.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 6)))
+def _back_off_s(attempt: int) -> float:
+    """A short jittered pause before recomputing: writers of one hot user stop colliding in lockstep.
+    (The first retry goes at once: it is usually a cached profile another process had moved on.)"""
+    return random.uniform(0, 0.001 * 2 ** min(attempt, 6))
 
 
 def event_ref(secret: bytes | None, event_id: str) -> str:

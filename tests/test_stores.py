@@ -214,6 +214,7 @@ def test_a_deleted_last_audit_record_is_found_by_the_head_anchor(store: ProfileS
 
 def _tamper(store: ProfileStore, tmp_path, row: Any, body: str | None) -> None:
     """Edit (or, with ``body=None``, delete) one stored audit record behind the store's back."""
+    store = getattr(store, "inner", store)        # the shared stores come behind a read cache
     if isinstance(store, MemoryStore):
         index = store._audit.index(row)
         if body is None:

@@ -1,4 +1,5 @@
-"""Thin HTTP handlers over the Engine. Blocking work runs in FastAPI's threadpool (plain ``def``)."""
+"""Thin HTTP handlers over the Engine. ``/score`` runs on the event loop (see ``score``); the rest,
+rare and blocking, in FastAPI's threadpool (plain ``def``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from riskengine.stores import StoreUnavailable
 router = APIRouter()
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
+    """``async``: a plain ``def`` dependency would cost a threadpool hop per request."""
     return request.state.engine
 
 
@@ -28,16 +30,18 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 @router.post("/score", response_model=ScoreResponse,
              responses={503: {"model": ScoreResponse, "description": "the store is unreachable: nothing was "
                               "recorded; the body carries the policy's fail-closed answer for the action"}})
-def score(body: ScoreRequest, engine: EngineDep, client: ClientDep) -> ScoreResponse | JSONResponse:
-    decision = engine.score(body.to_event(datetime.now(timezone.utc)), client)
+async def score(body: ScoreRequest, engine: EngineDep, client: ClientDep) -> Response:
+    """On the event loop: scoring is CPU work that a thread would only make wait for the GIL, and
+    the store's commit is awaited on its writer thread (``Engine.score_async``)."""
+    decision = await engine.score_async(body.to_event(datetime.now(timezone.utc)), client)
     metrics.DECISIONS.labels(decision=decision.decision, action=metrics.action_label(body.action)).inc()
-    answer = ScoreResponse.from_decision(decision)
+    content = ScoreResponse.from_decision(decision).model_dump_json()    # already valid: no re-validation
     if decision.failure == "store_unavailable":
         # a 200 promises a durable record; this answer was not recorded, so it is a 503 whose
         # body still tells a client that reads it what the policy wants (deny or step up, never allow)
         metrics.STORE_ERRORS.inc()
-        return JSONResponse(answer.model_dump(), status_code=503, headers={"Retry-After": "1"})
-    return answer
+        return Response(content, status_code=503, media_type="application/json", headers={"Retry-After": "1"})
+    return Response(content, media_type="application/json")
 
 
 @router.post("/feedback", response_model=FeedbackResponse)

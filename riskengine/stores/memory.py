@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import threading
 from collections import defaultdict, deque
+from concurrent.futures import Future
 from typing import Any, Iterator
 
 from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent)
+from riskengine.stores.group import done
 
 
 class MemoryStore:
@@ -101,6 +103,8 @@ class MemoryStore:
             if change.profile is not None:
                 self._put_profile(change.user_id, change.expected_version, change.profile)
                 self._count(change.learned_values)
+            elif self._version(change.user_id) != change.expected_version:
+                raise Conflict("the profile's version moved")    # the decision read a profile since moved on
             window = self._ips[change.ip]
             window.append((change.at, change.user_key, change.success))
             while window and window[0][0] < change.at - 2 * IP_WINDOW_S:
@@ -109,6 +113,13 @@ class MemoryStore:
                 self._events[change.event.event_id] = change.event
             if change.audit is not None:
                 self._append(change.audit)
+
+    def submit(self, change: Commit) -> Future:
+        try:
+            self.commit(change)
+        except (Conflict, DuplicateEvent) as refused:
+            return done(refused)
+        return done()
 
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
@@ -145,11 +156,14 @@ class MemoryStore:
             return found
 
     def _put_profile(self, user_id: str, expected: int, profile: UserProfile) -> None:
-        current = self._profiles.get(user_id)
-        if (current.version if current else 0) != expected:
-            raise Conflict(user_id)
+        if self._version(user_id) != expected:
+            raise Conflict("the profile's version moved")
         profile.version = expected + 1
         self._profiles[user_id] = profile
+
+    def _version(self, user_id: str) -> int:
+        current = self._profiles.get(user_id)
+        return current.version if current else 0
 
     def _count(self, values: dict[str, str]) -> None:
         for attribute, value in values.items():

@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -24,6 +25,7 @@ from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, 
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable)
+from riskengine.stores.group import GroupCommit
 
 #: errors that mean "Redis cannot answer now" (down, restarting, loading, failed over, full):
 #: the service answers 503 and a later request finds it back
@@ -66,10 +68,8 @@ end
 # payment ('' = none), [25..] attribute, value pairs (one pair per KEYS[12..]).
 _COMMIT_LUA = _AUDIT_LUA + """
 if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return {'DUP'} end
-if ARGV[9] == '1' then
-  local version = tonumber(redis.call('HGET', KEYS[4], 'v')) or 0
-  if version ~= tonumber(ARGV[10]) then return {'CONFLICT'} end
-end
+-- the decision read this version of the profile, whether or not this write changes it
+if (tonumber(redis.call('HGET', KEYS[4], 'v')) or 0) ~= tonumber(ARGV[10]) then return {'CONFLICT'} end
 local moved = head_moved()
 if moved then return moved end
 if ARGV[9] == '1' then
@@ -200,6 +200,7 @@ class RedisStore:
         self._ip_activity = self._redis.register_script(_IP_ACTIVITY_LUA)
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
+        self._group = GroupCommit(self._commit_group, "riskengine-redis")
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
@@ -350,6 +351,20 @@ class RedisStore:
         if profile is not None:
             profile.version = change.expected_version + 1
 
+    def submit(self, change: Commit) -> Future:
+        """``commit`` on the store's writer thread: the service awaits it without parking a thread."""
+        return self._group.submit(change)
+
+    def _commit_group(self, changes: list[Commit]) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = []
+        for change in changes:
+            try:
+                self.commit(change)
+                outcomes.append(None)
+            except (Conflict, DuplicateEvent, StoreUnavailable) as refused:
+                outcomes.append(refused)
+        return outcomes
+
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
         learned = list(learned_values.items())
@@ -458,6 +473,7 @@ class RedisStore:
         self._head = None
 
     def close(self) -> None:
+        self._group.close()
         self._redis.close()
 
 

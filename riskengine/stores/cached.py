@@ -1,0 +1,156 @@
+"""A read cache in front of a shared store (SQLite, Redis): the hot path reads what this
+process last wrote or read instead of asking the store again on every event.
+
+Why it stays correct with several processes: every ``commit`` and ``update_profile`` is
+conditional on the profile version the decision saw, so a profile another process moved
+since it was cached makes the store answer ``Conflict``; the entry is dropped and the
+engine decides again on a fresh read. Population counts (Freeman's p(value)) are the one
+read that may lag: this process's own writes show at once, other processes' within
+``counts_ttl_s`` seconds, which moves a probability over thousands of events by a hair.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from riskengine.profiles import UserProfile
+from riskengine.stores.base import Commit, Conflict, GlobalCount, ProfileStore
+
+DEFAULT_PROFILES = 100_000
+DEFAULT_COUNTS_TTL_S = 1.0
+
+
+class CachedStore:
+    """Wraps ``inner``; everything not cached here is passed straight through."""
+
+    def __init__(self, inner: ProfileStore, max_profiles: int = DEFAULT_PROFILES,
+                 counts_ttl_s: float = DEFAULT_COUNTS_TTL_S) -> None:
+        self.inner = inner
+        self.max_profiles = max_profiles
+        self.counts_ttl_s = counts_ttl_s
+        self._lock = threading.Lock()
+        self._profiles: dict[str, UserProfile] = {}       # never mutated: updates make new profiles
+        self._secrets: dict[str, bytes] = {}
+        self._counts: dict[tuple[str, str], list[float]] = {}   # (attribute, value) -> [count, read at]
+        self._totals: dict[str, list[float]] = {}                # attribute -> [total, distinct, read at]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    # -- cached reads -------------------------------------------------------
+    def get(self, user_id: str) -> UserProfile:
+        profile = self._profiles.get(user_id)
+        if profile is None:
+            profile = self.inner.get(user_id)
+            self._keep(user_id, profile)
+        return profile
+
+    def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
+        secret = self._secrets.get(user_key)
+        if secret is None:
+            secret = self.inner.user_secret(user_id, user_key, create)
+            if secret is not None:
+                self._bounded(self._secrets)[user_key] = secret
+        return secret
+
+    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
+        now = time.monotonic()
+        fresh = now - self.counts_ttl_s
+        counts, totals = self._counts, self._totals
+        if any((c := counts.get(item)) is None or c[1] < fresh for item in values.items()) \
+                or any((t := totals.get(a)) is None or t[2] < fresh for a in values):
+            read = self.inner.global_counts(values)
+            with self._lock:
+                self._bounded(counts)
+                for attribute, value in values.items():
+                    g = read[attribute]
+                    counts[(attribute, value)] = [g.count, now]
+                    totals[attribute] = [g.total, g.distinct, now]
+            return read
+        return {a: GlobalCount(counts[(a, v)][0], totals[a][0], totals[a][1]) for a, v in values.items()}
+
+    # -- writes: the store decides, the cache follows -------------------------
+    def commit(self, change: Commit) -> None:
+        self.submit(change).result()
+
+    def submit(self, change: Commit) -> Future:
+        """The store's future, resolved only after the cache has followed its outcome: the
+        next event of this user, which waits for it, reads what was committed."""
+        followed: Future = Future()
+
+        def follow(committed: Future) -> None:
+            error = committed.exception()
+            if isinstance(error, Conflict):
+                self._profiles.pop(change.user_id, None)    # someone else moved it: read it fresh
+            elif error is None and change.profile is not None:
+                self._keep(change.user_id, change.profile)
+                self._counted(change.learned_values)
+            if error is None:
+                followed.set_result(None)
+            else:
+                followed.set_exception(error)
+
+        self.inner.submit(change).add_done_callback(follow)
+        return followed
+
+    def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
+                       learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
+        try:
+            self.inner.update_profile(user_id, expected_version, profile, learned_values, audit)
+        except Conflict:
+            self._profiles.pop(user_id, None)
+            raise
+        self._keep(user_id, profile)
+        self._counted(learned_values)
+
+    def erase_user(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
+        self._profiles.pop(user_id, None)
+        self._secrets.pop(user_key, None)
+        try:
+            return self.inner.erase_user(user_id, user_key, audit)
+        finally:
+            self._profiles.pop(user_id, None)
+            self._secrets.pop(user_key, None)
+
+    def clear(self) -> None:
+        self.inner.clear()
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop everything cached (the store was changed behind this process's back)."""
+        with self._lock:
+            self._profiles.clear()
+            self._secrets.clear()
+            self._counts.clear()
+            self._totals.clear()
+
+    # -- helpers ------------------------------------------------------------
+    def _keep(self, user_id: str, profile: UserProfile) -> None:
+        self._bounded(self._profiles)[user_id] = profile
+
+    def _bounded(self, table: dict) -> dict:
+        """Oldest-first eviction once full: a dict keeps insertion order, so this is O(1)."""
+        while len(table) >= self.max_profiles:
+            try:
+                table.pop(next(iter(table)))
+            except (StopIteration, KeyError, RuntimeError):    # emptied or resized by another thread
+                break
+        return table
+
+    def _counted(self, learned: dict[str, str]) -> None:
+        """This process's own increments show at once (the store's counters moved the same way)."""
+        if not learned:
+            return
+        with self._lock:
+            for attribute, value in learned.items():
+                count, total = self._counts.get((attribute, value)), self._totals.get(attribute)
+                if count is None:                 # cannot tell whether the value was new: read again
+                    self._totals.pop(attribute, None)
+                    continue
+                count[0] += 1
+                if total is not None:
+                    total[0] += 1
+                    total[1] += count[0] == 1
