@@ -94,6 +94,12 @@ class CompiledModel:
         leaves = self._leaves(self._rows(row, ndim=1))
         return self._forest.bias, self._forest.leaf_contributions[leaves].sum(axis=0).tolist()
 
+    def score_one(self, row: Sequence[float]) -> tuple[float, list[float]]:
+        """``predict_proba_one`` and ``contributions_one``'s credits from one pass over the trees."""
+        leaves = self._leaves(self._rows(row, ndim=1))
+        return (float(self._proba(self._raw_members(leaves))),
+                self._forest.leaf_contributions[leaves].sum(axis=0).tolist())
+
     def predict_proba(self, X) -> np.ndarray:
         """Batch (n, 2) probabilities, like sklearn's, for training and evaluation."""
         X = self._rows(X, ndim=2)

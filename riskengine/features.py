@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from string import Formatter
 from typing import Any
 
@@ -207,9 +208,15 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
     return Signals(values, facts)
 
 
+@lru_cache(maxsize=256)
+def _fields(template: str) -> tuple[str, ...]:
+    """The names a message quotes (parsed once per message, not once per event)."""
+    return tuple(name for _, name, _, _ in Formatter().parse(template) if name)
+
+
 def _format(template: str, facts: dict[str, Any]) -> str:
     """Fill a message; a fact that is missing or NaN leaves the plain message instead of failing."""
-    names = [name for _, name, _, _ in Formatter().parse(template) if name]
+    names = _fields(template)
     if all(facts.get(n) is not None and not (isinstance(facts[n], float) and math.isnan(facts[n])) for n in names):
         return template.format(**facts)
     return template.split("{")[0].strip().rstrip("(") or template

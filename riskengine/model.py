@@ -143,8 +143,7 @@ class TrainedScorer:
         if self._compiled is None:
             risk = float(self.model.predict_proba(np.asarray([row], dtype=float))[0, 1])
             return Score(risk, {}, self.version)
-        risk = self._compiled.predict_proba_one(row)
-        _, contributions = self._compiled.contributions_one(row)
+        risk, contributions = self._compiled.score_one(row)
         return Score(risk, {n: c for n, c in zip(FEATURE_NAMES, contributions) if c > 0}, self.version)
 
     def predict(self, X: np.ndarray) -> np.ndarray:

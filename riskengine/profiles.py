@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import orjson
+
 from riskengine.enrich import EnrichedEvent
 
 DAY = 86400.0
@@ -86,7 +88,7 @@ class UserProfile:
     # -- persistence -------------------------------------------------------
     def to_json(self) -> str:
         # the fields are already JSON-ready; dataclasses.asdict's deep copy was a third of /score's time
-        return json.dumps({name: getattr(self, name) for name in _FIELD_NAMES}, separators=(",", ":"))
+        return orjson.dumps({name: getattr(self, name) for name in _FIELD_NAMES}).decode()
 
     @classmethod
     def from_json(cls, text: str) -> "UserProfile":

@@ -239,7 +239,8 @@ def from_store(store) -> Dataset:
     meta: dict[str, list] = {k: [] for k in ("event_id", "timestamp", "action", "attack_class", "history",
                                              "freeman", "decision")}
     for stored in store.labelled_events():
-        values = {name: float(stored.features.get(name, math.nan)) for name in FEATURE_NAMES}
+        values = {name: math.nan if (v := stored.features.get(name)) is None else float(v)   # null: NaN
+                  for name in FEATURE_NAMES}
         label = ATTACK_OUTCOMES.get(stored.outcome or "", 0)
         rows.append([values[name] for name in FEATURE_NAMES])
         labels.append(label)

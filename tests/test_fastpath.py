@@ -126,6 +126,14 @@ def test_contributions_add_up_to_raw(fitted):
         assert contributions[11] == 0.0  # constant feature, never split on
 
 
+def test_score_one_is_probability_and_contributions_in_one_pass(fitted):
+    compiled = compile_model(fitted)
+    for row in X_TEST[:50]:
+        risk, contributions = compiled.score_one(row)
+        assert risk == compiled.predict_proba_one(row)
+        assert contributions == compiled.contributions_one(row)[1]
+
+
 def _saabas_by_walking(hgb: HistGradientBoostingClassifier, row: np.ndarray):
     """Independent reference: walk each tree as sklearn's predictor does."""
     def mean_value(nodes, i):  # internal node: count-weighted mean of its children

@@ -312,3 +312,74 @@ def test_concurrent_events_for_one_user_lose_no_update(store: ProfileStore) -> N
     assert len(list(store.labelled_events())) == 400
     rows = list(store.audit_rows())
     assert len(rows) == 400 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+
+
+def test_submitted_commits_are_decided_one_by_one_and_durable(store: ProfileStore) -> None:
+    """What the service does: many events in flight at once (one group on SQLite); a stale version
+    and a repeated event id are refused alone, every other event is there afterwards."""
+    store.commit(change("seed", user="u0"))
+    futures = {f"u{i}": store.submit(change(f"g{i}", user=f"u{i}", version=1 if i == 0 else 0))
+               for i in range(20)}
+    stale = store.submit(change("stale", user="u1", version=0, events=99))    # u1 read before g1 landed
+    repeated = store.submit(change("g2", user="u21"))                        # g2's id, another user
+    for future in futures.values():
+        assert future.result(timeout=10) is None
+    with pytest.raises(Conflict):
+        stale.result(timeout=10)
+    with pytest.raises(DuplicateEvent):
+        repeated.result(timeout=10)
+    assert [store.get(f"u{i}").version for i in range(20)] == [2] + [1] * 19
+    assert store.get("u1").events == 1 and store.get("u21").version == 0
+    assert {e.event_id for e in store.labelled_events()} == {"seed", *(f"g{i}" for i in range(20))}
+    assert store.find_event("g2").user_id == "u2"
+    rows = list(store.audit_rows())
+    assert len(rows) == 21 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+    counts = store.global_counts({"ip": IP})["ip"]
+    assert (counts.count, counts.total, counts.distinct) == (21, 21, 1)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def two_processes(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[ProfileStore, ProfileStore]]:
+    """Two stores over the same data, each with its own read cache: two service processes."""
+    if request.param == "sqlite":
+        url, options = f"sqlite:///{tmp_path}/profiles.db", {"synchronous": "NORMAL"}
+    else:
+        url, options = REDIS_URL, {"prefix": f"test-{uuid.uuid4().hex[:12]}:"}
+    a = open_store(url, audit_key=AUDIT_KEY, **options)
+    b = open_store(url, audit_key=AUDIT_KEY, **options)
+    try:
+        yield a, b
+    finally:
+        a.clear()
+        a.close()
+        b.close()
+
+
+def test_a_profile_cached_by_one_process_and_moved_by_another_conflicts_then_reads_fresh(two_processes) -> None:
+    a, b = two_processes
+    a.commit(change("e1", events=1))
+    assert a.get("alice").version == 1 == b.get("alice").version          # both now hold version 1
+    b.commit(change("e2", version=1, events=2))                            # the other process moves on
+    assert a.get("alice").version == 1                                     # a's cache has not seen it...
+    with pytest.raises(Conflict):                                          # ...so its write is refused,
+        a.commit(change("e3", version=1, profile=False))                   # even one that learns nothing
+    fresh = a.get("alice")                                                 # and a reads what b wrote
+    assert (fresh.version, fresh.events) == (2, 2)
+    assert a.find_event("e3") is None
+    a.commit(change("e3", version=2, events=3))
+    with pytest.raises(Conflict):                                          # b's cache, stale in turn
+        b.commit(change("e4", version=2, events=4))
+    assert (b.get("alice").version, b.get("alice").events) == (3, 3)
+
+
+def test_engines_in_two_processes_count_every_event_once(two_processes) -> None:
+    """Alternating events of one user through two engines with their own caches: the retry after a
+    conflict decides on the fresh profile, so the count is exact and every event is recorded once."""
+    a, b = two_processes
+    engines = [Engine(a, Enricher(), pseudonym_key=b"k" * 32), Engine(b, Enricher(), pseudonym_key=b"k" * 32)]
+    learned = sum(engines[n % 2].score_and_record(event(n, at=T0 + timedelta(seconds=30 * n))).learned
+                  for n in range(12))
+    assert learned == 12
+    assert a.inner.get("alice").events == 12                               # the store itself, past any cache
+    assert b.get("alice").events == 12                                     # the last writer's cache follows it
+    assert len(list(a.labelled_events())) == 12

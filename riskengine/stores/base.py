@@ -11,10 +11,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
+import orjson
+
 from riskengine.audit import Anchor, AuditRow
 from riskengine.profiles import UserProfile
 
 IP_WINDOW_S = 3600.0
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for stored events and profiles (orjson: a tenth of ``json.dumps``' time on the
+    hot path). A NaN feature (a signal with nothing to measure) is stored as null; readers map it back."""
+    return orjson.dumps(value).decode()
 
 
 class Conflict(Exception):

@@ -7,6 +7,8 @@ since it was cached makes the store answer ``Conflict``; the entry is dropped an
 engine decides again on a fresh read. Population counts (Freeman's p(value)) are the one
 read that may lag: this process's own writes show at once, other processes' within
 ``counts_ttl_s`` seconds, which moves a probability over thousands of events by a hair.
+Per-user audit secrets are re-read after the same time, so an erasure made by another
+process is followed within it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class CachedStore:
         self.counts_ttl_s = counts_ttl_s
         self._lock = threading.Lock()
         self._profiles: dict[str, UserProfile] = {}       # never mutated: updates make new profiles
-        self._secrets: dict[str, bytes] = {}
+        self._secrets: dict[str, tuple[bytes, float]] = {}      # user key -> (secret, read at)
         self._counts: dict[tuple[str, str], list[float]] = {}   # (attribute, value) -> [count, read at]
         self._totals: dict[str, list[float]] = {}                # attribute -> [total, distinct, read at]
 
@@ -49,11 +51,15 @@ class CachedStore:
         return profile
 
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
-        secret = self._secrets.get(user_key)
-        if secret is None:
-            secret = self.inner.user_secret(user_id, user_key, create)
-            if secret is not None:
-                self._bounded(self._secrets)[user_key] = secret
+        """Kept for ``counts_ttl_s`` too: a user erased by another process gets a new secret here
+        within that time (this process's own erasures drop it at once)."""
+        now = time.monotonic()
+        cached = self._secrets.get(user_key)
+        if cached is not None and cached[1] >= now - self.counts_ttl_s:
+            return cached[0]
+        secret = self.inner.user_secret(user_id, user_key, create)
+        if secret is not None:
+            self._bounded(self._secrets)[user_key] = (secret, now)
         return secret
 
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:

@@ -24,7 +24,7 @@ from redis.retry import Retry
 from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
-                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable)
+                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
 from riskengine.stores.group import GroupCommit
 
 #: errors that mean "Redis cannot answer now" (down, restarting, loading, failed over, full):
@@ -340,8 +340,8 @@ class RedisStore:
                 "1", member, repr(change.at), f"({change.at - 2 * IP_WINDOW_S!r}", _IP_TTL_S,
                 change.ip, _USER_IPS_TTL_S,
                 "1" if event else "0", change.user_id,
-                json.dumps(event.request) if event else "", json.dumps(event.decision) if event else "",
-                json.dumps(event.features) if event else "", currency,
+                dumps(event.request) if event else "", dumps(event.decision) if event else "",
+                dumps(event.features) if event else "", currency,
                 *(item for pair in learned for item in pair)]
         status = self._write(self._commit, keys, args, change.audit)
         if status[0] == b"DUP":

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
-                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable)
+                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
 from riskengine.stores.group import GroupCommit
 
 _SCHEMA = """
@@ -51,6 +51,8 @@ CREATE TRIGGER IF NOT EXISTS global_totals_on_more AFTER UPDATE OF count ON glob
 END;
 """
 _PRUNE_EVERY = 512
+_MMAP_BYTES = 256 << 20
+_CHECKPOINT_PAGES = 8000        # WAL up to ~32 MB between checkpoints (SQLite's default: 1000 pages)
 _GROUP_MAX = 64                 # events per transaction at most: bounds how long one COMMIT holds the lock
 
 
@@ -78,6 +80,8 @@ class SQLiteStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={self.synchronous}")
                 db.execute("PRAGMA busy_timeout=30000")
+                db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")            # reads without a syscall a page
+                db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")  # hot pages copied once, not each time
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot open SQLite store {self.path.name}: {exc}") from exc
             self._local.db = db
@@ -187,8 +191,8 @@ class SQLiteStore:
             db.executemany("INSERT INTO ip_events VALUES (?, ?, ?, ?)",
                            [(c.ip, c.user_key, c.at, int(c.success)) for c in accepted])
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                           [(e.event_id, e.user_id, e.at, json.dumps(e.request), json.dumps(e.decision),
-                             json.dumps(e.features)) for c in accepted if (e := c.event) is not None])
+                           [(e.event_id, e.user_id, e.at, dumps(e.request), dumps(e.decision), dumps(e.features))
+                            for c in accepted if (e := c.event) is not None])
             self._append_many(db, [c.audit for c in accepted if c.audit is not None])
             before, self._commits = self._commits, self._commits + len(accepted)
             if accepted and before // _PRUNE_EVERY != self._commits // _PRUNE_EVERY:
