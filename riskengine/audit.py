@@ -37,12 +37,12 @@ def seal(prev_hash: str, body: dict[str, Any], key: bytes | None = None) -> str:
     True
     """
     data = (prev_hash + canonical(body)).encode()
-    return hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
+    return hmac.digest(key, data, "sha256").hex() if key else hashlib.sha256(data).hexdigest()
 
 
 def pseudonym(user_key: bytes, user_id: str) -> str:
     """A stable, unlinkable-without-the-key name for a user in audit records."""
-    return hmac.new(user_key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(user_key, user_id.encode(), "sha256").hex()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ class Anchor:
 
 def _anchor_mac(kind: str, chain: str, seq: int, digest: str, key: bytes | None) -> str:
     data = f"riskengine-audit-{kind}:{chain}:{seq}:{digest}".encode()
-    return hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
+    return hmac.digest(key, data, "sha256").hex() if key else hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

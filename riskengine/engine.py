@@ -5,7 +5,6 @@ features -> score -> decide -> record. HTTP, CLI, training and tests all call it
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import os
@@ -35,6 +34,7 @@ OUTCOMES = ("step_up_passed", "step_up_failed", "confirmed_fraud", "confirmed_le
 MAX_REASONS = 5
 _RETRIES = 20
 _LOCK_STRIPES = 256
+_USER_KEYS_KEPT = 100_000
 
 
 class ScoreUnavailable(Exception):
@@ -80,7 +80,7 @@ class Engine:
         self.model_error: str | None = None
         self._watcher: ChampionWatcher | None = None
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
-        self._async_locks: list[asyncio.Lock] | None = None
+        self._user_keys: dict[str, str] = {}
         self.enricher = enricher
         self.scorer: Scorer = scorer or StatisticalScorer()
         self.policy = policy or Policy()
@@ -197,18 +197,19 @@ class Engine:
         """``score`` on an event loop (the service): the pure work runs here, with no thread hop per
         request; the commit goes to the store's writer thread, in a group with others, and is awaited."""
         try:
-            async with self._async_lock(event.user_id):
-                for attempt in range(_RETRIES):
-                    scored = self.evaluate(event)
-                    try:
-                        await asyncio.wrap_future(self.store.submit(self._commit(event, scored, client)))
-                        return scored.decision
-                    except Conflict:
-                        if attempt:
-                            await asyncio.sleep(_back_off_s(attempt))
-                    except DuplicateEvent:
-                        return self._earlier(event, scored).decision
-                raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
+            for attempt in range(_RETRIES):
+                # no await from reading the profile to queueing the commit: on one event loop, the
+                # user's events are decided in turn, each on the profile the one before queued
+                scored = self.evaluate(event)
+                try:
+                    await asyncio.wrap_future(self.store.submit(self._commit(event, scored, client)))
+                    return scored.decision
+                except Conflict:
+                    if attempt:
+                        await asyncio.sleep(_back_off_s(attempt))
+                except DuplicateEvent:
+                    return self._earlier(event, scored).decision
+            raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
         except StoreUnavailable as exc:
             return self._unrecorded(event, exc)
 
@@ -228,12 +229,6 @@ class Engine:
         """Threads of one process take turns per user (striped locks), so only writers in
         other processes can race; those the version check turns into a retry."""
         return self._locks[hash(user_id) % len(self._locks)]
-
-    def _async_lock(self, user_id: str) -> asyncio.Lock:
-        """The event loop's turns per user, as ``_user_lock`` for threads."""
-        if self._async_locks is None:
-            self._async_locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
-        return self._async_locks[hash(user_id) % _LOCK_STRIPES]
 
     def _score_and_record(self, event: Event, client: str) -> Scored:
         for attempt in range(_RETRIES):
@@ -340,7 +335,12 @@ class Engine:
     # -- pseudonyms -------------------------------------------------------
     def user_key(self, user_id: str) -> str:
         """Keyed hash of a user id: indexes per-user secrets and per-IP distinct-user counts."""
-        return hmac.new(self._key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+        key = self._user_keys.get(user_id)
+        if key is None:
+            if len(self._user_keys) >= _USER_KEYS_KEPT:
+                self._user_keys.clear()           # a pure function of the id: dropping costs only recomputing
+            key = self._user_keys[user_id] = hmac.digest(self._key, user_id.encode(), "sha256").hex()[:32]
+        return key
 
     def subject(self, user_id: str) -> str:
         secret = self.store.user_secret(user_id, self.user_key(user_id), create=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
 
 import orjson
 
@@ -86,9 +85,13 @@ class UserProfile:
     since_sca_paid_at: float | None = None      # the latest of those payments
 
     # -- persistence -------------------------------------------------------
-    def to_json(self) -> str:
+    def to_json(self, version: int | None = None) -> str:
+        """``version``: the one it is stored under, when that is not (yet) its own."""
         # the fields are already JSON-ready; dataclasses.asdict's deep copy was a third of /score's time
-        return orjson.dumps({name: getattr(self, name) for name in _FIELD_NAMES}).decode()
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
+        if version is not None:
+            data["version"] = version
+        return orjson.dumps(data).decode()
 
     @classmethod
     def from_json(cls, text: str) -> "UserProfile":
@@ -98,7 +101,8 @@ class UserProfile:
 
     def copy(self) -> "UserProfile":
         """Shallow-copy every map: updates replace ``[count, last_at]`` lists, never mutate them."""
-        clone = UserProfile(**{f.name: getattr(self, f.name) for f in fields(self)})
+        clone = object.__new__(UserProfile)             # no __init__: every field is set from self
+        clone.__dict__.update(self.__dict__)
         for name in CAPS:
             setattr(clone, name, dict(getattr(self, name)))
         clone.hours = list(self.hours)
@@ -160,7 +164,7 @@ def _prune(profile: UserProfile, now: float, retention_s: float) -> None:
 
 def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float) -> UserProfile:
     """The profile after a successful, accepted event: the user really was here, on this."""
-    event, geo, ua = enriched.event, enriched.geo, enriched.ua
+    event, geo = enriched.event, enriched.geo
     at = event.ts
     new = profile.copy()
     new.events += 1

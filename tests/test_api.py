@@ -194,3 +194,29 @@ def test_health_and_metrics(client):
     text = client.get("/metrics").text
     assert 'riskengine_decisions_total{action="login",decision="allow"}' in text
     assert "riskengine_request_seconds_bucket" in text and "riskengine_model_info" in text
+
+
+def test_the_score_lane_answers_as_the_fastapi_route_does(client):
+    """Valid requests are served by the lane (scorelane.py); a JSON content type the lane leaves to
+    FastAPI (application/scim+json) reaches the declared route. Both must answer alike."""
+    import json
+
+    from riskengine.api.schemas import ScoreResponse
+
+    answers = []
+    for user, content_type in (("lane-user", "application/json"), ("route-user", "application/scim+json")):
+        body = {"event_id": f"{user}-1", "user_id": user, "action": "login", "timestamp": iso(T0), "ip": OSLO_IP,
+                "user_agent": CHROME_WIN, "device_id": "laptop-1"}
+        response = client.post("/score", content=json.dumps(body), headers={"content-type": content_type})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        answers.append(response.json())
+    lane, route = answers
+    assert ScoreResponse.model_validate(lane).model_dump(mode="json") == lane   # every field, and no other
+    assert (lane.pop("event_id"), route.pop("event_id")) == ("lane-user-1", "route-user-1")
+    assert lane == route
+    for content_type in ("application/json", "application/scim+json"):         # and both refuse alike
+        bad = client.post("/score", content=json.dumps({"user_id": "x", "action": "login", "ip": "300.1.1.1"}),
+                          headers={"content-type": content_type})
+        assert bad.status_code == 422
+        assert [e["field"] for e in bad.json()["detail"]] == ["ip"]

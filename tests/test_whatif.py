@@ -13,7 +13,7 @@ from riskengine.cli import main
 from riskengine.evaluation import wilson_interval
 from riskengine.model import StatisticalScorer
 from riskengine.policy import Policy
-from riskengine.policyfile import PRESETS_DIR, PolicyError, load_policy, parse_policy
+from riskengine.policyfile import PRESETS_DIR, load_policy, parse_policy
 
 DEFAULT_YAML = (PRESETS_DIR / "default.yaml").read_text()
 # the hand-made difference: risk from 0.1 (not 0.3) is medium and needs aal2

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from riskengine.api import metrics, routes
 from riskengine.api.auth import KeyRing
 from riskengine.api.ratelimit import RateLimit
+from riskengine.api.scorelane import ScoreLane
 from riskengine.api.timeouts import BodyTimeout
 from riskengine.engine import Engine, ScoreUnavailable
 from riskengine.settings import Settings
@@ -45,6 +46,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(StoreUnavailable, _unavailable)
     app.add_exception_handler(ScoreUnavailable, _score_unavailable)
     app.add_exception_handler(Conflict, _contended)
+    score_route = next(r for r in routes.router.routes if getattr(r, "path", None) == "/score")
+    app.add_middleware(ScoreLane, keys=keys, route=score_route,      # innermost: sees the limited body
+                       handlers={StoreUnavailable: _unavailable, ScoreUnavailable: _score_unavailable,
+                                 Conflict: _contended, StarletteHTTPException: _http_error})
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.read_timeout_seconds)
     app.add_middleware(RateLimit, keys=keys, per_second=settings.rate_limit_per_second,

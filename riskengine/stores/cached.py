@@ -83,16 +83,21 @@ class CachedStore:
         self.submit(change).result()
 
     def submit(self, change: Commit) -> Future:
-        """The store's future, resolved only after the cache has followed its outcome: the
-        next event of this user, which waits for it, reads what was committed."""
+        """Queue the change; from now on the user's next event builds on its profile (a service
+        does not wait for one commit of a user before deciding the next: that would make a burst of
+        one user's events as slow as that many commits). The commit of that next event expects this
+        one's version, so if this one fails, that one fails too and is decided again on a fresh read.
+        The future resolves only after the cache has followed the outcome."""
         followed: Future = Future()
+        if change.profile is not None:
+            change.profile.version = change.expected_version + 1      # its version once committed
+            self._keep(change.user_id, change.profile)
 
         def follow(committed: Future) -> None:
             error = committed.exception()
-            if isinstance(error, Conflict):
-                self._profiles.pop(change.user_id, None)    # someone else moved it: read it fresh
-            elif error is None and change.profile is not None:
-                self._keep(change.user_id, change.profile)
+            if error is not None:
+                self._profiles.pop(change.user_id, None)    # moved by someone else, or not written: read it
+            elif change.profile is not None:
                 self._counted(change.learned_values)
             if error is None:
                 followed.set_result(None)

@@ -336,7 +336,7 @@ class RedisStore:
         member = f"{int(change.success)}:{secrets.token_hex(8)}:{change.user_key}"
         args = [event.event_id if event else "",
                 "1" if profile is not None else "0", change.expected_version,
-                _profile_json(profile, change.expected_version) if profile is not None else "",
+                profile.to_json(change.expected_version + 1) if profile is not None else "",
                 "1", member, repr(change.at), f"({change.at - 2 * IP_WINDOW_S!r}", _IP_TTL_S,
                 change.ip, _USER_IPS_TTL_S,
                 "1" if event else "0", change.user_id,
@@ -370,7 +370,7 @@ class RedisStore:
         learned = list(learned_values.items())
         keys = [self._key("p", user_id), *self._unused(7), *(self._key("gc", a) for a, _ in learned)]
         keys[6] = self._key("gt")                # KEYS[10]: the totals the learned values add to
-        args = ["", "1", expected_version, _profile_json(profile, expected_version), "0", "", "0", "", 0,
+        args = ["", "1", expected_version, profile.to_json(expected_version + 1), "0", "", "0", "", 0,
                 "", 0, "0", "", "", "", "", "", *(item for pair in learned for item in pair)]
         if self._write(self._commit, keys, args, audit)[0] == b"CONFLICT":
             raise Conflict("the profile's version moved")
@@ -490,14 +490,6 @@ def _payment_currency(request: dict[str, Any]) -> str:
     """The currency under which ``payment_totals`` finds this event, or '' when it moved no money."""
     currency = request.get("currency")
     return str(currency) if request.get("amount") is not None and currency else ""
-
-
-def _profile_json(profile: UserProfile, expected_version: int) -> str:
-    profile.version = expected_version + 1       # as stored; the caller's object is bumped on success
-    try:
-        return profile.to_json()
-    finally:
-        profile.version = expected_version
 
 
 def _stored(event_id: str, fields: dict[bytes, bytes]) -> StoredEvent:
