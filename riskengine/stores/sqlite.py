@@ -106,15 +106,15 @@ class SQLiteStore:
         return IpActivity(int(failures), int(users))
 
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
+        if not values:
+            return {}
         db = self._db()
         totals = {a: (t, d) for a, t, d in db.execute("SELECT attribute, total, distinct_values FROM global_totals")}
-        result = {}
-        for attribute, value in values.items():
-            row = db.execute("SELECT count FROM global_counts WHERE attribute=? AND value=?",
-                             (attribute, value)).fetchone()
-            total, distinct = totals.get(attribute, (0.0, 0.0))
-            result[attribute] = GlobalCount(row[0] if row else 0.0, total, distinct)
-        return result
+        pairs = [item for pair in values.items() for item in pair]
+        found = {(a, v): c for a, v, c in db.execute(     # one statement; each arm uses the primary key
+            " UNION ALL ".join(["SELECT attribute, value, count FROM global_counts WHERE attribute=? AND value=?"]
+                               * len(values)), pairs)}
+        return {a: GlobalCount(found.get((a, v), 0.0), *totals.get(a, (0.0, 0.0))) for a, v in values.items()}
 
     def find_event(self, event_id: str) -> StoredEvent | None:
         row = self._db().execute("SELECT event_id, user_id, at, request, decision, features, outcome "
