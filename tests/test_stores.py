@@ -383,3 +383,26 @@ def test_engines_in_two_processes_count_every_event_once(two_processes) -> None:
     assert a.inner.get("alice").events == 12                               # the store itself, past any cache
     assert b.get("alice").events == 12                                     # the last writer's cache follows it
     assert len(list(a.labelled_events())) == 12
+
+
+def test_a_refused_change_in_a_group_leaves_the_rest_of_the_group_and_the_trail_whole(store: ProfileStore) -> None:
+    """A group whose second change is refused: the ones sealed after it (Redis: onto a head that
+    never was) must still land, each once, and the audit chain must verify without a gap."""
+    store.commit(change("first", user="carol"))
+    group = [change("g1", user="dan"), change("g2", user="carol", version=0),       # stale: refused
+             change("g3", user="erin"), change("g4", user="fay"), change("first", user="gus")]   # repeated id
+    inner = getattr(store, "inner", store)
+    if hasattr(inner, "_commit_group"):          # the writer thread's step, given the group whole
+        outcomes = [o if o is None else type(o).__name__ for o in inner._commit_group(group)]
+    else:
+        outcomes = []
+        for future in [store.submit(c) for c in group]:
+            try:
+                outcomes.append(future.result(timeout=10))
+            except (Conflict, DuplicateEvent) as refused:
+                outcomes.append(type(refused).__name__)
+    assert outcomes == [None, "Conflict", None, None, "DuplicateEvent"]
+    assert {e.event_id for e in store.labelled_events()} == {"first", "g1", "g3", "g4"}
+    rows = list(store.audit_rows())
+    assert len(rows) == 4 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+    assert [store.get(u).version for u in ("carol", "dan", "erin", "fay", "gus")] == [1, 1, 1, 1, 0]

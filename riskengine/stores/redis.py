@@ -325,6 +325,13 @@ class RedisStore:
 
     # -- writes -------------------------------------------------------------
     def commit(self, change: Commit) -> None:
+        keys, args = self._commit_call(change)
+        _raise_refusal(self._write(self._commit, keys, args, change.audit), change)
+        if change.profile is not None:
+            change.profile.version = change.expected_version + 1
+
+    def _commit_call(self, change: Commit) -> tuple[list[str], list[Any]]:
+        """The write script's keys and arguments for one scored event (its audit record aside)."""
         event, profile = change.event, change.profile
         learned = list(change.learned_values.items()) if profile is not None else []
         currency = _payment_currency(event.request) if event else ""
@@ -343,27 +350,67 @@ class RedisStore:
                 dumps(event.request) if event else "", dumps(event.decision) if event else "",
                 dumps(event.features) if event else "", currency,
                 *(item for pair in learned for item in pair)]
-        status = self._write(self._commit, keys, args, change.audit)
-        if status[0] == b"DUP":
-            raise DuplicateEvent(event.event_id if event else "")
-        if status[0] == b"CONFLICT":
-            raise Conflict("the profile's version moved")     # no user id: exceptions end up in logs
-        if profile is not None:
-            profile.version = change.expected_version + 1
+        return keys, args
 
     def submit(self, change: Commit) -> Future:
         """``commit`` on the store's writer thread: the service awaits it without parking a thread."""
         return self._group.submit(change)
 
     def _commit_group(self, changes: list[Commit]) -> list[BaseException | None]:
-        outcomes: list[BaseException | None] = []
-        for change in changes:
-            try:
-                self.commit(change)
-                outcomes.append(None)
-            except (Conflict, DuplicateEvent, StoreUnavailable) as refused:
-                outcomes.append(refused)
-        return outcomes
+        """The group's scripts in one pipeline (one round trip), each record sealed onto the one
+        before. A refused change (DUP, CONFLICT) leaves the records after it sealed onto a head that
+        never was: the script answers HEAD for those before writing anything, and they go again alone."""
+        outcomes: list[BaseException | None | str] = []
+        chain_keys = [self._key("ah", self.chain), self._key("ar", self.chain), self._key("chains")]
+        if not self._audit_lock.acquire(timeout=self._lock_timeout):
+            raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
+        try:
+            head = self._head or self._read_head()
+            seq, prev = head
+            heads = []
+            pipe = self._redis.pipeline(transaction=False)
+            for change in changes:
+                keys, args = self._commit_call(change)
+                if change.audit is None:
+                    chain_args: list[Any] = ["0", 0, "", "", "", self.chain, ""]
+                else:
+                    sealed = {**change.audit, "chain": self.chain, "seq": seq + 1}
+                    digest = seal(prev, sealed, self.audit_key)
+                    mac = Anchor.make(HEAD, self.chain, seq + 1, digest, self.audit_key).mac
+                    chain_args = ["1", seq, prev, digest, f"{seq + 1}\t{prev}\t{digest}\t{canonical(sealed)}",
+                                  self.chain, mac]
+                    seq, prev = seq + 1, digest
+                heads.append((seq, prev))
+                self._commit(keys=chain_keys + keys, args=chain_args + args, client=pipe)
+            with _available():
+                replies = pipe.execute()
+            for change, reply, after in zip(changes, replies, heads):
+                if reply[0] == b"HEAD":              # sealed behind a refusal (or Redis lost data): it wrote
+                    outcomes.append("again")         # nothing, and goes again on its own
+                    self._head = None
+                    continue
+                try:
+                    _raise_refusal(reply, change)
+                    outcomes.append(None)
+                    if change.audit is not None:
+                        self._head = after
+                    if change.profile is not None:
+                        change.profile.version = change.expected_version + 1
+                except (Conflict, DuplicateEvent) as refused:
+                    outcomes.append(refused)
+        except StoreUnavailable:
+            self._head = None                    # the scripts may or may not have run: re-read the head
+            raise
+        finally:
+            self._audit_lock.release()
+        for i, outcome in enumerate(outcomes):
+            if outcome == "again":
+                try:
+                    self.commit(changes[i])
+                    outcomes[i] = None
+                except (Conflict, DuplicateEvent, StoreUnavailable) as refused:
+                    outcomes[i] = refused
+        return outcomes  # type: ignore[return-value]
 
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
@@ -490,6 +537,15 @@ def _payment_currency(request: dict[str, Any]) -> str:
     """The currency under which ``payment_totals`` finds this event, or '' when it moved no money."""
     currency = request.get("currency")
     return str(currency) if request.get("amount") is not None and currency else ""
+
+
+def _raise_refusal(status: list[bytes], change: Commit) -> None:
+    if status[0] == b"DUP":
+        raise DuplicateEvent(change.event.event_id if change.event else "")
+    if status[0] == b"CONFLICT":
+        raise Conflict("the profile's version moved")     # no user id: exceptions end up in logs
+    if status[0] == b"HEAD":
+        raise StoreUnavailable("the audit chain head moved: does another writer use this chain id?")
 
 
 def _stored(event_id: str, fields: dict[bytes, bytes]) -> StoredEvent:
