@@ -248,7 +248,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the server needs the other core)")
-    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--users", type=int, default=800)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--stores", default="sqlite,sqlite-normal,redis",
                         help="comma list of sqlite (synchronous=FULL), sqlite-normal, redis")

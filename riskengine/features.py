@@ -8,7 +8,8 @@ human message. The profile is the one from *before* the event.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import ChainMap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from string import Formatter
@@ -102,7 +103,7 @@ class Signals:
         return [self.values[name] for name in FEATURE_NAMES]
 
     def message(self, name: str) -> str:
-        return _format(BY_NAME[name].message, self.facts)
+        return _format(BY_NAME[name].message, ChainMap(self.facts, self.values))   # facts first, then values
 
 
 def likelihood_ratio(population: GlobalCount, seen_by_user: float, user_total: float) -> float:
@@ -204,7 +205,6 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
         values[f"lr_{attribute}"] = (
             likelihood_ratio(context.population.get(attribute, GlobalCount()), profile.seen(attribute, value),
                              profile.total(attribute)) if value else 0.0)
-    facts.update((k, v) for k, v in values.items() if k not in facts)
     return Signals(values, facts)
 
 
@@ -214,9 +214,9 @@ def _fields(template: str) -> tuple[str, ...]:
     return tuple(name for _, name, _, _ in Formatter().parse(template) if name)
 
 
-def _format(template: str, facts: dict[str, Any]) -> str:
+def _format(template: str, facts: Mapping[str, Any]) -> str:
     """Fill a message; a fact that is missing or NaN leaves the plain message instead of failing."""
     names = _fields(template)
     if all(facts.get(n) is not None and not (isinstance(facts[n], float) and math.isnan(facts[n])) for n in names):
-        return template.format(**facts)
+        return template.format_map(facts)
     return template.split("{")[0].strip().rstrip("(") or template
