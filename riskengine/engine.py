@@ -164,7 +164,7 @@ class Engine:
         enriched = self.enricher.enrich(event)
         profile = self.store.get(event.user_id)
         values = profiles.attribute_values(enriched)
-        context = Context(self.store.ip_activity(event.ip, event.ts), self.store.global_counts(values))
+        context = Context(*self.store.context(event.ip, event.ts, values))     # Redis: one round trip
         signals = extract(enriched, profile, context)
         scorer = self.scorer
         try:

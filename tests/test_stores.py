@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+import time
 import uuid
 from datetime import timedelta
 from typing import Any, Iterator
@@ -406,3 +407,25 @@ def test_a_refused_change_in_a_group_leaves_the_rest_of_the_group_and_the_trail_
     rows = list(store.audit_rows())
     assert len(rows) == 4 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
     assert [store.get(u).version for u in ("carol", "dan", "erin", "fay", "gus")] == [1, 1, 1, 1, 0]
+
+
+def test_context_reads_ip_activity_and_counts_together(store: ProfileStore) -> None:
+    store.commit(change("a1", user="alice", at=AT - 60, success=False))
+    store.commit(change("b1", user="bob", at=AT - 30, learned={"ip": IP, "country": "SE"}))
+    activity, counts = store.context(IP, AT, {"ip": IP, "country": "NO"})
+    assert activity == store.ip_activity(IP, AT) and (activity.failures, activity.distinct_users) == (1, 2)
+    assert counts == store.global_counts({"ip": IP, "country": "NO"})
+    assert (counts["ip"].count, counts["country"].count, counts["country"].distinct) == (2, 1, 2)
+
+
+def test_an_erasure_in_one_process_reaches_the_other_processes_secret_cache(two_processes) -> None:
+    a, b = two_processes
+    secret = a.user_secret("alice", "key-alice", create=True)
+    assert b.user_secret("alice", "key-alice", create=True) == secret          # now cached in b as well
+    b.erase_user("alice", "key-alice", {"kind": "erasure", "subject": "s"})
+    deadline = time.monotonic() + 5                                             # Redis: told at once;
+    while a.user_secret("alice", "key-alice", create=False) is not None:       # SQLite: within the TTL
+        assert time.monotonic() < deadline, "the other process kept the erased user's secret"
+        time.sleep(0.05)
+    fresh = a.user_secret("alice", "key-alice", create=True)
+    assert fresh is not None and fresh != secret

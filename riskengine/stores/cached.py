@@ -8,7 +8,8 @@ engine decides again on a fresh read. Population counts (Freeman's p(value)) are
 read that may lag: this process's own writes show at once, other processes' within
 ``counts_ttl_s`` seconds, which moves a probability over thousands of events by a hair.
 Per-user audit secrets are re-read after the same time, so an erasure made by another
-process is followed within it.
+process is followed within it; with Redis, which tells every process of each erasure
+(pub/sub), they are dropped at once and otherwise kept longer.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from concurrent.futures import Future
 from typing import Any
 
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import Commit, Conflict, GlobalCount, ProfileStore
+from riskengine.stores.base import Commit, Conflict, GlobalCount, IpActivity, ProfileStore
 
 DEFAULT_PROFILES = 100_000
 DEFAULT_COUNTS_TTL_S = 1.0
+SECRETS_TTL_WATCHED_S = 300.0      # a safety net: the erasure messages are what keeps them right
 
 
 class CachedStore:
@@ -38,6 +40,10 @@ class CachedStore:
         self._secrets: dict[str, tuple[bytes, float]] = {}      # user key -> (secret, read at)
         self._counts: dict[tuple[str, str], list[float]] = {}   # (attribute, value) -> [count, read at]
         self._totals: dict[str, list[float]] = {}                # attribute -> [total, distinct, read at]
+        self.secrets_ttl_s = counts_ttl_s
+        if hasattr(inner, "watch_erasures"):          # told of every erasure: secrets can be kept longer
+            inner.watch_erasures(self._erased, self._forget_secrets)
+            self.secrets_ttl_s = SECRETS_TTL_WATCHED_S
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -51,11 +57,11 @@ class CachedStore:
         return profile
 
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
-        """Kept for ``counts_ttl_s`` too: a user erased by another process gets a new secret here
-        within that time (this process's own erasures drop it at once)."""
+        """Kept ``secrets_ttl_s``: this process's own erasures drop a secret at once, other processes'
+        within that time (the counts' TTL), or at once where the store tells of them (Redis)."""
         now = time.monotonic()
         cached = self._secrets.get(user_key)
-        if cached is not None and cached[1] >= now - self.counts_ttl_s:
+        if cached is not None and cached[1] >= now - self.secrets_ttl_s:
             return cached[0]
         secret = self.inner.user_secret(user_id, user_key, create)
         if secret is not None:
@@ -63,20 +69,34 @@ class CachedStore:
         return secret
 
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
-        now = time.monotonic()
-        fresh = now - self.counts_ttl_s
+        cached = self._cached_counts(values)
+        return cached if cached is not None else self._remember(values, self.inner.global_counts(values))
+
+    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
+        cached = self._cached_counts(values)
+        if cached is not None:
+            return self.inner.ip_activity(ip, at), cached
+        activity, read = self.inner.context(ip, at, values)
+        return activity, self._remember(values, read)
+
+    def _cached_counts(self, values: dict[str, str]) -> dict[str, GlobalCount] | None:
+        """The counts, when every one of them was read (or written here) within ``counts_ttl_s``."""
+        fresh = time.monotonic() - self.counts_ttl_s
         counts, totals = self._counts, self._totals
         if any((c := counts.get(item)) is None or c[1] < fresh for item in values.items()) \
                 or any((t := totals.get(a)) is None or t[2] < fresh for a in values):
-            read = self.inner.global_counts(values)
-            with self._lock:
-                self._bounded(counts)
-                for attribute, value in values.items():
-                    g = read[attribute]
-                    counts[(attribute, value)] = [g.count, now]
-                    totals[attribute] = [g.total, g.distinct, now]
-            return read
+            return None
         return {a: GlobalCount(counts[(a, v)][0], totals[a][0], totals[a][1]) for a, v in values.items()}
+
+    def _remember(self, values: dict[str, str], read: dict[str, GlobalCount]) -> dict[str, GlobalCount]:
+        now = time.monotonic()
+        with self._lock:
+            self._bounded(self._counts)
+            for attribute, value in values.items():
+                g = read[attribute]
+                self._counts[(attribute, value)] = [g.count, now]
+                self._totals[attribute] = [g.total, g.distinct, now]
+        return read
 
     # -- writes: the store decides, the cache follows -------------------------
     def commit(self, change: Commit) -> None:
@@ -129,6 +149,12 @@ class CachedStore:
     def clear(self) -> None:
         self.inner.clear()
         self.forget()
+
+    def _erased(self, user_key: str) -> None:
+        self._secrets.pop(user_key, None)
+
+    def _forget_secrets(self) -> None:
+        self._secrets.clear()
 
     def forget(self) -> None:
         """Drop everything cached (the store was changed behind this process's back)."""

@@ -44,6 +44,9 @@ class MemoryStore:
             recent = [(t, u, ok) for t, u, ok in self._ips.get(ip, ()) if at - IP_WINDOW_S < t <= at]
         return IpActivity(sum(1 for _, _, ok in recent if not ok), len({u for _, u, _ in recent}))
 
+    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
+        return self.ip_activity(ip, at), self.global_counts(values)
+
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
         with self._lock:
             return {a: GlobalCount(self._counts.get((a, v), 0.0), *self._totals.get(a, (0.0, 0.0)))

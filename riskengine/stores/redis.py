@@ -12,6 +12,8 @@ import os
 import secrets
 import socket
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
@@ -201,6 +203,7 @@ class RedisStore:
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
         self._group = GroupCommit(self._commit_group, "riskengine-redis")
+        self._watcher: Any = None                      # the erasure subscription's thread, if watched
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
@@ -224,15 +227,22 @@ class RedisStore:
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
         with _available():
             pipe = self._redis.pipeline(transaction=False)
-            for attribute, value in values.items():
-                pipe.hget(self._key("gc", attribute), value)
-                pipe.hmget(self._key("gt"), [f"t:{attribute}", f"d:{attribute}"])
-            replies = pipe.execute()
-        result = {}
-        for i, attribute in enumerate(values):
-            count, (total, distinct) = replies[2 * i], replies[2 * i + 1]
-            result[attribute] = GlobalCount(float(count or 0), float(total or 0), float(distinct or 0))
-        return result
+            self._queue_counts(pipe, values)
+            return _counts(values, pipe.execute())
+
+    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
+        """``ip_activity`` and ``global_counts`` in one round trip."""
+        with _available():
+            pipe = self._redis.pipeline(transaction=False)
+            self._ip_activity(keys=[self._key("ip", ip)], args=[f"({at - IP_WINDOW_S!r}", repr(at)], client=pipe)
+            self._queue_counts(pipe, values)
+            (failures, users), *replies = pipe.execute()
+        return IpActivity(int(failures), int(users)), _counts(values, replies)
+
+    def _queue_counts(self, pipe: Any, values: dict[str, str]) -> None:
+        for attribute, value in values.items():
+            pipe.hget(self._key("gc", attribute), value)
+            pipe.hmget(self._key("gt"), [f"t:{attribute}", f"d:{attribute}"])
 
     def find_event(self, event_id: str) -> StoredEvent | None:
         with _available():
@@ -434,7 +444,21 @@ class RedisStore:
         keys = [self._key("p", user_id), self._key("s", user_key), self._key("ue", user_id),
                 self._key("uip", user_key), self._key("events")]
         status = self._write(self._erase, keys, [self.prefix, user_key], audit)
+        with _available():
+            self._redis.publish(self._key("erased"), user_key)   # other processes drop what they cached
         return len(status) < 2 or int(status[1]) > 0
+
+    def watch_erasures(self, erased: Callable[[str], None], unsure: Callable[[], None]) -> None:
+        """``erased(user_key)`` whenever any process erases a user; ``unsure()`` when the
+        subscription broke (messages may have been missed) — it resubscribes by itself."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(**{self._key("erased"): lambda message: erased(message["data"].decode())})
+
+        def broken(error: BaseException, *_: Any) -> None:
+            unsure()
+            time.sleep(0.5)
+
+        self._watcher = pubsub.run_in_thread(sleep_time=1.0, daemon=True, exception_handler=broken)
 
     def prune_audit(self, chain: str, through_seq: int, audit: dict[str, Any]) -> int:
         """Drop ``chain``'s records up to ``through_seq`` (never its last), anchor where it now
@@ -521,6 +545,8 @@ class RedisStore:
 
     def close(self) -> None:
         self._group.close()
+        if self._watcher is not None:
+            self._watcher.stop()
         self._redis.close()
 
 
@@ -537,6 +563,15 @@ def _payment_currency(request: dict[str, Any]) -> str:
     """The currency under which ``payment_totals`` finds this event, or '' when it moved no money."""
     currency = request.get("currency")
     return str(currency) if request.get("amount") is not None and currency else ""
+
+
+def _counts(values: dict[str, str], replies: list[Any]) -> dict[str, GlobalCount]:
+    """``_queue_counts``' replies: a count, then (total, distinct), per attribute."""
+    result = {}
+    for i, attribute in enumerate(values):
+        count, (total, distinct) = replies[2 * i], replies[2 * i + 1]
+        result[attribute] = GlobalCount(float(count or 0), float(total or 0), float(distinct or 0))
+    return result
 
 
 def _raise_refusal(status: list[bytes], change: Commit) -> None:

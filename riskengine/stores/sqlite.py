@@ -105,6 +105,9 @@ class SQLiteStore:
             "WHERE ip=? AND at>? AND at<=?", (ip, at - IP_WINDOW_S, at)).fetchone()
         return IpActivity(int(failures), int(users))
 
+    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
+        return self.ip_activity(ip, at), self.global_counts(values)
+
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
         if not values:
             return {}
