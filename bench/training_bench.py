@@ -2,9 +2,10 @@
 
 Each size runs in a fresh Python process (peak RSS, ``ru_maxrss``, only ever grows within one), in
 two steps: generating the events to a Parquet file (timed and measured on its own, not counted),
-then the training job exactly as the CLI does it: ``load_frame`` -> ``frame.to_dict("records")`` ->
-``backfill`` -> ``train``. Resident memory is sampled after each phase, so the report says which
-phase holds the memory; tracemalloc is not used (it slows a million-event replay several times).
+then the training job exactly as the CLI does it (``training.replay_file``): ``backfill`` over
+``iter_rows(file)``, which reads the file a chunk of rows at a time, then ``train``. Resident memory
+is sampled after each phase, so the report says which phase holds the memory; tracemalloc is not
+used (it slows a million-event replay several times).
 """
 
 from __future__ import annotations
@@ -59,20 +60,14 @@ def train_once(data: Path, home: Path) -> dict:
 
     phases: dict[str, dict] = {"start": {"rss_mb": _rss_mb()}}
     started = time.perf_counter()
-    frame = training.load_frame(data)
-    phases["load"] = {"seconds": time.perf_counter() - started, "rss_mb": _rss_mb()}
-    started = time.perf_counter()
-    rows = frame.to_dict("records")
-    phases["to_records"] = {"seconds": time.perf_counter() - started, "rss_mb": _rss_mb()}
-    started = time.perf_counter()
-    dataset = training.backfill(rows)
+    dataset = training.backfill(training.iter_rows(data))          # streamed from the file, as the CLI
+    events = len(dataset.y)
     phases["backfill"] = {"seconds": time.perf_counter() - started, "rss_mb": _rss_mb(),
-                          "us_per_event": (time.perf_counter() - started) / len(frame) * 1e6}
-    del rows
+                          "us_per_event": (time.perf_counter() - started) / events * 1e6}
     started = time.perf_counter()
     report = training.train(dataset, ModelRegistry(home / "models"), promote=True, source=str(data))
     phases["train"] = {"seconds": time.perf_counter() - started, "rss_mb": _rss_mb()}
-    return {"events": len(frame), "phases": phases, "peak_rss_mb": _peak_mb(),
+    return {"events": events, "phases": phases, "peak_rss_mb": _peak_mb(),
             "backfill_plus_train_s": phases["backfill"]["seconds"] + phases["train"]["seconds"],
             "total_s": sum(p.get("seconds", 0.0) for p in phases.values()),
             "roc_auc": report.metrics.get("roc_auc"), "pr_auc": report.metrics.get("pr_auc"),
@@ -126,12 +121,11 @@ def describe(result: dict) -> str:
     p = t["phases"]
     return (f"  {t['events']:>9,} events ({g['users']:,} users, {g['attacks']:,} attacks; generated in "
             f"{g['seconds']:.0f} s, not counted)\n"
-            f"      load {p['load']['seconds']:6.1f} s   to_dict {p['to_records']['seconds']:6.1f} s   "
-            f"backfill {p['backfill']['seconds']:7.1f} s ({p['backfill']['us_per_event']:.0f} us/event)   "
+            f"      backfill (reading the file in chunks) {p['backfill']['seconds']:7.1f} s "
+            f"({p['backfill']['us_per_event']:.0f} us/event)   "
             f"train {p['train']['seconds']:6.1f} s   backfill+train {t['backfill_plus_train_s']:7.1f} s\n"
-            f"      peak RSS {t['peak_rss_mb']:7.0f} MB   RSS at start {p['start']['rss_mb']:.0f} MB, after load "
-            f"{p['load']['rss_mb']:.0f} MB, records "
-            f"{p['to_records']['rss_mb']:.0f} MB, backfill {p['backfill']['rss_mb']:.0f} MB, train "
+            f"      peak RSS {t['peak_rss_mb']:7.0f} MB   RSS at start {p['start']['rss_mb']:.0f} MB, "
+            f"after backfill {p['backfill']['rss_mb']:.0f} MB, train "
             f"{p['train']['rss_mb']:.0f} MB   (feature matrix {t['feature_matrix_mb']:.0f} MB)   "
             f"roc_auc {t['roc_auc']:.4f} pr_auc {t['pr_auc']:.4f}")
 
