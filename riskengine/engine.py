@@ -11,7 +11,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ class Scored:
     learned: bool
     profile: profiles.UserProfile | None = None     # the profile the decision saw: the commit expects its version
     policy: Policy | None = None                    # the policy that decided (a reload may swap it meanwhile)
+    values: dict[str, str] = field(default_factory=dict)   # its Freeman attribute values (what it teaches)
 
 
 def learns(success: bool, decision: str, risk_level: str) -> bool:
@@ -180,7 +181,7 @@ class Engine:
         decision = policy.decide(event, score.risk, reasons_from(score, signals), score.model_version,
                                  profile=profile, fraud_rate=self.fraud_rate)
         learn = learns(event.success, decision.decision, decision.risk_level)
-        return Scored(enriched, signals, score, decision, learn, profile, policy)
+        return Scored(enriched, signals, score, decision, learn, profile, policy, values)
 
     def score(self, event: Event, client: str = "local") -> Decision:
         """Score and record one event; a repeated ``event_id`` returns the stored answer.
@@ -257,7 +258,7 @@ class Engine:
         assert profile is not None
         if scored.learned:
             new = profiles.learned(profile, scored.enriched, self.retention_s)
-            learned_values = profiles.attribute_values(scored.enriched)
+            learned_values = scored.values
         elif event.action == "login" and not event.success:
             new, learned_values = profiles.failed(profile, scored.enriched, self.retention_s), {}
         else:

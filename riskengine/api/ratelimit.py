@@ -74,10 +74,7 @@ class RateLimit:
     def _client(self, scope: dict) -> str | None:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
-                scheme, _, key = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and key.strip():
-                    return self.keys.client_for(key.strip())
-                return None
+                return self.keys.client_for_header(value.decode("latin-1"))
         return None
 
 

@@ -66,8 +66,7 @@ class ScoreLane:
                 authorization = value
         if content_type.split(b";")[0].strip().lower() != b"application/json" or not body:
             return None
-        scheme, _, key = authorization.decode("latin-1").partition(" ")
-        client = self.keys.client_for(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+        client = self.keys.client_for_header(authorization.decode("latin-1"))
         if client is None:
             return None
         try:

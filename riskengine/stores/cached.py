@@ -138,8 +138,6 @@ class CachedStore:
         self._counted(learned_values)
 
     def erase_user(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
-        self._profiles.pop(user_id, None)
-        self._secrets.pop(user_key, None)
         try:
             return self.inner.erase_user(user_id, user_key, audit)
         finally:

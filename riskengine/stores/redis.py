@@ -336,7 +336,7 @@ class RedisStore:
     # -- writes -------------------------------------------------------------
     def commit(self, change: Commit) -> None:
         keys, args = self._commit_call(change)
-        _raise_refusal(self._write(self._commit, keys, args, change.audit), change)
+        _raise_refusal(self._write(self._commit, keys, args, change.audit), change.event)
         if change.profile is not None:
             change.profile.version = change.expected_version + 1
 
@@ -370,13 +370,13 @@ class RedisStore:
         """The group's scripts in one pipeline (one round trip), each record sealed onto the one
         before. A refused change (DUP, CONFLICT) leaves the records after it sealed onto a head that
         never was: the script answers HEAD for those before writing anything, and they go again alone."""
-        outcomes: list[BaseException | None | str] = []
+        outcomes: list[BaseException | None] = []
+        again: list[int] = []
         chain_keys = [self._key("ah", self.chain), self._key("ar", self.chain), self._key("chains")]
         if not self._audit_lock.acquire(timeout=self._lock_timeout):
             raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
         try:
-            head = self._head or self._read_head()
-            seq, prev = head
+            seq, prev = self._head or self._read_head()
             heads = []
             pipe = self._redis.pipeline(transaction=False)
             for change in changes:
@@ -384,43 +384,44 @@ class RedisStore:
                 if change.audit is None:
                     chain_args: list[Any] = ["0", 0, "", "", "", self.chain, ""]
                 else:
-                    sealed = {**change.audit, "chain": self.chain, "seq": seq + 1}
-                    digest = seal(prev, sealed, self.audit_key)
-                    mac = Anchor.make(HEAD, self.chain, seq + 1, digest, self.audit_key).mac
-                    chain_args = ["1", seq, prev, digest, f"{seq + 1}\t{prev}\t{digest}\t{canonical(sealed)}",
-                                  self.chain, mac]
+                    chain_args, digest = self._sealed(change.audit, seq, prev)
                     seq, prev = seq + 1, digest
                 heads.append((seq, prev))
                 self._commit(keys=chain_keys + keys, args=chain_args + args, client=pipe)
             with _available():
                 replies = pipe.execute()
-            for change, reply, after in zip(changes, replies, heads):
+            for i, (change, reply, after) in enumerate(zip(changes, replies, heads)):
+                outcomes.append(None)
                 if reply[0] == b"HEAD":              # sealed behind a refusal (or Redis lost data): it wrote
-                    outcomes.append("again")         # nothing, and goes again on its own
+                    again.append(i)                  # nothing, and goes again on its own
                     self._head = None
                     continue
                 try:
-                    _raise_refusal(reply, change)
-                    outcomes.append(None)
+                    _raise_refusal(reply, change.event)
                     if change.audit is not None:
                         self._head = after
                     if change.profile is not None:
                         change.profile.version = change.expected_version + 1
                 except (Conflict, DuplicateEvent) as refused:
-                    outcomes.append(refused)
+                    outcomes[i] = refused
         except StoreUnavailable:
             self._head = None                    # the scripts may or may not have run: re-read the head
             raise
         finally:
             self._audit_lock.release()
-        for i, outcome in enumerate(outcomes):
-            if outcome == "again":
-                try:
-                    self.commit(changes[i])
-                    outcomes[i] = None
-                except (Conflict, DuplicateEvent, StoreUnavailable) as refused:
-                    outcomes[i] = refused
-        return outcomes  # type: ignore[return-value]
+        for i in again:
+            try:
+                self.commit(changes[i])
+            except (Conflict, DuplicateEvent, StoreUnavailable) as refused:
+                outcomes[i] = refused
+        return outcomes
+
+    def _sealed(self, audit: dict[str, Any], seq: int, prev: str) -> tuple[list[Any], str]:
+        """The write scripts' chain arguments (ARGV[1..7]) for ``audit`` sealed onto (seq, prev), and its seal."""
+        sealed = {**audit, "chain": self.chain, "seq": seq + 1}
+        digest = seal(prev, sealed, self.audit_key)
+        mac = Anchor.make(HEAD, self.chain, seq + 1, digest, self.audit_key).mac
+        return ["1", seq, prev, digest, f"{seq + 1}\t{prev}\t{digest}\t{canonical(sealed)}", self.chain, mac], digest
 
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
@@ -429,8 +430,7 @@ class RedisStore:
         keys[6] = self._key("gt")                # KEYS[10]: the totals the learned values add to
         args = ["", "1", expected_version, profile.to_json(expected_version + 1), "0", "", "0", "", 0,
                 "", 0, "0", "", "", "", "", "", *(item for pair in learned for item in pair)]
-        if self._write(self._commit, keys, args, audit)[0] == b"CONFLICT":
-            raise Conflict("the profile's version moved")
+        _raise_refusal(self._write(self._commit, keys, args, audit))
         profile.version = expected_version + 1
 
     def record_outcome(self, event_id: str, outcome: str, audit: dict[str, Any]) -> bool:
@@ -493,13 +493,9 @@ class RedisStore:
         try:
             for _ in range(_HEAD_RETRIES):
                 seq, prev = self._head or self._read_head()
-                sealed = {**audit, "chain": self.chain, "seq": seq + 1}
-                digest = seal(prev, sealed, self.audit_key)
-                row = f"{seq + 1}\t{prev}\t{digest}\t{canonical(sealed)}"
-                mac = Anchor.make(HEAD, self.chain, seq + 1, digest, self.audit_key).mac
+                chain_args, digest = self._sealed(audit, seq, prev)
                 try:
-                    status = self._run(script, chain_keys + keys,
-                                       ["1", seq, prev, digest, row, self.chain, mac, *args])
+                    status = self._run(script, chain_keys + keys, [*chain_args, *args])
                 except StoreUnavailable:
                     self._head = None            # the script may or may not have run: re-read the head
                     raise
@@ -574,9 +570,10 @@ def _counts(values: dict[str, str], replies: list[Any]) -> dict[str, GlobalCount
     return result
 
 
-def _raise_refusal(status: list[bytes], change: Commit) -> None:
+def _raise_refusal(status: list[bytes], event: StoredEvent | None = None) -> None:
+    """A write script's refusal as the exception the store interface promises."""
     if status[0] == b"DUP":
-        raise DuplicateEvent(change.event.event_id if change.event else "")
+        raise DuplicateEvent(event.event_id if event else "")
     if status[0] == b"CONFLICT":
         raise Conflict("the profile's version moved")     # no user id: exceptions end up in logs
     if status[0] == b"HEAD":
