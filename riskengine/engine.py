@@ -203,7 +203,7 @@ class Engine:
                 # user's events are decided in turn, each on the profile the one before queued
                 scored = self.evaluate(event)
                 try:
-                    await asyncio.wrap_future(self.store.submit(self._commit(event, scored, client)))
+                    await self.store.submit_async(self._commit(event, scored, client))
                     return scored.decision
                 except Conflict:
                     if attempt:

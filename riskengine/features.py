@@ -8,8 +8,7 @@ human message. The profile is the one from *before* the event.
 from __future__ import annotations
 
 import math
-from collections import ChainMap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from string import Formatter
@@ -103,7 +102,8 @@ class Signals:
         return [self.values[name] for name in FEATURE_NAMES]
 
     def message(self, name: str) -> str:
-        return _format(BY_NAME[name].message, ChainMap(self.facts, self.values))   # facts first, then values
+        facts, values = self.facts, self.values
+        return _format(BY_NAME[name].message, lambda n: facts[n] if n in facts else values.get(n))   # facts first
 
 
 def likelihood_ratio(population: GlobalCount, seen_by_user: float, user_total: float) -> float:
@@ -214,9 +214,12 @@ def _fields(template: str) -> tuple[str, ...]:
     return tuple(name for _, name, _, _ in Formatter().parse(template) if name)
 
 
-def _format(template: str, facts: Mapping[str, Any]) -> str:
+def _format(template: str, fact: Callable[[str], Any]) -> str:
     """Fill a message; a fact that is missing or NaN leaves the plain message instead of failing."""
-    names = _fields(template)
-    if all(facts.get(n) is not None and not (isinstance(facts[n], float) and math.isnan(facts[n])) for n in names):
-        return template.format_map(facts)
-    return template.split("{")[0].strip().rstrip("(") or template
+    quoted = {}
+    for name in _fields(template):
+        value = fact(name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return template.split("{")[0].strip().rstrip("(") or template
+        quoted[name] = value
+    return template.format_map(quoted)

@@ -196,6 +196,32 @@ def test_health_and_metrics(client):
     assert "riskengine_request_seconds_bucket" in text and "riskengine_model_info" in text
 
 
+LANE_EDGE_BODIES = {    # JSON text the lane parses in pydantic and FastAPI with json.loads: same answer
+    "integer amount": '{"user_id": "%s", "action": "payment", "ip": "81.2.69.160", "amount": 10, "currency": "EUR"}',
+    "repeated key": '{"user_id": "x", "user_id": "%s", "action": "login", "ip": "81.2.69.160"}',
+    "escaped text": '{"user_id": "%s", "action": "login", "ip": "81.2.69.160", "user_agent": "caf\\u00e9 \\ud83d\\ude00"}',
+    "NaN amount": '{"user_id": "%s", "action": "payment", "ip": "81.2.69.160", "amount": NaN, "currency": "EUR"}',
+    "huge amount": '{"user_id": "%s", "action": "payment", "ip": "81.2.69.160", "amount": 1e400, "currency": "EUR"}',
+    "string bool": '{"user_id": "%s", "action": "login", "ip": "81.2.69.160", "success": "true"}',
+    "float for int": '{"user_id": "%s", "action": "login", "ip": "81.2.69.160", "attributes": {"n": 1.0}}',
+    "trailing comma": '{"user_id": "%s", "action": "login", "ip": "81.2.69.160",}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(LANE_EDGE_BODIES))
+def test_the_score_lane_and_the_route_agree_on_edge_cases_of_json(client, case):
+    answers = []
+    for content_type in ("application/json", "application/scim+json"):    # the lane, then FastAPI's route
+        user = f"edge-{case.replace(' ', '-')}-{content_type.split('/')[1]}"
+        response = client.post("/score", content=LANE_EDGE_BODIES[case] % user,
+                               headers={"content-type": content_type})
+        answer = response.json()
+        if response.status_code == 200:
+            answer.pop("event_id")
+        answers.append((response.status_code, answer))
+    assert answers[0] == answers[1]
+
+
 def test_the_score_lane_answers_as_the_fastapi_route_does(client):
     """Valid requests are served by the lane (scorelane.py); a JSON content type the lane leaves to
     FastAPI (application/scim+json) reaches the declared route. Both must answer alike."""

@@ -74,6 +74,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_since = 0.0
         self._head_bytes = 0
         self._in_head = False
         self._heard = False                           # any byte at all on this connection
@@ -105,22 +106,30 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def _start_head(self) -> None:
         self._in_head, self._head_bytes = True, 0
+        self._head_since = self.loop.time()
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.header_timeout, self._head_late)
+            self._head_timer = self.loop.call_at(self._head_since + self.header_timeout, self._head_check)
 
     def _stop_head(self) -> None:
+        """The timer is left to lapse: arming and cancelling one per request cost more than the check."""
         self._in_head = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
 
-    def _head_late(self) -> None:
+    def _head_check(self) -> None:
+        """The timer fired: a head still arriving since longer than allowed is late; a newer one
+        gets the timer again at its own deadline; between requests the timer lapses."""
         self._head_timer = None
         if not self._in_head or self.transport.is_closing():
+            return
+        late_at = self._head_since + self.header_timeout
+        if self.loop.time() < late_at:
+            self._head_timer = self.loop.call_at(late_at, self._head_check)
             return
         if self._heard:
             self._refuse(408, b"request headers not received in time")

@@ -7,6 +7,7 @@ Stores take ``audit_key`` (bytes or None): the key that seals audit records and 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
@@ -99,6 +100,10 @@ class Commit:
     audit: dict[str, Any] | None = None
 
 
+#: called on the writer thread with a commit's outcome before its caller hears of it (caches follow)
+Follow = Callable[[BaseException | None], None]
+
+
 class ProfileStore(Protocol):
     def get(self, user_id: str) -> UserProfile: ...
     def ip_activity(self, ip: str, at: float) -> IpActivity: ...
@@ -107,7 +112,9 @@ class ProfileStore(Protocol):
     def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]: ...
     def find_event(self, event_id: str) -> StoredEvent | None: ...
     def commit(self, change: Commit) -> None: ...
-    def submit(self, change: Commit) -> Future: ...          # commit, resolved when durable (group.py)
+    # commit, resolved when durable (group.py); ``follow(outcome)`` runs before the caller hears of it
+    def submit(self, change: Commit, follow: Follow | None = None) -> Future: ...
+    def submit_async(self, change: Commit, follow: Follow | None = None) -> Awaitable[None]: ...
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None: ...
     def record_outcome(self, event_id: str, outcome: str, audit: dict[str, Any]) -> bool: ...

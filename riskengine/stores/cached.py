@@ -7,7 +7,7 @@ since it was cached makes the store answer ``Conflict``; the entry is dropped an
 engine decides again on a fresh read. Population counts (Freeman's p(value)) are the one
 read that may lag: this process's own writes show at once, other processes' within
 ``counts_ttl_s`` seconds, which moves a probability over thousands of events by a hair.
-Per-user audit secrets are re-read after the same time, so an erasure made by another
+Per-user audit secrets are re-read after ``secrets_ttl_s`` (1 s), so an erasure made by another
 process is followed within it; with Redis, which tells every process of each erasure
 (pub/sub), they are dropped at once and otherwise kept longer.
 """
@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Awaitable
 from concurrent.futures import Future
 from typing import Any
 
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import Commit, Conflict, GlobalCount, IpActivity, ProfileStore
+from riskengine.stores.base import Commit, Conflict, Follow, GlobalCount, IpActivity, ProfileStore
 
 DEFAULT_PROFILES = 100_000
-DEFAULT_COUNTS_TTL_S = 1.0
+DEFAULT_COUNTS_TTL_S = 5.0        # population counts: a value a user meets once a second or less is still a hit
+DEFAULT_SECRETS_TTL_S = 1.0       # how late an erasure by another process is followed, where nothing tells of it
 SECRETS_TTL_WATCHED_S = 300.0      # a safety net: the erasure messages are what keeps them right
 
 
@@ -31,7 +33,7 @@ class CachedStore:
     """Wraps ``inner``; everything not cached here is passed straight through."""
 
     def __init__(self, inner: ProfileStore, max_profiles: int = DEFAULT_PROFILES,
-                 counts_ttl_s: float = DEFAULT_COUNTS_TTL_S) -> None:
+                 counts_ttl_s: float = DEFAULT_COUNTS_TTL_S, secrets_ttl_s: float = DEFAULT_SECRETS_TTL_S) -> None:
         self.inner = inner
         self.max_profiles = max_profiles
         self.counts_ttl_s = counts_ttl_s
@@ -40,7 +42,7 @@ class CachedStore:
         self._secrets: dict[str, tuple[bytes, float]] = {}      # user key -> (secret, read at)
         self._counts: dict[tuple[str, str], list[float]] = {}   # (attribute, value) -> [count, read at]
         self._totals: dict[str, list[float]] = {}                # attribute -> [total, distinct, read at]
-        self.secrets_ttl_s = counts_ttl_s
+        self.secrets_ttl_s = secrets_ttl_s
         if hasattr(inner, "watch_erasures"):          # told of every erasure: secrets can be kept longer
             inner.watch_erasures(self._erased, self._forget_secrets)
             self.secrets_ttl_s = SECRETS_TTL_WATCHED_S
@@ -58,7 +60,7 @@ class CachedStore:
 
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
         """Kept ``secrets_ttl_s``: this process's own erasures drop a secret at once, other processes'
-        within that time (the counts' TTL), or at once where the store tells of them (Redis)."""
+        within that time, or at once where the store tells of them (Redis)."""
         now = time.monotonic()
         cached = self._secrets.get(user_key)
         if cached is not None and cached[1] >= now - self.secrets_ttl_s:
@@ -102,30 +104,31 @@ class CachedStore:
     def commit(self, change: Commit) -> None:
         self.submit(change).result()
 
-    def submit(self, change: Commit) -> Future:
+    def submit(self, change: Commit, follow: Follow | None = None) -> Future:
         """Queue the change; from now on the user's next event builds on its profile (a service
         does not wait for one commit of a user before deciding the next: that would make a burst of
         one user's events as slow as that many commits). The commit of that next event expects this
         one's version, so if this one fails, that one fails too and is decided again on a fresh read.
         The future resolves only after the cache has followed the outcome."""
-        followed: Future = Future()
+        return self.inner.submit(change, self._follower(change, follow))
+
+    def submit_async(self, change: Commit, follow: Follow | None = None) -> Awaitable[None]:
+        return self.inner.submit_async(change, self._follower(change, follow))
+
+    def _follower(self, change: Commit, then: Follow | None) -> Follow:
         if change.profile is not None:
             change.profile.version = change.expected_version + 1      # its version once committed
             self._keep(change.user_id, change.profile)
 
-        def follow(committed: Future) -> None:
-            error = committed.exception()
+        def follow(error: BaseException | None) -> None:
             if error is not None:
                 self._profiles.pop(change.user_id, None)    # moved by someone else, or not written: read it
             elif change.profile is not None:
                 self._counted(change.learned_values)
-            if error is None:
-                followed.set_result(None)
-            else:
-                followed.set_exception(error)
+            if then is not None:
+                then(error)
 
-        self.inner.submit(change).add_done_callback(follow)
-        return followed
+        return follow
 
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:

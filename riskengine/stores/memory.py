@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections import defaultdict, deque
@@ -10,9 +11,9 @@ from typing import Any, Iterator
 
 from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
+from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent)
-from riskengine.stores.group import done
+from riskengine.stores.group import done, done_async, run_inline
 
 
 class MemoryStore:
@@ -117,12 +118,11 @@ class MemoryStore:
             if change.audit is not None:
                 self._append(change.audit)
 
-    def submit(self, change: Commit) -> Future:
-        try:
-            self.commit(change)
-        except (Conflict, DuplicateEvent) as refused:
-            return done(refused)
-        return done()
+    def submit(self, change: Commit, follow: Follow | None = None) -> Future:
+        return done(run_inline(self.commit, change, follow, (Conflict, DuplicateEvent)))
+
+    def submit_async(self, change: Commit, follow: Follow | None = None) -> asyncio.Future:
+        return done_async(run_inline(self.commit, change, follow, (Conflict, DuplicateEvent)))
 
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:

@@ -7,6 +7,7 @@ version turns a lost update into a ``Conflict`` to retry, as in the SQLite store
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -25,7 +26,7 @@ from redis.retry import Retry
 
 from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
+from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
 from riskengine.stores.group import GroupCommit
 
@@ -362,9 +363,13 @@ class RedisStore:
                 *(item for pair in learned for item in pair)]
         return keys, args
 
-    def submit(self, change: Commit) -> Future:
-        """``commit`` on the store's writer thread: the service awaits it without parking a thread."""
-        return self._group.submit(change)
+    def submit(self, change: Commit, follow: Follow | None = None) -> Future:
+        """``commit`` on the store's writer thread, grouped with what else is waiting."""
+        return self._group.submit(change, follow)
+
+    def submit_async(self, change: Commit, follow: Follow | None = None) -> asyncio.Future:
+        """``submit`` for the service's event loop: awaited without parking a thread."""
+        return self._group.submit_async(change, follow)
 
     def _commit_group(self, changes: list[Commit]) -> list[BaseException | None]:
         """The group's scripts in one pipeline (one round trip), each record sealed onto the one

@@ -10,6 +10,7 @@ and ``submit``'s future resolves, only once its group is durable.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 
 from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent,
+from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
 from riskengine.stores.group import GroupCommit
 
@@ -166,9 +167,12 @@ class SQLiteStore:
     def commit(self, change: Commit) -> None:
         self._group.submit(change).result()
 
-    def submit(self, change: Commit) -> Future:
+    def submit(self, change: Commit, follow: Follow | None = None) -> Future:
         """``commit`` without waiting: the future resolves once the change's group is durable."""
-        return self._group.submit(change)
+        return self._group.submit(change, follow)
+
+    def submit_async(self, change: Commit, follow: Follow | None = None) -> asyncio.Future:
+        return self._group.submit_async(change, follow)
 
     def _commit_group(self, changes: list[Commit]) -> list[BaseException | None]:
         """One transaction and one statement per table for the whole group.
