@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, NamedTuple
 
 from riskengine import auditlog, profiles
 from riskengine.audit import Problem, pseudonym, verify
@@ -55,6 +56,15 @@ class Scored:
     values: dict[str, str] = field(default_factory=dict)   # its Freeman attribute values (what it teaches)
 
 
+class _Read(NamedTuple):
+    """What ``evaluate`` reads before the store's context: the policy serving, the event, the profile."""
+
+    policy: Policy
+    enriched: EnrichedEvent
+    profile: profiles.UserProfile
+    values: dict[str, str]
+
+
 def learns(success: bool, decision: str, risk_level: str) -> bool:
     """Does an event teach the profile when scored? Only a successful, low-risk, not denied one;
     anything riskier is learned when its step-up is passed (``feedback``)."""
@@ -82,6 +92,8 @@ class Engine:
         self._watcher: ChampionWatcher | None = None
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._user_keys: dict[str, str] = {}
+        self._async_reads = getattr(store, "async_reads", False)
+        self._turns: dict[str, asyncio.Future] = {}   # user id -> its latest event still deciding (async reads)
         self.enricher = enricher
         self.scorer: Scorer = scorer or StatisticalScorer()
         self.policy = policy or Policy()
@@ -159,13 +171,22 @@ class Engine:
         A scorer that fails gets the policy's ``on_failure`` answer for the action (or
         ``ScoreUnavailable``: a 503); an unreachable store raises ``StoreUnavailable``.
         """
+        read = self._read(event)
+        return self._decide(event, read, Context(*self.store.context(event.ip, event.ts, read.values)))
+
+    async def _evaluate_async(self, event: Event) -> Scored:
+        """``evaluate`` with the store's context read awaited (``async_reads``: Redis)."""
+        read = self._read(event)
+        return self._decide(event, read, Context(*await self.store.context_async(event.ip, event.ts, read.values)))
+
+    def _read(self, event: Event) -> "_Read":
         if self._policy_watcher is not None:
             self._policy_watcher.poll()                  # a changed policy file: at most one stat a second
-        policy = self.policy
         enriched = self.enricher.enrich(event)
-        profile = self.store.get(event.user_id)
-        values = profiles.attribute_values(enriched)
-        context = Context(*self.store.context(event.ip, event.ts, values))     # Redis: one round trip
+        return _Read(self.policy, enriched, self.store.get(event.user_id), profiles.attribute_values(enriched))
+
+    def _decide(self, event: Event, read: "_Read", context: Context) -> Scored:
+        policy, enriched, profile, values = read
         signals = extract(enriched, profile, context)
         scorer = self.scorer
         try:
@@ -199,11 +220,9 @@ class Engine:
         request; the commit goes to the store's writer thread, in a group with others, and is awaited."""
         try:
             for attempt in range(_RETRIES):
-                # no await from reading the profile to queueing the commit: on one event loop, the
-                # user's events are decided in turn, each on the profile the one before queued
-                scored = self.evaluate(event)
+                scored, committed = await self._decide_in_turn(event, client)
                 try:
-                    await self.store.submit_async(self._commit(event, scored, client))
+                    await committed
                     return scored.decision
                 except Conflict:
                     if attempt:
@@ -213,6 +232,27 @@ class Engine:
             raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
         except StoreUnavailable as exc:
             return self._unrecorded(event, exc)
+
+    async def _decide_in_turn(self, event: Event, client: str) -> tuple[Scored, Awaitable[None]]:
+        """Decide and queue the commit, in turn with the user's other events on this loop: each is
+        decided on the profile the one before queued. With no await in between (a store read on
+        the loop) that order is a given; a store read off the loop waits for the user's turn."""
+        if not self._async_reads:
+            scored = self.evaluate(event)
+            return scored, self.store.submit_async(self._commit(event, scored, client))
+        user_id = event.user_id
+        before, mine = self._turns.get(user_id), asyncio.get_running_loop().create_future()
+        self._turns[user_id] = mine
+        try:
+            if before is not None and not before.done():
+                await before
+            scored = await self._evaluate_async(event)
+            return scored, self.store.submit_async(self._commit(event, scored, client))
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+            if self._turns.get(user_id) is mine:
+                del self._turns[user_id]
 
     def _unrecorded(self, event: Event, exc: StoreUnavailable) -> Decision:
         decision = self.policy.on_failure(event, "store_unavailable", "the profile store could not be reached",

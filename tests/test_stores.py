@@ -429,3 +429,49 @@ def test_an_erasure_in_one_process_reaches_the_other_processes_secret_cache(two_
         time.sleep(0.05)
     fresh = a.user_secret("alice", "key-alice", create=True)
     assert fresh is not None and fresh != secret
+
+
+def test_a_burst_of_one_users_events_on_the_event_loop_is_decided_once_each_in_turn(store: ProfileStore) -> None:
+    """40 events of one user at once on the service's loop: with the Redis store each awaits its
+    context read off the loop, so they must take turns; none may be decided twice (a Conflict retry)."""
+    import asyncio
+
+    decided = []
+
+    class Counting(Engine):
+        def _decide(self, *args: Any) -> Any:
+            decided.append(1)
+            return super()._decide(*args)
+
+    engine = Counting(store, Enricher(), audit_key=AUDIT_KEY)
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(engine.score_async(event(n, at=T0 + timedelta(seconds=30 * n)))
+                                      for n in range(40)))
+
+    decisions = asyncio.run(burst())
+    assert [d.decision for d in decisions] == ["allow"] * 40
+    assert len(decided) == 40                                   # each decided once: no retry
+    assert store.get("alice").events == 40
+    assert len(list(store.labelled_events())) == 40
+    rows = list(store.audit_rows())
+    assert len(rows) == 40 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+
+
+def test_redis_that_lost_its_scripts_is_given_them_again(tmp_path) -> None:
+    """A Redis restarted without persistence, or SCRIPT FLUSHed, has no scripts: the next commit
+    and context read load them again instead of failing, and apply nothing twice."""
+    store = open_store(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:12]}:", audit_key=AUDIT_KEY)
+    try:
+        store.commit(change("s1", user="alice", version=0, learned={"ip": IP}))
+        redis.Redis.from_url(REDIS_URL).script_flush()
+        store.commit(change("s2", user="alice", version=1, events=2, learned={"ip": IP}))
+        redis.Redis.from_url(REDIS_URL).script_flush()
+        activity, counts = store.context(IP, AT + 1, {"ip": IP})
+        assert (activity.distinct_users, counts["ip"].count) == (1, 2)
+        assert store.get("alice").events == 2 and store.get("alice").version == 2
+        rows = list(store.audit_rows())
+        assert len(rows) == 2 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+    finally:
+        store.clear()
+        store.close()

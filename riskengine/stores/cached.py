@@ -43,6 +43,7 @@ class CachedStore:
         self._counts: dict[tuple[str, str], list[float]] = {}   # (attribute, value) -> [count, read at]
         self._totals: dict[str, list[float]] = {}                # attribute -> [total, distinct, read at]
         self.secrets_ttl_s = secrets_ttl_s
+        self.async_reads = getattr(inner, "async_reads", False)
         if hasattr(inner, "watch_erasures"):          # told of every erasure: secrets can be kept longer
             inner.watch_erasures(self._erased, self._forget_secrets)
             self.secrets_ttl_s = SECRETS_TTL_WATCHED_S
@@ -80,6 +81,13 @@ class CachedStore:
             return self.inner.ip_activity(ip, at), cached
         activity, read = self.inner.context(ip, at, values)
         return activity, self._remember(values, read)
+
+    async def context_async(self, ip: str, at: float,
+                            values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
+        """``context`` where the store reads off the event loop (``async_reads``)."""
+        cached = self._cached_counts(values)
+        activity, read = await self.inner.context_async(ip, at, {} if cached is not None else values)
+        return activity, cached if cached is not None else self._remember(values, read)
 
     def _cached_counts(self, values: dict[str, str]) -> dict[str, GlobalCount] | None:
         """The counts, when every one of them was read (or written here) within ``counts_ttl_s``."""

@@ -1,5 +1,7 @@
 """Group commit: one writer thread per store commits whatever arrived while its last
 transaction ran, so a busy service pays one COMMIT (and fsync, or round trip) for many events.
+The same thread-and-queue serves reads that are better made many at a time (Redis: one round
+trip for every event waiting), with each item's result handed back.
 
 ``submit`` hands back a ``concurrent.futures.Future`` that ``commit`` callers block on;
 ``submit_async`` an ``asyncio.Future`` the service awaits on its event loop. A future resolves
@@ -21,8 +23,8 @@ from riskengine.stores.base import Follow, StoreUnavailable
 
 log = logging.getLogger("riskengine.store")
 
-#: run(items) -> one outcome per item: None, or the exception that item's caller gets
-GroupRun = Callable[[list[Any]], list[BaseException | None]]
+#: run(items) -> one outcome per item: its result (None for a commit), or the exception its caller gets
+GroupRun = Callable[[list[Any]], list[Any]]
 
 
 def done(outcome: BaseException | None = None) -> Future:
@@ -111,21 +113,21 @@ class GroupCommit:
             _settle(group, outcomes)
 
 
-def _settle(group: list[tuple[Any, Follow | None, Future | asyncio.Future]],
-            outcomes: list[BaseException | None]) -> None:
+def _settle(group: list[tuple[Any, Follow | None, Future | asyncio.Future]], outcomes: list[Any]) -> None:
     """Followers first (on this thread), then the callers: thread futures at once, each loop's in one call."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, BaseException | None]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
     for (_, follow, future), outcome in zip(group, outcomes):
+        failed = outcome if isinstance(outcome, BaseException) else None
         if follow is not None:
             try:
-                follow(outcome)
+                follow(failed)
             except Exception:                 # noqa: BLE001 - a cache that failed to follow must not hang a caller
                 log.exception("a commit's follower failed")
         if isinstance(future, Future):
-            if outcome is None:
-                future.set_result(None)
+            if failed is None:
+                future.set_result(outcome)
             else:
-                future.set_exception(outcome)
+                future.set_exception(failed)
         else:
             by_loop.setdefault(future.get_loop(), []).append((future, outcome))
     for loop, settled in by_loop.items():
@@ -135,11 +137,11 @@ def _settle(group: list[tuple[Any, Follow | None, Future | asyncio.Future]],
             pass
 
 
-def _resolve(settled: list[tuple[asyncio.Future, BaseException | None]]) -> None:
+def _resolve(settled: list[tuple[asyncio.Future, Any]]) -> None:
     for future, outcome in settled:
         if future.cancelled():                # its request was abandoned (client gone, deadline)
             continue
-        if outcome is None:
-            future.set_result(None)
-        else:
+        if isinstance(outcome, BaseException):
             future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

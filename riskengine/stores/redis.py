@@ -184,6 +184,10 @@ return {failures, distinct}
 class RedisStore:
     """Thread-safe; one audit chain per store (so per process), appended under a local lock."""
 
+    #: ``context_async``: the service's hot-path read goes to a reader thread, in one round trip
+    #: with the other events' waiting (a read on the event loop would hold every request up)
+    async_reads = True
+
     def __init__(self, url: str, chain: str | None = None, prefix: str = "re:",
                  socket_timeout: float = 1.0, audit_key: bytes | None = None) -> None:
         self.prefix = prefix
@@ -204,6 +208,7 @@ class RedisStore:
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
         self._group = GroupCommit(self._commit_group, "riskengine-redis")
+        self._reads = GroupCommit(self._read_group, "riskengine-redis-reads")
         self._watcher: Any = None                      # the erasure subscription's thread, if watched
 
     def _key(self, kind: str, name: str = "") -> str:
@@ -233,12 +238,24 @@ class RedisStore:
 
     def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
         """``ip_activity`` and ``global_counts`` in one round trip."""
-        with _available():
-            pipe = self._redis.pipeline(transaction=False)
-            self._ip_activity(keys=[self._key("ip", ip)], args=[f"({at - IP_WINDOW_S!r}", repr(at)], client=pipe)
-            self._queue_counts(pipe, values)
-            (failures, users), *replies = pipe.execute()
-        return IpActivity(int(failures), int(users)), _counts(values, replies)
+        return self._read_group([(ip, at, values)])[0]
+
+    def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
+        """``context`` from the event loop: answered by the reader thread, with what else is waiting."""
+        return self._reads.submit_async((ip, at, values))
+
+    def _read_group(self, reads: list[tuple[str, float, dict[str, str]]]) -> list[Any]:
+        def queue(pipe: Any) -> None:
+            for ip, at, values in reads:
+                pipe.evalsha(self._ip_activity.sha, 1, self._key("ip", ip), f"({at - IP_WINDOW_S!r}", repr(at))
+                self._queue_counts(pipe, values)
+
+        replies, answers, i = self._execute(queue), [], 0
+        for _, _, values in reads:
+            failures, users = replies[i]
+            answers.append((IpActivity(int(failures), int(users)), _counts(values, replies[i + 1:i + 1 + 2 * len(values)])))
+            i += 1 + 2 * len(values)
+        return answers
 
     def _queue_counts(self, pipe: Any, values: dict[str, str]) -> None:
         for attribute, value in values.items():
@@ -378,23 +395,25 @@ class RedisStore:
         outcomes: list[BaseException | None] = []
         again: list[int] = []
         chain_keys = [self._key("ah", self.chain), self._key("ar", self.chain), self._key("chains")]
+        calls = [self._commit_call(change) for change in changes]
         if not self._audit_lock.acquire(timeout=self._lock_timeout):
             raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
         try:
-            seq, prev = self._head or self._read_head()
-            heads = []
-            pipe = self._redis.pipeline(transaction=False)
-            for change in changes:
-                keys, args = self._commit_call(change)
-                if change.audit is None:
-                    chain_args: list[Any] = ["0", 0, "", "", "", self.chain, ""]
-                else:
-                    chain_args, digest = self._sealed(change.audit, seq, prev)
-                    seq, prev = seq + 1, digest
-                heads.append((seq, prev))
-                self._commit(keys=chain_keys + keys, args=chain_args + args, client=pipe)
-            with _available():
-                replies = pipe.execute()
+            heads: list[tuple[int, str]] = []
+
+            def queue(pipe: Any) -> None:      # sealed afresh if it must be sent again
+                seq, prev = self._head or self._read_head()
+                heads.clear()
+                for change, (keys, args) in zip(changes, calls):
+                    if change.audit is None:
+                        chain_args: list[Any] = ["0", 0, "", "", "", self.chain, ""]
+                    else:
+                        chain_args, digest = self._sealed(change.audit, seq, prev)
+                        seq, prev = seq + 1, digest
+                    heads.append((seq, prev))
+                    pipe.evalsha(self._commit.sha, len(chain_keys) + len(keys), *chain_keys, *keys, *chain_args, *args)
+
+            replies = self._execute(queue)
             for i, (change, reply, after) in enumerate(zip(changes, replies, heads)):
                 outcomes.append(None)
                 if reply[0] == b"HEAD":              # sealed behind a refusal (or Redis lost data): it wrote
@@ -516,6 +535,25 @@ class RedisStore:
         finally:
             self._audit_lock.release()
 
+    def _execute(self, queue: Callable[[Any], None]) -> list[Any]:
+        """One pipeline, one round trip. Scripts go by EVALSHA: redis-py's own script objects would
+        first ask SCRIPT EXISTS, a second round trip per pipeline. A Redis that lost its scripts
+        (restarted, flushed) is given them again and the pipeline sent once more; the write script
+        refuses what it already did (DUP, HEAD), so nothing is applied twice."""
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            queue(pipe)
+            try:
+                with _available():
+                    return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise StoreUnavailable("Redis refused the store's scripts") from None
+                with _available():
+                    for script in (self._commit, self._ip_activity):
+                        self._redis.script_load(script.script)
+        raise AssertionError("unreachable")
+
     def _read_head(self) -> tuple[int, str]:
         with _available():
             seq, digest = self._redis.hmget(self._key("ah", self.chain), ["seq", "hash"])
@@ -546,6 +584,7 @@ class RedisStore:
 
     def close(self) -> None:
         self._group.close()
+        self._reads.close()
         if self._watcher is not None:
             self._watcher.stop()
         self._redis.close()
