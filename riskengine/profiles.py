@@ -83,6 +83,9 @@ class UserProfile:
     since_sca_amount: float = 0.0
     since_sca_count: int = 0
     since_sca_paid_at: float | None = None      # the latest of those payments
+    #: not stored: at most the oldest ``last_at`` in the maps (None: unknown), so pruning skips
+    #: the maps while nothing in them can be past the retention window
+    oldest_seen_at: float | None = field(default=None, compare=False, repr=False)
 
     # -- persistence -------------------------------------------------------
     def to_json(self, version: int | None = None) -> str:
@@ -96,8 +99,7 @@ class UserProfile:
     @classmethod
     def from_json(cls, text: str) -> "UserProfile":
         data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _KNOWN})
 
     def copy(self) -> "UserProfile":
         """Shallow-copy every map: updates replace ``[count, last_at]`` lists, never mutate them."""
@@ -134,7 +136,8 @@ class UserProfile:
         return at is not None and at >= since
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(UserProfile))
+_FIELD_NAMES = tuple(f.name for f in fields(UserProfile) if f.name != "oldest_seen_at")
+_KNOWN = frozenset(_FIELD_NAMES)
 
 
 # -- updates: each returns a new profile -------------------------------------
@@ -152,10 +155,14 @@ def _bump(table: dict[str, list[float]], key: str | None, at: float, cap: int) -
 def _prune(profile: UserProfile, now: float, retention_s: float) -> None:
     """Forget what is older than the retention window, measured in event time."""
     horizon = now - retention_s
-    for name in CAPS:
-        table = getattr(profile, name)
-        for key in [k for k, (_, last) in table.items() if last < horizon]:
-            del table[key]
+    if profile.oldest_seen_at is None or profile.oldest_seen_at < horizon:
+        oldest = math.inf
+        for name in CAPS:
+            table = getattr(profile, name)
+            for key in [k for k, (_, last) in table.items() if last < horizon]:
+                del table[key]
+            oldest = min(oldest, min((last for _, last in table.values()), default=math.inf))
+        profile.oldest_seen_at = oldest
     profile.failures = [at for at in profile.failures if at >= now - DAY][-MAX_FAILURES:]
     profile.trusted = {k: at for k, at in profile.trusted.items() if at >= horizon}
     if profile.last_success is not None and profile.last_success[0] < horizon:
@@ -185,6 +192,8 @@ def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float) -
         delta = x - new.amount_mean
         new.amount_mean += delta / new.amount_n
         new.amount_m2 += delta * (x - new.amount_mean)
+    if new.oldest_seen_at is not None:
+        new.oldest_seen_at = min(new.oldest_seen_at, at)      # every map entry bumped above is at ``at``
     if geo.has_coordinates and (new.last_success is None or at >= new.last_success[0]):
         new.last_success = [at, geo.latitude, geo.longitude, geo.accuracy_km]
     _prune(new, at, retention_s)

@@ -120,6 +120,22 @@ def test_profile_is_bounded_and_pruned_by_event_time(enricher):
     assert list(later.devices) == ["new"]                                  # 180-day retention, event time
 
 
+def test_each_entry_is_forgotten_when_it_passes_the_retention_window(enricher):
+    """Pruning skips the maps while nothing in them can be that old; a stored and reloaded
+    profile (which does not keep that bound) is pruned just the same."""
+    def learn(profile, device, days):
+        return profiles.learned(profile, enricher.enrich(event(days, device=device, at=T0 + timedelta(days=days))),
+                                RETENTION)
+
+    profile = learn(learn(profiles.UserProfile("alice"), "a", 0), "b", 100)
+    assert "oldest_seen_at" not in profile.to_json()
+    for reloaded in (False, True):
+        p = profiles.UserProfile.from_json(profile.to_json()) if reloaded else profile
+        assert sorted(learn(p, "c", 179).devices) == ["a", "b", "c"]     # a is 179 days old: kept
+        assert sorted(learn(p, "c", 181).devices) == ["b", "c"]          # a is 181 days old: gone
+        assert sorted(learn(learn(p, "c", 181), "d", 281).devices) == ["c", "d"]   # then b
+
+
 def test_features_come_in_catalogue_order(enricher):
     s = extract(enricher.enrich(event(0)), profiles.UserProfile("alice"), Context())
     assert list(s.values) == list(FEATURE_NAMES)[: len(s.values)] and len(s.row()) == len(FEATURE_NAMES)
