@@ -139,3 +139,34 @@ def test_each_entry_is_forgotten_when_it_passes_the_retention_window(enricher):
 def test_features_come_in_catalogue_order(enricher):
     s = extract(enricher.enrich(event(0)), profiles.UserProfile("alice"), Context())
     assert list(s.values) == list(FEATURE_NAMES)[: len(s.values)] and len(s.row()) == len(FEATURE_NAMES)
+
+
+def test_geo_lookups_give_what_geoip2s_city_model_gives():
+    """The locator reads the City file through maxminddb's plain records; on 3,000 addresses
+    (IPv4 and IPv6, listed or not) it must say what geoip2's own City model says."""
+    import random
+
+    import geoip2.database
+    import geoip2.errors
+
+    from riskengine.enrich.geo import GeoLocator, bundled_city_db
+
+    locator, reference = GeoLocator(), geoip2.database.Reader(str(bundled_city_db()))
+    rng = random.Random(7)
+    addresses = [".".join(str(rng.randrange(1 if i == 0 else 0, 224 if i == 0 else 256)) for i in range(4))
+                 for _ in range(2500)] + [f"2001:{rng.randrange(65536):x}::{rng.randrange(65536):x}" for _ in range(500)]
+    listed = 0
+    for ip in addresses:
+        geo = locator.lookup(ip)
+        if geo.unknown_reason in ("private", "reserved"):
+            continue
+        try:
+            city = reference.city(ip)
+        except (geoip2.errors.AddressNotFoundError, ValueError):
+            assert not geo.known, ip
+            continue
+        listed += city.country.iso_code is not None
+        assert (geo.known, geo.country, geo.city, geo.latitude, geo.longitude, geo.accuracy_km) == (
+            city.country.iso_code is not None, city.country.iso_code, city.city.name, city.location.latitude,
+            city.location.longitude, float(city.location.accuracy_radius or 0)), ip
+    assert listed > 1500                                  # most public addresses are in the file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if settings.worker_threads > 0:     # plain-def handlers share the GIL: few threads, no convoy
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         with (engine or Engine.open(settings)) as opened:
+            gc.freeze()     # the model, GeoIP tables, policy...: kept for good, so no collection walks them
             yield {"engine": opened}
 
     app = FastAPI(title="riskengine", version="1", lifespan=lifespan)

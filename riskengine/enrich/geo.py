@@ -14,6 +14,7 @@ from pathlib import Path
 
 import geoip2.database
 import geoip2.errors
+import maxminddb
 
 EARTH_RADIUS_KM = 6371.0088
 
@@ -75,7 +76,12 @@ class GeoLocator:
         self.city_db = Path(city_db) if city_db else bundled_city_db()
         if not self.city_db.is_file():
             raise FileNotFoundError(f"GeoIP city database not found: {self.city_db}")
-        self._city = geoip2.database.Reader(str(self.city_db))
+        # maxminddb (the reader geoip2 is built on) for the City file: its records as plain dicts,
+        # without geoip2's model objects (a tree of them per lookup, a tenth of a busy /score)
+        self._city = maxminddb.open_database(str(self.city_db))
+        kind = self._city.metadata().database_type
+        if "City" not in kind and "Enterprise" not in kind:
+            raise ValueError(f"{self.city_db} is a {kind} database, not a City one")
         self._asn = geoip2.database.Reader(str(asn_db)) if asn_db else None
         self.lookup = lru_cache(maxsize=cache_size)(self._lookup)
 
@@ -94,20 +100,23 @@ class GeoLocator:
         if asn is not None:
             network = f"AS{asn}"
         try:
-            city = self._city.city(ip)
-        except (geoip2.errors.AddressNotFoundError, ValueError):
+            record = self._city.get(ip)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
             return GeoInfo(known=False, asn=asn, network=network, unknown_reason="not_found")
-        location = city.location
+        country = record.get("country", {}).get("iso_code")
+        location = record.get("location", {})
         return GeoInfo(
-            known=city.country.iso_code is not None,
-            country=city.country.iso_code,
-            city=city.city.name,
-            latitude=location.latitude,
-            longitude=location.longitude,
-            accuracy_km=float(location.accuracy_radius or 0),
+            known=country is not None,
+            country=country,
+            city=record.get("city", {}).get("names", {}).get("en"),     # geoip2's name: the English one
+            latitude=location.get("latitude"),
+            longitude=location.get("longitude"),
+            accuracy_km=float(location.get("accuracy_radius") or 0),
             asn=asn,
             network=network,
-            unknown_reason=None if city.country.iso_code else "not_found",
+            unknown_reason=None if country else "not_found",
         )
 
     def _asn_of(self, ip: str) -> int | None:
