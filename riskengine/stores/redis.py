@@ -169,15 +169,26 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 """
 
-# Counting on the server: a busy IP's entries never cross the network. KEYS[1] IP entries.
-_IP_ACTIVITY_LUA = """
+# The hot path's read in one command: the IP's activity, counted on the server (a busy IP's
+# entries never cross the network), then per attribute asked its value's count, total and
+# distinct values. KEYS[1] IP entries, [2] global totals, [3..] each attribute's counts.
+# ARGV[1] since (exclusive), [2] until, [3..] attribute, value pairs (one pair per KEYS[3..]).
+_CONTEXT_LUA = """
 local failures, users, distinct = 0, {}, 0
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])) do
   local ok, user = string.match(member, '^(%d):[^:]*:(.*)$')
   if ok == '0' then failures = failures + 1 end
   if user and not users[user] then users[user] = true; distinct = distinct + 1 end
 end
-return {failures, distinct}
+local out = {failures, distinct}
+for i = 3, #KEYS do
+  local attribute, value = ARGV[2 * i - 3], ARGV[2 * i - 2]
+  local totals = redis.call('HMGET', KEYS[2], 't:' .. attribute, 'd:' .. attribute)
+  out[#out + 1] = redis.call('HGET', KEYS[i], value)
+  out[#out + 1] = totals[1]
+  out[#out + 1] = totals[2]
+end
+return out
 """
 
 
@@ -204,7 +215,7 @@ class RedisStore:
         self._erase = self._redis.register_script(_ERASE_LUA)
         self._prune = self._redis.register_script(_PRUNE_LUA)
         self._secret = self._redis.register_script(_SECRET_LUA)
-        self._ip_activity = self._redis.register_script(_IP_ACTIVITY_LUA)
+        self._context = self._redis.register_script(_CONTEXT_LUA)
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
         self._group = GroupCommit(self._commit_group, "riskengine-redis")
@@ -225,16 +236,10 @@ class RedisStore:
         return profile
 
     def ip_activity(self, ip: str, at: float) -> IpActivity:
-        with _available():
-            failures, users = self._ip_activity(keys=[self._key("ip", ip)],
-                                                args=[f"({at - IP_WINDOW_S!r}", repr(at)])
-        return IpActivity(int(failures), int(users))
+        return self.context(ip, at, {})[0]
 
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
-        with _available():
-            pipe = self._redis.pipeline(transaction=False)
-            self._queue_counts(pipe, values)
-            return _counts(values, pipe.execute())
+        return self._read_group([(None, 0.0, values)])[0][1]
 
     def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
         """``ip_activity`` and ``global_counts`` in one round trip."""
@@ -244,23 +249,21 @@ class RedisStore:
         """``context`` from the event loop: answered by the reader thread, with what else is waiting."""
         return self._reads.submit_async((ip, at, values))
 
-    def _read_group(self, reads: list[tuple[str, float, dict[str, str]]]) -> list[Any]:
+    def _read_group(self, reads: list[tuple[str | None, float, dict[str, str]]]) -> list[Any]:
+        """One context script per read, all in one pipeline (ip None: the counts alone)."""
         def queue(pipe: Any) -> None:
             for ip, at, values in reads:
-                pipe.evalsha(self._ip_activity.sha, 1, self._key("ip", ip), f"({at - IP_WINDOW_S!r}", repr(at))
-                self._queue_counts(pipe, values)
+                ip_key = self._key("ip", ip) if ip is not None else self._key("unused")
+                keys = [ip_key, self._key("gt"), *(self._key("gc", a) for a in values)]
+                pipe.evalsha(self._context.sha, len(keys), *keys, f"({at - IP_WINDOW_S!r}", repr(at),
+                             *(item for pair in values.items() for item in pair))
 
-        replies, answers, i = self._execute(queue), [], 0
-        for _, _, values in reads:
-            failures, users = replies[i]
-            answers.append((IpActivity(int(failures), int(users)), _counts(values, replies[i + 1:i + 1 + 2 * len(values)])))
-            i += 1 + 2 * len(values)
+        answers = []
+        for (_, _, values), (failures, users, *counts) in zip(reads, self._execute(queue)):
+            answers.append((IpActivity(int(failures), int(users)),
+                            {a: GlobalCount(*(float(n or 0) for n in counts[3 * i:3 * i + 3]))
+                             for i, a in enumerate(values)}))
         return answers
-
-    def _queue_counts(self, pipe: Any, values: dict[str, str]) -> None:
-        for attribute, value in values.items():
-            pipe.hget(self._key("gc", attribute), value)
-            pipe.hmget(self._key("gt"), [f"t:{attribute}", f"d:{attribute}"])
 
     def find_event(self, event_id: str) -> StoredEvent | None:
         with _available():
@@ -550,7 +553,7 @@ class RedisStore:
                 if attempt:
                     raise StoreUnavailable("Redis refused the store's scripts") from None
                 with _available():
-                    for script in (self._commit, self._ip_activity):
+                    for script in (self._commit, self._context):
                         self._redis.script_load(script.script)
         raise AssertionError("unreachable")
 
@@ -603,15 +606,6 @@ def _payment_currency(request: dict[str, Any]) -> str:
     """The currency under which ``payment_totals`` finds this event, or '' when it moved no money."""
     currency = request.get("currency")
     return str(currency) if request.get("amount") is not None and currency else ""
-
-
-def _counts(values: dict[str, str], replies: list[Any]) -> dict[str, GlobalCount]:
-    """``_queue_counts``' replies: a count, then (total, distinct), per attribute."""
-    result = {}
-    for i, attribute in enumerate(values):
-        count, (total, distinct) = replies[2 * i], replies[2 * i + 1]
-        result[attribute] = GlobalCount(float(count or 0), float(total or 0), float(distinct or 0))
-    return result
 
 
 def _raise_refusal(status: list[bytes], event: StoredEvent | None = None) -> None:
