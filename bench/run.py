@@ -1,7 +1,8 @@
 """``make bench``: the service's throughput and latency against a bare FastAPI endpoint, and the hot path.
 
 One run measures, each server in its own uvicorn process with one worker, loaded by wrk at
-16 connections for a bounded time after a short warm-up:
+16 connections for a bounded time after a short warm-up, each row in turns with the bare
+endpoint (a few slices each, alternating) so that both see the same minutes of a shared machine:
   (a) bench/bare_app.py: FastAPI + the same request schema, no engine;
   (b) ``riskengine serve`` /score with generated traffic, SQLite store (synchronous=FULL, the
       default) and, when the Redis store is there and a Redis answers, the Redis store;
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,7 +34,7 @@ RESULTS = HERE / "results"
 KEY = "bench-key"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 GOAL_THROUGHPUT, GOAL_P99 = 0.5, 2.0       # /score vs bare: >= half the throughput, <= twice the p99
-LABELS = {"bare": "bare FastAPI", "bare-after": "bare FastAPI, again at the end",
+LABELS = {"bare": "bare FastAPI",
           "bare+stack": "bare + service HTTP layer", "sqlite": "/score SQLite FULL",
           "sqlite-normal": "/score SQLite NORMAL", "redis": "/score Redis"}
 
@@ -99,15 +101,49 @@ def wrk_run(wrk: str, port: int, bodies: Path, seconds: float, connections: int,
     return result
 
 
-def load(name: str, server: Server, wrk: str, bodies: Path, args: argparse.Namespace, auth: str | None,
-         work: Path) -> dict:
-    warm = wrk_run(wrk, server.port, bodies, args.warmup, args.connections, args.threads, 0, f"{name}-warm",
-                   auth, work / f"{name}-warm.json")
-    result = wrk_run(wrk, server.port, bodies, args.duration, args.connections, args.threads,
-                     warm["requests"], f"{name}-run", auth, work / f"{name}.json")
-    result["warmup_requests"] = warm["requests"]
-    result["cycled_bodies"] = warm["requests"] + result["requests"] > result["bodies"]
-    return result
+class Target:
+    """A running server under load: where its next wrk run starts in the bodies, so none is sent twice."""
+
+    def __init__(self, name: str, server: Server, auth: str | None) -> None:
+        self.name, self.server, self.auth = name, server, auth
+        self.sent = 0
+        self.runs = 0
+
+    def run(self, wrk: str, bodies: Path, seconds: float, args: argparse.Namespace, work: Path) -> dict:
+        self.runs += 1
+        label = f"{self.name}-{self.runs}"
+        result = wrk_run(wrk, self.server.port, bodies, seconds, args.connections, args.threads, self.sent,
+                         label, self.auth, work / f"{label}.json")
+        self.sent += result["requests"]
+        return result
+
+
+def interleaved(targets: list[Target], wrk: str, bodies: Path, args: argparse.Namespace,
+                work: Path) -> list[dict]:
+    """Warm each target up, then load them in turn, ``args.rounds`` slices each of
+    ``args.duration / args.rounds`` seconds: on a shared machine whose speed moves from minute to
+    minute, a row and its baseline then see the same minutes."""
+    for target in targets:
+        target.run(wrk, bodies, args.warmup, args, work)
+    slices: list[list[dict]] = [[] for _ in targets]
+    for _ in range(args.rounds):
+        for target, taken in zip(targets, slices):
+            taken.append(target.run(wrk, bodies, args.duration / args.rounds, args, work))
+    return [aggregate(taken, target.sent) for target, taken in zip(targets, slices)]
+
+
+def aggregate(slices: list[dict], sent: int) -> dict:
+    """One row from its slices: counts add up; p50 and p90 are the slices' request-weighted mean,
+    p99 and above the worst slice's (wrk gives percentiles, not the samples behind them)."""
+    requests = sum(s["requests"] for s in slices)
+    weighted = {k: sum(s["latency_us"][k] * s["requests"] for s in slices) / max(requests, 1)
+                for k in ("p50", "p90", "mean")}
+    worst = {k: max(s["latency_us"][k] for s in slices) for k in ("p99", "p999", "max")}
+    duration = sum(s["duration_us"] for s in slices)
+    return {"requests": requests, "duration_us": duration, "bytes": sum(s["bytes"] for s in slices),
+            "errors": {k: sum(s["errors"][k] for s in slices) for k in slices[0]["errors"]},
+            "latency_us": {**weighted, **worst}, "bodies": slices[0]["bodies"], "slices": len(slices),
+            "rps": requests / (duration / 1e6), "cycled_bodies": sent > slices[0]["bodies"]}
 
 
 def bench_http(args: argparse.Namespace, work: Path) -> dict:
@@ -129,24 +165,47 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
     results: dict = {"workload": {"users": args.users, "days": args.days, "history": len(stream.history),
                                   "traffic": len(stream.traffic), "model_version": version}, "http": {}}
 
-    def run_bare(name: str, env: dict[str, str], auth: str | None) -> None:
+    def start_bare(name: str, env: dict[str, str]) -> Server:
         port = free_port()
-        bare = Server(name, [python, "-m", "uvicorn", "--app-dir", str(HERE), "bare_app:app", "--port", str(port),
-                             "--workers", "1", "--no-access-log", "--log-level", "warning"], env, port,
-                      work / f"{name}.log")
+        server = Server(name, [python, "-m", "uvicorn", "--app-dir", str(HERE), "bare_app:app", "--port", str(port),
+                               "--workers", "1", "--no-access-log", "--log-level", "warning"], env, port,
+                        work / f"{name}.log")
+        server.wait_ready("/docs")
+        return server
+
+    def measure_with_bare(name: str, server: Server) -> None:
+        """``name`` and the bare endpoint, in turn (``interleaved``); the row's ratios are to those bare slices."""
+        row, baseline = interleaved([Target(name, server, KEY), bare_target], wrk, bodies, args, work)
+        row["vs_bare"] = compare(row, baseline)
+        results["http"][name], results["http"][f"bare@{name}"] = row, baseline
+        print(line("bare FastAPI, its turns", baseline), flush=True)
+        print(line(LABELS.get(name, name), row), flush=True)
+
+    bare = start_bare("bare", {})
+    bare_target = Target("bare", bare, None)
+    try:
+        stack = start_bare("bare+stack", {"BARE_STACK": "1", "RISKENGINE_API_KEYS": f"bench:{KEY}"})
         try:
-            bare.wait_ready("/docs")
-            results["http"][name] = load(name, bare, wrk, bodies, args, auth, work)
+            measure_with_bare("bare+stack", stack)
         finally:
-            bare.stop()
-        if name == "bare+stack":
-            results["http"][name]["vs_bare"] = compare(results["http"][name], results["http"]["bare"])
-        print(line(LABELS[name], results["http"][name]), flush=True)
+            stack.stop()
+        measure_stores(args, work, stream, models, riskengine, measure_with_bare)
+    finally:
+        bare.stop()
 
-    stack = {"BARE_STACK": "1", "RISKENGINE_API_KEYS": f"bench:{KEY}"}
-    run_bare("bare", {}, None)
-    run_bare("bare+stack", stack, KEY)
+    if not args.skip_hotpath:
+        print("hot path (in process) ...", flush=True)
+        path = build(stream, models)
+        results["hotpath"] = measure(path)
+        print(report(results["hotpath"]), flush=True)
+        if not results["hotpath"]["met"]:
+            results["hotpath_profile"] = profile_hot_path(path)
+    return results
 
+
+def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, riskengine: str,
+                   measure_with_bare: Callable[[str, Server], None]) -> None:
+    """``riskengine serve`` on each store, warmed with the history, measured in turns with the bare endpoint."""
     for store in stores_to_run(args):
         home = work / f"home-{store}"
         env = {"RISKENGINE_HOME": str(home), "RISKENGINE_API_KEYS": f"bench:{KEY}",
@@ -163,30 +222,9 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
         server = Server(store, [riskengine, "serve", "--port", str(port)], env, port, work / f"{store}.log")
         try:
             server.wait_ready("/health")
-            results["http"][store] = load(store, server, wrk, bodies, args, KEY, work)
+            measure_with_bare(store, server)
         finally:
             server.stop()
-        results["http"][store]["vs_bare"] = compare(results["http"][store], results["http"]["bare"])
-        print(line(LABELS.get(store, store), results["http"][store]), flush=True)
-
-    # The machine is shared: the bare endpoint runs again at the end, and every row is compared
-    # with the better of its two runs (the higher throughput, the lower p99): the harder baseline.
-    run_bare("bare-after", {}, None)
-    first, after = results["http"]["bare"], results["http"]["bare-after"]
-    results["baseline"] = {"rps": max(first["rps"], after["rps"]),
-                           "latency_us": {"p99": min(first["latency_us"]["p99"], after["latency_us"]["p99"])}}
-    for name, r in results["http"].items():
-        if name not in ("bare", "bare-after"):
-            r["vs_bare"] = compare(r, results["baseline"])
-
-    if not args.skip_hotpath:
-        print("hot path (in process) ...", flush=True)
-        path = build(stream, models)
-        results["hotpath"] = measure(path)
-        print(report(results["hotpath"]), flush=True)
-        if not results["hotpath"]["met"]:
-            results["hotpath_profile"] = profile_hot_path(path)
-    return results
 
 
 def stores_to_run(args: argparse.Namespace) -> list[str]:
@@ -259,7 +297,9 @@ def save(kind: str, results: dict, text: str) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per server")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per row")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="a row and the bare endpoint take turns this many times (duration split evenly)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the server needs the other core)")
@@ -319,11 +359,10 @@ def summary(results: dict, info: dict, command: str) -> str:
              f"command: {command}",
              f"workload: {w['users']:,} users x {w['days']} days; {w['history']:,} history events in each store, "
              f"{w['traffic']:,} distinct /score bodies, model {w['model_version']}"]
-    if "baseline" in results:
-        b = results["baseline"]
-        lines.append(f"baseline (ratios below): the better of the two bare runs, {b['rps']:.0f} req/s and "
-                     f"p99 {b['latency_us']['p99'] / 1e3:.2f} ms")
     for name, r in results["http"].items():
+        if name.startswith("bare@"):
+            continue
+        lines.append(line("bare FastAPI, its turns", results["http"][f"bare@{name}"]))
         lines.append(line(LABELS.get(name, name), r))
     if "hotpath" in results:
         lines.append(report(results["hotpath"]))
