@@ -22,6 +22,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from riskengine.api.transport import CoalescedWrites
+
 
 class BodyTimeout:
     """408 when the request body is not complete ``seconds`` after the app starts reading it.
@@ -84,7 +86,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         return type(cls.__name__, (cls,), {"header_timeout": header_timeout, "max_head_bytes": max_head_bytes})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescedWrites(transport, self.loop))    # type: ignore[arg-type]
         self._start_head()
 
     def on_message_begin(self) -> None:
