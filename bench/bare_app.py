@@ -31,7 +31,7 @@ _ANSWER = {"risk_score": 0.02, "risk_level": "low", "decision": "allow", "requir
 if os.environ.get("BARE_STACK"):
     from riskengine.api import app as service
     from riskengine.api.auth import ClientDep, KeyRing
-    from riskengine.api.ratelimit import RateLimit
+    from riskengine.api.ratelimit import Buckets, RateLimit
     from riskengine.api.timeouts import BodyTimeout
 
     keys = KeyRing(os.environ.get("RISKENGINE_API_KEYS", ""))
@@ -43,7 +43,7 @@ if os.environ.get("BARE_STACK"):
 
     app.add_middleware(service.BodyLimit, max_bytes=64 * 1024)
     app.add_middleware(BodyTimeout, seconds=5.0)
-    app.add_middleware(RateLimit, keys=keys, per_second=1e6, burst=1e6)
+    app.add_middleware(RateLimit, buckets=Buckets(keys, per_second=1e6, burst=1e6))
     app.add_middleware(service.Observe)
 else:
     @app.post("/score", response_model=ScoreResponse)

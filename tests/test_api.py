@@ -229,6 +229,15 @@ def test_the_score_lane_answers_as_the_fastapi_route_does(client):
 
     from riskengine.api.schemas import ScoreResponse
 
+    def timed(client) -> dict[str, float]:
+        counts = {"200": 0.0, "422": 0.0}
+        for line in client.get("/metrics").text.splitlines():
+            for status in counts:
+                if line.startswith(f'riskengine_request_seconds_count{{method="POST",route="/score",status="{status}"}}'):
+                    counts[status] = float(line.split()[-1])
+        return counts
+
+    before = timed(client)
     answers = []
     for user, content_type in (("lane-user", "application/json"), ("route-user", "application/scim+json")):
         body = {"event_id": f"{user}-1", "user_id": user, "action": "login", "timestamp": iso(T0), "ip": OSLO_IP,
@@ -246,3 +255,5 @@ def test_the_score_lane_answers_as_the_fastapi_route_does(client):
                           headers={"content-type": content_type})
         assert bad.status_code == 422
         assert [e["field"] for e in bad.json()["detail"]] == ["ip"]
+    after = timed(client)                               # the lane's answers are timed as the route's are
+    assert (after["200"] - before["200"], after["422"] - before["422"]) == (2, 2)

@@ -6,6 +6,7 @@ import gc
 import logging
 import time
 from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from riskengine.api import metrics, routes
 from riskengine.api.auth import KeyRing
-from riskengine.api.ratelimit import RateLimit
+from riskengine.api.ratelimit import Buckets, RateLimit
 from riskengine.api.scorelane import ScoreLane
 from riskengine.api.timeouts import BodyTimeout
 from riskengine.engine import Engine, ScoreUnavailable
@@ -40,7 +41,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             gc.freeze()     # the model, GeoIP tables, policy...: kept for good, so no collection walks them
             yield {"engine": opened}
 
-    app = FastAPI(title="riskengine", version="1", lifespan=lifespan)
+    buckets = Buckets(keys, settings.rate_limit_per_second, settings.rate_limit_burst)
+    deadline = BodyTimeout(None, seconds=settings.read_timeout_seconds)
+    limit = BodyLimit(None, max_bytes=settings.max_body_bytes)
+    score_route = next(r for r in routes.router.routes if getattr(r, "path", None) == "/score")
+    handlers = {StoreUnavailable: _unavailable, ScoreUnavailable: _score_unavailable, Conflict: _contended,
+                StarletteHTTPException: _http_error}
+    app = _Service(title="riskengine", version="1", lifespan=lifespan,
+                   lane=lambda stack: ScoreLane(stack, keys, score_route, handlers, buckets, deadline, limit))
     app.state.keys = keys
     app.include_router(routes.router)
     app.add_exception_handler(RequestValidationError, _invalid)
@@ -48,16 +56,22 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_exception_handler(StoreUnavailable, _unavailable)
     app.add_exception_handler(ScoreUnavailable, _score_unavailable)
     app.add_exception_handler(Conflict, _contended)
-    score_route = next(r for r in routes.router.routes if getattr(r, "path", None) == "/score")
-    app.add_middleware(ScoreLane, keys=keys, route=score_route,      # innermost: sees the limited body
-                       handlers={StoreUnavailable: _unavailable, ScoreUnavailable: _score_unavailable,
-                                 Conflict: _contended, StarletteHTTPException: _http_error})
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeout, seconds=settings.read_timeout_seconds)
-    app.add_middleware(RateLimit, keys=keys, per_second=settings.rate_limit_per_second,
-                       burst=settings.rate_limit_burst)        # outermost of these: a 429 reads no body
+    app.add_middleware(RateLimit, buckets=buckets)      # outermost of these: a 429 reads no body
     app.add_middleware(Observe)
     return app
+
+
+class _Service(FastAPI):
+    """FastAPI with the score lane in front of its whole middleware stack (scorelane.py)."""
+
+    def __init__(self, *args: Any, lane: Callable[[Any], Any], **kwargs: Any) -> None:
+        self._lane = lane
+        super().__init__(*args, **kwargs)
+
+    def build_middleware_stack(self) -> Any:
+        return self._lane(super().build_middleware_stack())
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -135,9 +149,19 @@ class BodyLimit:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                return await _too_large(send)
+        if self.announced_too_large(scope):
+            return await _too_large(send)
+        try:
+            await self.app(scope, self.limited(receive), send)
+        except _TooLarge:
+            await _too_large(send)
+
+    def announced_too_large(self, scope) -> bool:
+        return any(name == b"content-length" and value.isdigit() and int(value) > self.max_bytes
+                   for name, value in scope.get("headers", ()))
+
+    def limited(self, receive):
+        """``receive`` that raises ``_TooLarge`` past the limit (the score lane reads through it too)."""
         seen = 0
 
         async def limited():
@@ -148,10 +172,7 @@ class BodyLimit:
                 raise _TooLarge()
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(send)
+        return limited
 
 
 class _TooLarge(StarletteHTTPException):

@@ -20,6 +20,9 @@ from prometheus_client import Counter
 from riskengine.api.auth import KeyRing
 from riskengine.api.metrics import REGISTRY
 
+#: set in a request's scope by the score lane once it has taken that request's token
+TAKEN = "riskengine.rate_limit_taken"
+
 RATE_LIMITED = Counter("riskengine_rate_limited_total", "Requests answered 429, by client", ["client"],
                        registry=REGISTRY)
 
@@ -49,33 +52,47 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
-class RateLimit:
-    """ASGI middleware. Runs on the event loop only (no awaits between read and write): no lock needed."""
+class Buckets:
+    """Each client's bucket, shared by the middleware and the score lane. Used on the event loop
+    only (no awaits between read and write): no lock needed."""
 
-    def __init__(self, app: Any, keys: KeyRing, per_second: float, burst: float,
+    def __init__(self, keys: KeyRing, per_second: float, burst: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.app, self.keys, self.per_second, self.burst, self.clock = app, keys, per_second, burst, clock
+        self.keys, self.per_second, self.burst, self.clock = keys, per_second, burst, clock
         self.buckets: dict[str, TokenBucket] = {}        # one per configured client: bounded by the key list
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or self.per_second <= 0:
-            return await self.app(scope, receive, send)
-        client = self._client(scope)
-        if client is not None:
-            bucket = self.buckets.get(client)
-            if bucket is None:
-                bucket = self.buckets[client] = TokenBucket(self.per_second, self.burst, self.clock)
-            wait = bucket.take()
-            if wait > 0:
-                RATE_LIMITED.labels(client).inc()
-                return await _too_many(send, wait)
-        await self.app(scope, receive, send)
+    def take(self, client: str) -> float:
+        """0 when ``client`` may go on (a token taken, or no limit); else the seconds until it may."""
+        if self.per_second <= 0:
+            return 0.0
+        bucket = self.buckets.get(client)
+        if bucket is None:
+            bucket = self.buckets[client] = TokenBucket(self.per_second, self.burst, self.clock)
+        return bucket.take()
 
-    def _client(self, scope: dict) -> str | None:
+    def client(self, scope: dict) -> str | None:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 return self.keys.client_for_header(value.decode("latin-1"))
         return None
+
+
+class RateLimit:
+    """ASGI middleware: 429 for a client over its rate."""
+
+    def __init__(self, app: Any, buckets: Buckets) -> None:
+        self.app, self.buckets = app, buckets
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or self.buckets.per_second <= 0 or scope.get(TAKEN):
+            return await self.app(scope, receive, send)
+        client = self.buckets.client(scope)
+        if client is not None:
+            wait = self.buckets.take(client)
+            if wait > 0:
+                RATE_LIMITED.labels(client).inc()
+                return await _too_many(send, wait)
+        await self.app(scope, receive, send)
 
 
 async def _too_many(send: Callable, wait: float) -> None:

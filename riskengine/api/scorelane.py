@@ -2,76 +2,93 @@
 
 FastAPI's routing, dependency solving and response handling cost about 0.3 ms of the event
 loop per request (bench/README.md: a plain ASGI app validating the same body with the same
-``ScoreRequest`` does ~4x the requests a second): more than scoring the event. This lane sits
-inside the service's middleware (metrics, rate limit, body deadline and size limit) and serves
-a request itself only when FastAPI would accept it: a JSON content type, a JSON body that
-``ScoreRequest`` validates, a known API key. Anything else goes on to FastAPI's own ``/score``
-route with the body it sent, so errors are FastAPI's, word for word (400, 401, 422 naming the field).
+``ScoreRequest`` does ~4x the requests a second): more than scoring the event. This lane is the
+app's outermost layer, in front of FastAPI's middleware stack, and serves a request itself only
+when FastAPI would accept it: a JSON content type, a known API key within its rate limit, a body
+within the size limit and deadline that ``ScoreRequest`` validates. It applies the service
+middleware's own rate limit, deadline, size limit and latency metric to what it serves (the same
+objects). Anything else goes on to the whole stack and FastAPI's own ``/score`` route with the
+body it sent, so errors are FastAPI's, word for word (400, 401, 413, 422 naming the field, 429).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
 
+from riskengine.api import metrics
 from riskengine.api.auth import KeyRing
+from riskengine.api.ratelimit import TAKEN, Buckets
 from riskengine.api.routes import score_answer
 from riskengine.api.schemas import ScoreRequest
+from riskengine.api.timeouts import BodyTimeout
 
 Handler = Callable[[Request, Exception], Awaitable[Any]]
 
 
 class ScoreLane:
-    """ASGI middleware; ``handlers`` answer exceptions (the engine's, the body limits') as the app's do."""
+    """The app's outermost ASGI layer; ``handlers`` answer exceptions (the engine's, the body
+    limits') as the app's do; ``buckets``, ``deadline`` and ``limit`` are the service middleware's."""
 
-    def __init__(self, app: Any, keys: KeyRing, route: Any, handlers: dict[type[Exception], Handler]) -> None:
+    def __init__(self, app: Any, keys: KeyRing, route: Any, handlers: dict[type[Exception], Handler],
+                 buckets: Buckets, deadline: BodyTimeout, limit: Any) -> None:
         self.app, self.keys, self.route, self.handlers = app, keys, route, handlers
+        self.buckets, self.deadline, self.limit = buckets, deadline, limit
+        self._caught = tuple(handlers)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/score":
             return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        client = self._client(scope)
+        if client is None or self.limit.announced_too_large(scope) or self.buckets.take(client) > 0:
+            return await self.app(scope, receive, send)     # the stack answers: 401, 413, 415, 429
+        scope[TAKEN] = True                                 # this request's token is taken
         body, more = b"", True
+        reading = self.limit.limited(self.deadline.timed(receive))
         try:
             while more:
-                message = await receive()                   # the outer middleware's deadline and size limit
+                message = await reading()
                 if message["type"] != "http.request":      # the client went away
                     return
                 body += message.get("body", b"")
                 more = message.get("more_body", False)
-        except tuple(self.handlers) as exc:                 # 408, 413: answered as FastAPI would
-            response = await self.handlers[_handler_for(exc, self.handlers)](Request(scope), exc)
-            return await response(scope, _replay(b""), send)
-        request = self._valid(scope, body)
-        if request is None:
+        except self._caught as exc:                         # 408, 413: answered as FastAPI would
+            return await self._answer(scope, send, await self._handled(scope, exc), started)
+        try:       # one pass in pydantic's JSON parser; anything it refuses goes to FastAPI's json + model
+            parsed = ScoreRequest.model_validate_json(body)
+        except ValidationError:
             return await self.app(scope, _replay(body), send)
-        scope["route"] = self.route                         # the latency metric's route label
-        parsed, client = request
+        scope["route"] = self.route
         try:
             response = await score_answer(parsed, scope["state"]["engine"], client)
-        except tuple(self.handlers) as exc:
-            response = await self.handlers[_handler_for(exc, self.handlers)](Request(scope), exc)
-        await response(scope, _replay(b""), send)
+        except self._caught as exc:
+            response = await self._handled(scope, exc)
+        await self._answer(scope, send, response, started)
 
-    def _valid(self, scope: dict, body: bytes) -> tuple[ScoreRequest, str] | None:
-        """(request, client) when FastAPI would accept this request as it is; else None."""
+    def _client(self, scope: dict) -> str | None:
+        """The API key's client, when the request is JSON with a known key; else None."""
         content_type = authorization = b""
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value
             elif name == b"authorization":
                 authorization = value
-        if content_type.split(b";")[0].strip().lower() != b"application/json" or not body:
+        if content_type.split(b";")[0].strip().lower() != b"application/json":
             return None
-        client = self.keys.client_for_header(authorization.decode("latin-1"))
-        if client is None:
-            return None
-        try:       # one pass in pydantic's JSON parser; anything it refuses goes to FastAPI's json + model
-            return ScoreRequest.model_validate_json(body), client
-        except ValidationError:
-            return None
+        return self.keys.client_for_header(authorization.decode("latin-1"))
+
+    async def _handled(self, scope: dict, exc: Exception) -> Any:
+        return await self.handlers[_handler_for(exc, self.handlers)](Request(scope), exc)
+
+    async def _answer(self, scope: dict, send: Callable, response: Any, started: float) -> None:
+        await response(scope, _replay(b""), send)
+        metrics.LATENCY.labels(self.route.path, "POST", str(response.status_code)).observe(
+            time.perf_counter() - started)                 # as the Observe middleware labels it
 
 
 def _handler_for(exc: Exception, handlers: dict[type[Exception], Handler]) -> type[Exception]:

@@ -38,6 +38,12 @@ class BodyTimeout:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or self.seconds <= 0:
             return await self.app(scope, receive, send)
+        await self.app(scope, self.timed(receive), send)
+
+    def timed(self, receive: Callable) -> Callable[[], Awaitable[dict]]:
+        """``receive`` under this deadline (the score lane reads its body through it too)."""
+        if self.seconds <= 0:
+            return receive
         deadline: float | None = None
         body_done = False
 
@@ -56,7 +62,7 @@ class BodyTimeout:
                 body_done = True
             return message
 
-        await self.app(scope, timed_receive, send)
+        return timed_receive
 
 
 async def _within(waiting: Awaitable[dict], seconds: float) -> dict:
