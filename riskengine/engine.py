@@ -92,8 +92,7 @@ class Engine:
         self._watcher: ChampionWatcher | None = None
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._user_keys: dict[str, str] = {}
-        self._async_reads = getattr(store, "async_reads", False)
-        self._turns: dict[str, asyncio.Future] = {}   # user id -> its latest event still deciding (async reads)
+        self._turns: dict[str, asyncio.Future] = {}   # user id -> its latest event still deciding on the loop
         self.enricher = enricher
         self.scorer: Scorer = scorer or StatisticalScorer()
         self.policy = policy or Policy()
@@ -175,17 +174,17 @@ class Engine:
         return self._decide(event, read, Context(*self.store.context(event.ip, event.ts, read.values)))
 
     async def _evaluate_async(self, event: Event) -> Scored:
-        """``evaluate`` with the store's context read awaited (``async_reads``: Redis)."""
+        """``evaluate`` with the store's context read awaited (SQLite, Redis: on their reader thread)."""
         read = self._read(event)
         return self._decide(event, read, Context(*await self.store.context_async(event.ip, event.ts, read.values)))
 
-    def _read(self, event: Event) -> "_Read":
+    def _read(self, event: Event) -> _Read:
         if self._policy_watcher is not None:
             self._policy_watcher.poll()                  # a changed policy file: at most one stat a second
         enriched = self.enricher.enrich(event)
         return _Read(self.policy, enriched, self.store.get(event.user_id), profiles.attribute_values(enriched))
 
-    def _decide(self, event: Event, read: "_Read", context: Context) -> Scored:
+    def _decide(self, event: Event, read: _Read, context: Context) -> Scored:
         policy, enriched, profile, values = read
         signals = extract(enriched, profile, context)
         scorer = self.scorer
@@ -235,11 +234,7 @@ class Engine:
 
     async def _decide_in_turn(self, event: Event, client: str) -> tuple[Scored, Awaitable[None]]:
         """Decide and queue the commit, in turn with the user's other events on this loop: each is
-        decided on the profile the one before queued. With no await in between (a store read on
-        the loop) that order is a given; a store read off the loop waits for the user's turn."""
-        if not self._async_reads:
-            scored = self.evaluate(event)
-            return scored, self.store.submit_async(self._commit(event, scored, client))
+        decided on the profile the one before queued, though the store's read is awaited between."""
         user_id = event.user_id
         before, mine = self._turns.get(user_id), asyncio.get_running_loop().create_future()
         self._turns[user_id] = mine

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from contextlib import asynccontextmanager
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread

@@ -43,7 +43,6 @@ class CachedStore:
         self._counts: dict[tuple[str, str], list[float]] = {}   # (attribute, value) -> [count, read at]
         self._totals: dict[str, list[float]] = {}                # attribute -> [total, distinct, read at]
         self.secrets_ttl_s = secrets_ttl_s
-        self.async_reads = getattr(inner, "async_reads", False)
         if hasattr(inner, "watch_erasures"):          # told of every erasure: secrets can be kept longer
             inner.watch_erasures(self._erased, self._forget_secrets)
             self.secrets_ttl_s = SECRETS_TTL_WATCHED_S
@@ -77,16 +76,17 @@ class CachedStore:
 
     def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
         cached = self._cached_counts(values)
-        if cached is not None:
-            return self.inner.ip_activity(ip, at), cached
-        activity, read = self.inner.context(ip, at, values)
-        return activity, self._remember(values, read)
+        return self._merged(values, cached, *self.inner.context(ip, at, {} if cached is not None else values))
 
     async def context_async(self, ip: str, at: float,
                             values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
-        """``context`` where the store reads off the event loop (``async_reads``)."""
         cached = self._cached_counts(values)
-        activity, read = await self.inner.context_async(ip, at, {} if cached is not None else values)
+        read = await self.inner.context_async(ip, at, {} if cached is not None else values)
+        return self._merged(values, cached, *read)
+
+    def _merged(self, values: dict[str, str], cached: dict[str, GlobalCount] | None, activity: IpActivity,
+                read: dict[str, GlobalCount]) -> tuple[IpActivity, dict[str, GlobalCount]]:
+        """The store's fresh per-IP activity with the counts: the cached ones, else those just read."""
         return activity, cached if cached is not None else self._remember(values, read)
 
     def _cached_counts(self, values: dict[str, str]) -> dict[str, GlobalCount] | None:

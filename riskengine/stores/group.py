@@ -37,8 +37,8 @@ def done(outcome: BaseException | None = None) -> Future:
     return future
 
 
-def done_async(outcome: BaseException | None = None) -> asyncio.Future:
-    """``done`` for a caller on an event loop."""
+def done_async(outcome: Any = None) -> asyncio.Future:
+    """An already resolved future (a result, or an exception raised on await) on the running loop."""
     future = asyncio.get_running_loop().create_future()
     _resolve([(future, outcome)])
     return future

@@ -48,6 +48,9 @@ class MemoryStore:
     def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
         return self.ip_activity(ip, at), self.global_counts(values)
 
+    def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
+        return done_async(self.context(ip, at, values))     # in memory: nothing to wait for
+
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
         with self._lock:
             return {a: GlobalCount(self._counts.get((a, v), 0.0), *self._totals.get(a, (0.0, 0.0)))

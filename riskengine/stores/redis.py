@@ -195,10 +195,6 @@ return out
 class RedisStore:
     """Thread-safe; one audit chain per store (so per process), appended under a local lock."""
 
-    #: ``context_async``: the service's hot-path read goes to a reader thread, in one round trip
-    #: with the other events' waiting (a read on the event loop would hold every request up)
-    async_reads = True
-
     def __init__(self, url: str, chain: str | None = None, prefix: str = "re:",
                  socket_timeout: float = 1.0, audit_key: bytes | None = None) -> None:
         self.prefix = prefix
@@ -246,7 +242,8 @@ class RedisStore:
         return self._read_group([(ip, at, values)])[0]
 
     def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
-        """``context`` from the event loop: answered by the reader thread, with what else is waiting."""
+        """``context`` from the event loop: answered by the reader thread, in one round trip with the
+        other events' waiting (a read on the event loop would hold every request up)."""
         return self._reads.submit_async((ip, at, values))
 
     def _read_group(self, reads: list[tuple[str | None, float, dict[str, str]]]) -> list[Any]:

@@ -61,10 +61,6 @@ _GROUP_MAX = 64                 # events per transaction at most: bounds how lon
 class SQLiteStore:
     """Thread-safe: one connection per thread, transactions short and immediate."""
 
-    #: ``context_async``: the service's hot-path read is made by a reader thread, so the event loop
-    #: never hands the GIL over in the middle of a request (each SQLite call releases it)
-    async_reads = True
-
     def __init__(self, path: Path, synchronous: str = "FULL", chain: str = "main",
                  audit_key: bytes | None = None) -> None:
         self.path = Path(path)
@@ -116,7 +112,8 @@ class SQLiteStore:
         return self.ip_activity(ip, at), self.global_counts(values)
 
     def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
-        """``context`` from the event loop, read on the reader thread."""
+        """``context`` from the event loop, read on the reader thread: the loop never hands the GIL
+        over in the middle of a request (each SQLite call releases it)."""
         return self._reads.submit_async((ip, at, values))
 
     def _read_group(self, reads: list[tuple[str, float, dict[str, str]]]) -> list[Any]:
