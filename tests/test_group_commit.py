@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -74,3 +75,41 @@ def test_close_commits_what_is_queued_then_refuses_more() -> None:
     assert run.groups == [[0], [2, 4], [6]]                    # at most max_group per transaction
     with pytest.raises(StoreUnavailable):
         group.submit(8)
+
+
+def test_what_one_turn_of_the_loop_submits_is_one_group_and_each_caller_gets_its_outcome() -> None:
+    groups: list[list[int]] = []
+
+    def run(items: list[int]) -> list[object]:
+        groups.append(list(items))
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+    group = GroupCommit(run, "test-group")
+
+    async def main() -> list[object]:
+        futures = [group.submit_async(i) for i in range(6)]       # one turn: no await in between
+        assert "test-group" not in {t.name for t in threading.enumerate()}   # nothing handed over yet
+        await asyncio.sleep(0)
+        futures.append(group.submit_async(6))                     # the next turn
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert [o if not isinstance(o, ValueError) else str(o) for o in outcomes] == \
+        [0, "odd 1", 20, "odd 3", 40, "odd 5", 60]
+    assert groups[0] == [0, 1, 2, 3, 4, 5]                    # handed over at once, not one by one
+    assert [i for g in groups for i in g] == list(range(7))   # in the order submitted
+    group.close()
+
+
+def test_a_turn_handed_over_after_close_fails_with_store_unavailable() -> None:
+    group = GroupCommit(lambda items: [None] * len(items), "test-group")
+    followed: list[BaseException | None] = []
+
+    async def main() -> None:
+        future = group.submit_async("late", followed.append)
+        group.close()                                         # before the loop's turn ends
+        with pytest.raises(StoreUnavailable):
+            await future
+
+    asyncio.run(main())
+    assert len(followed) == 1 and isinstance(followed[0], StoreUnavailable)   # a cache following it drops it
