@@ -475,3 +475,37 @@ def test_redis_that_lost_its_scripts_is_given_them_again(tmp_path) -> None:
     finally:
         store.clear()
         store.close()
+
+
+def test_reads_made_in_one_turn_of_the_loop_each_get_their_own_context(store: ProfileStore) -> None:
+    """The service's reads of one loop turn are made together (SQLite: one statement at the end of
+    the turn; Redis: one pipeline); each must still get exactly what it would have read alone."""
+    import asyncio
+
+    store.commit(change("a1", user="alice", at=AT - 60, success=False, learned={"ip": IP, "country": "SE"}))
+    store.commit(change("b1", user="bob", ip="198.51.100.1", at=AT - 30, learned={"ip": "198.51.100.1"}))
+    reads = [(IP, AT, {"ip": IP, "country": "NO"}), ("198.51.100.1", AT, {}), ("192.0.2.99", AT, {"os": "Plan 9"}),
+             (IP, AT - 61, {"country": "SE", "browser": "Lynx"}), ("198.51.100.1", AT, {"ip": "198.51.100.1"})]
+
+    async def one_turn() -> list[Any]:
+        return await asyncio.gather(*(store.context_async(ip, at, values) for ip, at, values in reads))
+
+    together = asyncio.run(one_turn())
+    assert together == [store.context(ip, at, values) for ip, at, values in reads]
+    assert [(a.failures, a.distinct_users) for a, _ in together] == [(1, 1), (0, 1), (0, 0), (0, 0), (0, 1)]
+    assert (together[0][1]["country"].count, together[0][1]["country"].distinct) == (0, 1)
+    assert together[3][1]["country"].count == 1 and together[0][1]["ip"].count == 1
+    assert together[2][1]["os"].count == 0 and together[1][1] == {}
+
+
+def test_fractional_timestamps_are_kept_exactly(store: ProfileStore) -> None:
+    """Times go to SQLite inside JSON: each must come back as the same double, and the hour's
+    window must end exactly at the event, to the microsecond."""
+    at = AT + 0.123457
+    store.commit(change("f1", user="alice", at=at - 3600, success=False))         # exactly an hour: out
+    store.commit(change("f2", user="bob", at=at - 3599.999999, success=False))    # a microsecond inside
+    store.commit(change("f3", user="carol", at=at, success=False))                # at the event: in
+    store.commit(change("f4", user="dave", at=at + 0.000001, success=False))      # a microsecond after: out
+    assert store.ip_activity(IP, at).failures == 2
+    stored = {e.event_id: e.at for e in store.labelled_events()}
+    assert stored == {"f1": at - 3600, "f2": at - 3599.999999, "f3": at, "f4": at + 0.000001}

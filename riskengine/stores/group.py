@@ -40,7 +40,7 @@ def done(outcome: BaseException | None = None) -> Future:
 def done_async(outcome: Any = None) -> asyncio.Future:
     """An already resolved future (a result, or an exception raised on await) on the running loop."""
     future = asyncio.get_running_loop().create_future()
-    _resolve([(future, outcome)])
+    resolve([(future, outcome)])
     return future
 
 
@@ -57,6 +57,26 @@ def run_inline(commit: Callable[[Any], None], item: Any, follow: Follow | None,
     return outcome
 
 
+class LoopTurns:
+    """Collects what a turn of an asyncio event loop adds and passes it, in order, to
+    ``hand_over`` once, at the end of that turn: one hand-off for everything the turn produced.
+    Each running loop has its own turn (a loop only ever touches its own)."""
+
+    def __init__(self, hand_over: Callable[[list[Any]], None]) -> None:
+        self._hand_over = hand_over
+        self._turns: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+
+    def add(self, loop: asyncio.AbstractEventLoop, entry: Any) -> None:
+        turn = self._turns.get(loop)
+        if turn is None:
+            turn = self._turns[loop] = []
+            loop.call_soon(self._end, loop)
+        turn.append(entry)
+
+    def _end(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._hand_over(self._turns.pop(loop))
+
+
 class GroupCommit:
     """A writer thread running ``run(group)``; an exception from ``run`` itself (the transaction
     failed) goes to every caller of that group."""
@@ -67,8 +87,7 @@ class GroupCommit:
         self._ready = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._closed = False
-        #: per running loop: what it submitted in its current turn (each loop touches only its own)
-        self._turns: dict[asyncio.AbstractEventLoop, list[tuple[Any, Follow | None, asyncio.Future]]] = {}
+        self._turns = LoopTurns(self._hand_over)
 
     def submit(self, item: Any, follow: Follow | None = None) -> Future:
         future: Future = Future()
@@ -81,15 +100,10 @@ class GroupCommit:
         groups): waking the thread for each item cost a GIL hand-off each."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        turn = self._turns.get(loop)
-        if turn is None:
-            turn = self._turns[loop] = []
-            loop.call_soon(self._hand_over, loop)
-        turn.append((item, follow, future))
+        self._turns.add(loop, (item, follow, future))
         return future
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        turn = self._turns.pop(loop)
+    def _hand_over(self, turn: list[tuple[Any, Follow | None, asyncio.Future]]) -> None:
         try:
             self._put(turn)
         except StoreUnavailable as closed:
@@ -148,12 +162,13 @@ def _settle(group: list[tuple[Any, Follow | None, Future | asyncio.Future]], out
             by_loop.setdefault(future.get_loop(), []).append((future, outcome))
     for loop, settled in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_resolve, settled)
+            loop.call_soon_threadsafe(resolve, settled)
         except RuntimeError:                  # the loop has closed: nobody is waiting any more
             pass
 
 
-def _resolve(settled: list[tuple[asyncio.Future, Any]]) -> None:
+def resolve(settled: list[tuple[asyncio.Future, Any]]) -> None:
+    """On the futures' loop: each gets its outcome, a result or an exception to raise on await."""
     for future, outcome in settled:
         if future.cancelled():                # its request was abandoned (client gone, deadline)
             continue

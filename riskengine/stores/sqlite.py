@@ -24,7 +24,7 @@ from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, 
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
-from riskengine.stores.group import GroupCommit
+from riskengine.stores.group import GroupCommit, LoopTurns, resolve
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL);
@@ -52,6 +52,33 @@ CREATE TRIGGER IF NOT EXISTS global_totals_on_more AFTER UPDATE OF count ON glob
     UPDATE global_totals SET total=total+NEW.count-OLD.count WHERE attribute=NEW.attribute;
 END;
 """
+
+# A group's rows go in as one JSON parameter per table, one statement each, and reads come back as
+# one row: SQLite releases the GIL once per step, and an executemany steps once per row (taking the
+# GIL back each time from a busy event loop was most of the cost). JSON numbers parse back to the
+# same doubles (tested).
+_CHECK = ("SELECT (SELECT json_group_array(json_array(user_id, version)) FROM profiles"
+          "         WHERE user_id IN (SELECT value FROM json_each(?1))),"
+          "       (SELECT json_group_array(event_id) FROM events WHERE event_id IN (SELECT value FROM json_each(?2)))")
+_PUT_PROFILES = ("INSERT INTO profiles SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true"
+                 " ON CONFLICT(user_id) DO UPDATE SET version=excluded.version, data=excluded.data")
+_ADD_COUNTS = ("INSERT INTO global_counts SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true"
+               " ON CONFLICT(attribute, value) DO UPDATE SET count=count+excluded.count")
+_PUT_IP_EVENTS = "INSERT INTO ip_events SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)"
+_PUT_EVENTS = ("INSERT INTO events SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,"
+               " NULL FROM json_each(?)")
+_PUT_AUDIT = "INSERT INTO audit SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)"
+# Per read (in ?1: ip, after, until) failures and distinct users, per (attribute, value) in ?2 its
+# count, then every attribute's totals; each part one JSON value, in the order given.
+_CONTEXT = """
+SELECT
+  (SELECT json_group_array(json((SELECT json_array(COALESCE(SUM(success = 0), 0), COUNT(DISTINCT user_key))
+                                 FROM ip_events WHERE ip = r.value ->> 0 AND at > r.value ->> 1 AND at <= r.value ->> 2)))
+   FROM json_each(?1) AS r),
+  (SELECT json_group_array(COALESCE(c.count, 0))
+   FROM json_each(?2) AS q LEFT JOIN global_counts AS c ON c.attribute = q.value ->> 0 AND c.value = q.value ->> 1),
+  (SELECT json_group_object(attribute, json_array(total, distinct_values)) FROM global_totals)
+"""
 _PRUNE_EVERY = 512
 _MMAP_BYTES = 256 << 20
 _CHECKPOINT_PAGES = 8000        # WAL up to ~32 MB between checkpoints (SQLite's default: 1000 pages)
@@ -72,7 +99,7 @@ class SQLiteStore:
         self._commits = 0
         self._db().executescript(_SCHEMA)     # executescript manages its own transaction
         self._group = GroupCommit(self._commit_group, f"riskengine-sqlite-{self.path.name}", _GROUP_MAX)
-        self._reads = GroupCommit(self._read_group, f"riskengine-sqlite-reads-{self.path.name}", _GROUP_MAX)
+        self._reads = LoopTurns(self._read_turn)
 
     # -- connection handling ----------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -103,32 +130,46 @@ class SQLiteStore:
         return profile
 
     def ip_activity(self, ip: str, at: float) -> IpActivity:
-        failures, users = self._db().execute(
-            "SELECT COALESCE(SUM(success=0),0), COUNT(DISTINCT user_key) FROM ip_events "
-            "WHERE ip=? AND at>? AND at<=?", (ip, at - IP_WINDOW_S, at)).fetchone()
-        return IpActivity(int(failures), int(users))
-
-    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
-        return self.ip_activity(ip, at), self.global_counts(values)
-
-    def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
-        """``context`` from the event loop, read on the reader thread: the loop never hands the GIL
-        over in the middle of a request (each SQLite call releases it)."""
-        return self._reads.submit_async((ip, at, values))
-
-    def _read_group(self, reads: list[tuple[str, float, dict[str, str]]]) -> list[Any]:
-        return [self.context(ip, at, values) for ip, at, values in reads]
+        return self.context(ip, at, {})[0]
 
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
-        if not values:
-            return {}
-        db = self._db()
-        totals = {a: (t, d) for a, t, d in db.execute("SELECT attribute, total, distinct_values FROM global_totals")}
-        pairs = [item for pair in values.items() for item in pair]
-        found = {(a, v): c for a, v, c in db.execute(     # one statement; each arm uses the primary key
-            " UNION ALL ".join(["SELECT attribute, value, count FROM global_counts WHERE attribute=? AND value=?"]
-                               * len(values)), pairs)}
-        return {a: GlobalCount(found.get((a, v), 0.0), *totals.get(a, (0.0, 0.0))) for a, v in values.items()}
+        return self.context("", 0.0, values)[1] if values else {}
+
+    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
+        return self._read_group([(ip, at, values)])[0]
+
+    def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
+        """``context`` on the event loop, read with every other event's of this turn of the loop
+        in one statement at its end (``_read_turn``)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._reads.add(loop, ((ip, at, values), future))
+        return future
+
+    def _read_turn(self, turn: list[tuple[tuple[str, float, dict[str, str]], asyncio.Future]]) -> None:
+        """On the loop, not on a reader thread: one statement is one release of the GIL, and taking
+        it back from a busy loop cost a reader thread more than the read itself."""
+        try:
+            outcomes: list[Any] = self._read_group([read for read, _ in turn])
+        except sqlite3.Error as exc:
+            outcomes = [StoreUnavailable(f"SQLite read failed: {exc}")] * len(turn)
+        except StoreUnavailable as exc:
+            outcomes = [exc] * len(turn)
+        resolve([(future, outcome) for (_, future), outcome in zip(turn, outcomes)])
+
+    def _read_group(self, reads: list[tuple[str, float, dict[str, str]]]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
+        """Each read's per-IP activity and counts from one statement and one row (``_CONTEXT``)."""
+        pairs = [(k, a, v) for k, (_, _, values) in enumerate(reads) for a, v in values.items()]
+        activity, counts, totals = self._db().execute(_CONTEXT, (
+            dumps([(ip, at - IP_WINDOW_S, at) for ip, at, _ in reads]),
+            dumps([(a, v) for _, a, v in pairs]))).fetchone()
+        context: list[tuple[IpActivity, dict[str, GlobalCount]]] = [
+            (IpActivity(int(failures), int(users)), {}) for failures, users in json.loads(activity)]
+        totals = json.loads(totals)
+        for (k, attribute, _), count in zip(pairs, json.loads(counts)):
+            total, distinct = totals.get(attribute, (0.0, 0.0))
+            context[k][1][attribute] = GlobalCount(float(count), float(total), float(distinct))
+        return context
 
     def find_event(self, event_id: str) -> StoredEvent | None:
         row = self._db().execute("SELECT event_id, user_id, at, request, decision, features, outcome "
@@ -198,18 +239,12 @@ class SQLiteStore:
             for c in accepted:
                 if c.profile is not None:
                     c.profile.version = c.expected_version + 1
-            new = [(c.user_id, c.expected_version + 1, c.profile.to_json()) for c in accepted
-                   if c.profile is not None and c.expected_version == 0]
-            moved = [(c.expected_version + 1, c.profile.to_json(), c.user_id, c.expected_version) for c in accepted
-                     if c.profile is not None and c.expected_version != 0]
-            db.executemany("INSERT INTO profiles VALUES (?, ?, ?)", new)
-            db.executemany("UPDATE profiles SET version=?, data=? WHERE user_id=? AND version=?", moved)
+            db.execute(_PUT_PROFILES, (dumps([(c.user_id, c.profile.version, c.profile.to_json())
+                                              for c in accepted if c.profile is not None]),))
             self._count(db, [item for c in accepted if c.profile is not None for item in c.learned_values.items()])
-            db.executemany("INSERT INTO ip_events VALUES (?, ?, ?, ?)",
-                           [(c.ip, c.user_key, c.at, int(c.success)) for c in accepted])
-            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                           [(e.event_id, e.user_id, e.at, dumps(e.request), dumps(e.decision), dumps(e.features))
-                            for c in accepted if (e := c.event) is not None])
+            db.execute(_PUT_IP_EVENTS, (dumps([(c.ip, c.user_key, c.at, int(c.success)) for c in accepted]),))
+            db.execute(_PUT_EVENTS, (dumps([(e.event_id, e.user_id, e.at, dumps(e.request), dumps(e.decision),
+                                             dumps(e.features)) for c in accepted if (e := c.event) is not None]),))
             self._append_many(db, [c.audit for c in accepted if c.audit is not None])
             before, self._commits = self._commits, self._commits + len(accepted)
             if accepted and before // _PRUNE_EVERY != self._commits // _PRUNE_EVERY:
@@ -221,11 +256,10 @@ class SQLiteStore:
         """Conflict where the profile is no longer at the version the decision read,
         DuplicateEvent where the event id is recorded (or comes twice in the group)."""
         users = list({c.user_id for c in changes})
-        versions = dict(db.execute(f"SELECT user_id, version FROM profiles WHERE user_id IN "
-                                   f"({','.join('?' * len(users))})", users).fetchall())
         ids = [c.event.event_id for c in changes if c.event is not None]
-        seen = {row[0] for row in db.execute(f"SELECT event_id FROM events WHERE event_id IN "
-                                             f"({','.join('?' * len(ids))})", ids)} if ids else set()
+        found, recorded = db.execute(_CHECK, (dumps(users), dumps(ids))).fetchone()
+        versions: dict[str, int] = dict(json.loads(found))
+        seen: set[str] = set(json.loads(recorded))
         outcomes: list[BaseException | None] = []
         for c in changes:
             if versions.get(c.user_id, 0) != c.expected_version:
@@ -283,9 +317,7 @@ class SQLiteStore:
     def _count(db: sqlite3.Connection, pairs: Iterable[tuple[str, str]]) -> None:
         """(attribute, value) pairs seen once more each, a group's repeats added up first (the same
         country, browser or OS comes many times in one group); the totals follow by trigger."""
-        db.executemany("INSERT INTO global_counts VALUES (?, ?, ?) ON CONFLICT(attribute, value) "
-                       "DO UPDATE SET count=count+excluded.count",
-                       [(attribute, value, n) for (attribute, value), n in Counter(pairs).items()])
+        db.execute(_ADD_COUNTS, (dumps([(attribute, value, n) for (attribute, value), n in Counter(pairs).items()]),))
 
     def _append(self, db: sqlite3.Connection, body: dict[str, Any]) -> None:
         self._append_many(db, [body])
@@ -307,7 +339,7 @@ class SQLiteStore:
             digest = seal(prev, sealed, self.audit_key)
             rows.append((self.chain, seq, canonical(sealed), prev, digest))
             prev = digest
-        db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", rows)
+        db.execute(_PUT_AUDIT, (dumps(rows),))
         self._anchor(db, Anchor.make(HEAD, self.chain, seq, prev, self.audit_key))
 
     @staticmethod
@@ -341,7 +373,6 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._group.close()
-        self._reads.close()
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
