@@ -5,6 +5,7 @@ Same probabilities as sklearn; ``UnsupportedModel`` for anything it cannot repro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -54,6 +55,7 @@ class _Forest:
     tree_starts: np.ndarray  # first split of each tree (a leaf-only tree gets a no-op split)
     padded: tuple[np.ndarray, np.ndarray, np.ndarray]  # the 3 above as (tree, split) for batches
     leaf_offset: np.ndarray  # first leaf of each tree in leaf_value
+    exponent_offset: np.ndarray  # leaf_offset - 1023: a power of two's exponent bits -> its leaf
     leaf_value: np.ndarray  # leaves left to right, learning rate already applied by sklearn
     member_starts: np.ndarray  # first tree of each member
     baseline: np.ndarray  # per member: HGB's baseline_prediction
@@ -74,14 +76,15 @@ class CompiledModel:
         self._steps = steps  # Pipeline preprocessing, applied to the row in order
         self._forest = forest
         self._calibrators = calibrators  # per member: raw log-odds -> P(class 1)
+        self._scalar_calibrators = [_scalar(c) for c in calibrators]  # the same on a Python float
 
     def predict_proba_one(self, row: Sequence[float]) -> float:
         """P(class 1) for one row in training column order; NaN means missing."""
-        return float(self._proba(self._raw_members(self._leaves(self._rows(row, ndim=1)))))
+        return self._proba_one(self._leaves_one(row))
 
     def raw_one(self, row: Sequence[float]) -> float:
         """HGB raw log-odds (baseline + sum of leaves); for several members, their mean."""
-        return float(self._raw_members(self._leaves(self._rows(row, ndim=1))).mean())
+        return float(self._raw_members(self._leaves_one(row)).mean())
 
     def contributions_one(self, row: Sequence[float]) -> tuple[float, list[float]]:
         """(bias, per-feature credit) on the raw scale: bias + sum(credit) == raw_one(row).
@@ -91,14 +94,12 @@ class CompiledModel:
         shrunk leaves, so an internal node's value is derived as the count-weighted mean of its
         children's (``count`` = training rows). Several calibrated members: their mean.
         """
-        leaves = self._leaves(self._rows(row, ndim=1))
-        return self._forest.bias, self._forest.leaf_contributions[leaves].sum(axis=0).tolist()
+        return self._forest.bias, self._credits(self._leaves_one(row))
 
     def score_one(self, row: Sequence[float]) -> tuple[float, list[float]]:
         """``predict_proba_one`` and ``contributions_one``'s credits from one pass over the trees."""
-        leaves = self._leaves(self._rows(row, ndim=1))
-        return (float(self._proba(self._raw_members(leaves))),
-                self._forest.leaf_contributions[leaves].sum(axis=0).tolist())
+        leaves = self._leaves_one(row)
+        return self._proba_one(leaves), self._credits(leaves)
 
     def predict_proba(self, X) -> np.ndarray:
         """Batch (n, 2) probabilities, like sklearn's, for training and evaluation."""
@@ -120,17 +121,37 @@ class CompiledModel:
         return np.concatenate((np.fmax(capped, -np.inf), np.fmin(capped, np.inf)), axis=-1)
 
     def _leaves(self, xx: np.ndarray) -> np.ndarray:
-        """Index into leaf_value of the leaf each tree sends each doubled row to."""
+        """Index into leaf_value of the leaf each tree sends each doubled row to (a batch)."""
         f = self._forest
-        if xx.ndim == 1:  # flat + reduceat: fastest for one row
-            goes_right = xx[f.feature] > f.threshold
-            removed = np.bitwise_or.reduceat(f.left_leaves * goes_right, f.tree_starts)
-        else:  # padded + reduce: reduceat on 2-D is ~15x slower
-            feature, threshold, left_leaves = f.padded
-            goes_right = xx[:, feature] > threshold
-            removed = np.bitwise_or.reduce(left_leaves * goes_right, axis=-1)
+        feature, threshold, left_leaves = f.padded  # padded + reduce: reduceat on 2-D is ~15x slower
+        removed = np.bitwise_or.reduce(left_leaves * (xx[:, feature] > threshold), axis=-1)
         lowest_kept = ~removed & (removed + 1)
         return f.leaf_offset + (np.frexp(lowest_kept.astype(np.float64))[1] - 1)  # its bit index
+
+    def _leaves_one(self, row: Sequence[float]) -> np.ndarray:
+        """``_leaves`` of one row, in as few numpy calls as it takes (each costs ~1 µs): the flat
+        splits with reduceat; NaN left as is in the first half (NaN > t is False: left) and made
+        +inf in the second (fmin ignores NaN); the leaf's bit index read off the exponent of the
+        lowest kept bit as a double."""
+        x = np.array(row, dtype=np.float64)
+        if x.shape != (self.n_features,):
+            raise ValueError(f"expected a row of {self.n_features} features in training column order, "
+                             f"got shape {x.shape}")
+        for step in self._steps:
+            x = step(x)
+        capped = np.minimum(x, _FMAX)
+        f = self._forest
+        goes_right = np.concatenate((capped, np.fmin(capped, np.inf)))[f.feature] > f.threshold
+        removed = np.bitwise_or.reduceat(f.left_leaves * goes_right, f.tree_starts)
+        lowest_kept = ~removed & (removed + 1)
+        return (lowest_kept.astype(np.float64).view(np.int64) >> 52) + f.exponent_offset
+
+    def _credits(self, leaves: np.ndarray) -> list[float]:
+        return np.add.reduce(self._forest.leaf_contributions.take(leaves, axis=0), axis=0).tolist()
+
+    def _proba_one(self, leaves: np.ndarray) -> float:
+        raw = self._raw_members(leaves).tolist()
+        return sum(min(cal(r), 1.0) for cal, r in zip(self._scalar_calibrators, raw)) / len(raw)
 
     def _raw_members(self, leaves: np.ndarray) -> np.ndarray:
         f = self._forest
@@ -234,6 +255,26 @@ def _sigmoid(raw: np.ndarray, a: float, b: float) -> np.ndarray:
     return expit(-(a * raw + b))  # _SigmoidCalibration.predict, same expression
 
 
+def _scalar(calibrator: _Transform) -> Callable[[float], float]:
+    """A calibrator for one raw value: numpy's per-call cost is most of a scalar's time."""
+    if isinstance(calibrator, partial) and calibrator.func is _sigmoid:
+        return partial(_sigmoid_one, a=float(calibrator.keywords["a"]), b=float(calibrator.keywords["b"]))
+    return partial(_on_float, calibrator)   # partials, not lambdas: a CompiledModel stays picklable
+
+
+def _on_float(calibrator: _Transform, raw: float) -> float:
+    return float(calibrator(np.float64(raw)))
+
+
+def _sigmoid_one(raw: float, a: float, b: float) -> float:
+    """``_sigmoid`` on a float: scipy's expit, without overflow either side."""
+    z = -(a * raw + b)
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
 def _standardize(X: np.ndarray, mean: np.ndarray | float, scale: np.ndarray | float) -> np.ndarray:
     return (X - mean) / scale  # StandardScaler's arithmetic: X -= mean_; X /= scale_
 
@@ -255,6 +296,7 @@ def _pack(hgbs: list[HistGradientBoostingClassifier], n_features: int) -> _Fores
     if max(len(t["leaf_value"]) for t in trees) <= 32:  # the default max_leaf_nodes=31
         padded = (padded[0], padded[1], padded[2].astype(np.uint32))  # ~20% faster bit ops
     member_starts = np.cumsum([0] + n_trees[:-1])
+    leaf_offset = np.cumsum([0] + [len(t["leaf_value"]) for t in trees[:-1]])
     baseline = np.array([float(np.ravel(h._baseline_prediction)[0]) for h in hgbs])
     roots = np.add.reduceat([t["root_value"] for t in trees], member_starts)
     return _Forest(
@@ -263,7 +305,8 @@ def _pack(hgbs: list[HistGradientBoostingClassifier], n_features: int) -> _Fores
         left_leaves=np.concatenate([t["left_leaves"] for t in trees]).astype(padded[2].dtype),
         tree_starts=np.cumsum([0] + splits[:-1]),
         padded=padded,
-        leaf_offset=np.cumsum([0] + [len(t["leaf_value"]) for t in trees[:-1]]),
+        leaf_offset=leaf_offset,
+        exponent_offset=leaf_offset - 1023,
         leaf_value=np.concatenate([t["leaf_value"] for t in trees]),
         member_starts=member_starts,
         baseline=baseline,

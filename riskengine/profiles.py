@@ -86,6 +86,9 @@ class UserProfile:
     #: not stored: at most the oldest ``last_at`` in the maps (None: unknown), so pruning skips
     #: the maps while nothing in them can be past the retention window
     oldest_seen_at: float | None = field(default=None, compare=False, repr=False)
+    #: not stored: each Freeman map's count sum, kept up to date by the updates below once
+    #: ``total`` has summed them (None: not yet), instead of summed again for every event
+    freeman_totals: dict[str, float] | None = field(default=None, compare=False, repr=False)
 
     # -- persistence -------------------------------------------------------
     def to_json(self, version: int | None = None) -> str:
@@ -110,6 +113,8 @@ class UserProfile:
         clone.hours = list(self.hours)
         clone.failures = list(self.failures)
         clone.trusted = dict(self.trusted)
+        if self.freeman_totals is not None:
+            clone.freeman_totals = dict(self.freeman_totals)
         return clone
 
     # -- reads used by the features ---------------------------------------
@@ -119,7 +124,12 @@ class UserProfile:
         return entry[0] if entry else 0.0
 
     def total(self, attribute: str) -> float:
-        return sum(entry[0] for entry in getattr(self, _FREEMAN_FIELDS[attribute]).values())
+        """How many values of a Freeman attribute were seen in all (the map's counts summed)."""
+        totals = self.freeman_totals
+        if totals is None:
+            totals = self.freeman_totals = {name: sum(entry[0] for entry in getattr(self, name).values())
+                                            for name in _FREEMAN_FIELDS.values()}
+        return totals[_FREEMAN_FIELDS[attribute]]
 
     def devices_since(self, since: float) -> int:
         return sum(1 for _, last in self.devices.values() if last >= since)
@@ -136,19 +146,25 @@ class UserProfile:
         return at is not None and at >= since
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(UserProfile) if f.name != "oldest_seen_at")
+_FIELD_NAMES = tuple(f.name for f in fields(UserProfile) if f.name not in ("oldest_seen_at", "freeman_totals"))
 _KNOWN = frozenset(_FIELD_NAMES)
 
 
 # -- updates: each returns a new profile -------------------------------------
 
-def _bump(table: dict[str, list[float]], key: str | None, at: float, cap: int) -> None:
+def _bump(profile: UserProfile, name: str, key: str | None, at: float) -> None:
+    """One more sighting of ``key`` in the map ``name``; past its cap the least recently seen goes."""
     if not key:
         return
+    table, totals = getattr(profile, name), profile.freeman_totals
     count = table[key][0] if key in table else 0.0
     table[key] = [count + 1, at]
-    if len(table) > cap:
+    if totals is not None and name in totals:
+        totals[name] += 1
+    if len(table) > CAPS[name]:
         oldest = min(table, key=lambda k: table[k][1])
+        if totals is not None and name in totals:
+            totals[name] -= table[oldest][0]
         del table[oldest]
 
 
@@ -156,10 +172,12 @@ def _prune(profile: UserProfile, now: float, retention_s: float) -> None:
     """Forget what is older than the retention window, measured in event time."""
     horizon = now - retention_s
     if profile.oldest_seen_at is None or profile.oldest_seen_at < horizon:
-        oldest = math.inf
+        oldest, totals = math.inf, profile.freeman_totals
         for name in CAPS:
             table = getattr(profile, name)
             for key in [k for k, (_, last) in table.items() if last < horizon]:
+                if totals is not None and name in totals:
+                    totals[name] -= table[key][0]
                 del table[key]
             oldest = min(oldest, min((last for _, last in table.values()), default=math.inf))
         profile.oldest_seen_at = oldest
@@ -178,14 +196,14 @@ def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float) -
     new.first_at = at if new.first_at is None else min(new.first_at, at)
     new.last_at = at if new.last_at is None else max(new.last_at, at)
     for attribute, value in attribute_values(enriched).items():
-        _bump(getattr(new, _FREEMAN_FIELDS[attribute]), value, at, CAPS[_FREEMAN_FIELDS[attribute]])
-    _bump(new.cities, place_key(enriched) if geo.city else None, at, CAPS["cities"])
-    _bump(new.devices, event.device_id, at, CAPS["devices"])
+        _bump(new, _FREEMAN_FIELDS[attribute], value, at)
+    _bump(new, "cities", place_key(enriched) if geo.city else None, at)
+    _bump(new, "devices", event.device_id, at)
     if event.action == "login":
         new.logins += 1
         new.hours[event.timestamp.hour] += 1
     if event.payee_id and event.action in ("payment", "add_payee"):
-        _bump(new.payees, event.payee_id, at, CAPS["payees"])
+        _bump(new, "payees", event.payee_id, at)
     if event.amount is not None and event.amount > 0:
         x = math.log1p(event.amount)
         new.amount_n += 1

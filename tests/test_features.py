@@ -170,3 +170,32 @@ def test_geo_lookups_give_what_geoip2s_city_model_gives():
             city.country.iso_code is not None, city.country.iso_code, city.city.name, city.location.latitude,
             city.location.longitude, float(city.location.accuracy_radius or 0)), ip
     assert listed > 1500                                  # most public addresses are in the file
+
+
+def test_the_kept_totals_equal_the_counts_summed_through_caps_and_pruning(enricher):
+    """``total`` keeps each Freeman map's sum up to date instead of summing it per event; through
+    eviction at the caps, retention pruning, failures and a reload it must equal the sum."""
+    ips = [OSLO_IP, BOMLO_IP, SYDNEY_IP, US_IP] + [f"198.51.100.{i}" for i in range(80)]
+    uas = [SAFARI_IPHONE, "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"]
+
+    def summed(p, attribute):
+        return sum(count for count, _ in getattr(p, profiles._FREEMAN_FIELDS[attribute]).values())
+
+    profile = profiles.UserProfile("alice")
+    profile.total("ip")                                            # kept from here on
+    largest, pruned = 0, False
+    for i in range(260):
+        at = T0 + timedelta(hours=7 * i, days=200 * (i // 100))      # twice a gap of 200 days
+        e = event(i, ip=ips[(i * 5) % len(ips)], ua=uas[i % 2], at=at)
+        if i % 9 == 4:
+            profile = profiles.failed(profile, enricher.enrich(event(i, success=False, at=at)), RETENTION)
+        else:
+            profile = profiles.learned(profile, enricher.enrich(e), RETENTION)
+        if i % 50 == 49:
+            profile = profiles.UserProfile.from_json(profile.to_json())   # a reload starts unknown
+        for attribute in profiles.FREEMAN_ATTRIBUTES:
+            assert profile.total(attribute) == summed(profile, attribute), (i, attribute)
+        largest = max(largest, len(profile.ips))
+        pruned = pruned or len(profile.ips) < largest
+    assert largest == profiles.CAPS["ips"] and pruned              # evicted at the cap, and pruned
+    assert "freeman_totals" not in profile.to_json()
