@@ -113,3 +113,61 @@ def test_a_turn_handed_over_after_close_fails_with_store_unavailable() -> None:
 
     asyncio.run(main())
     assert len(followed) == 1 and isinstance(followed[0], StoreUnavailable)   # a cache following it drops it
+
+
+def test_a_loop_turns_group_runs_on_the_loop_when_it_can_and_on_the_thread_when_it_cannot() -> None:
+    ran: list[tuple[str, list[int]]] = []
+
+    def on_loop(items: list[int]) -> list[object] | None:
+        if 13 in items:
+            return None                                       # cannot now (busy lock, slow disk)
+        ran.append((threading.current_thread().name, list(items)))
+        return [i * 2 for i in items]
+
+    def run(items: list[int]) -> list[object]:
+        ran.append((threading.current_thread().name, list(items)))
+        return [i * 3 for i in items]
+
+    group = GroupCommit(run, "test-group", on_loop=on_loop)
+
+    async def main() -> list[object]:
+        first = await asyncio.gather(*(group.submit_async(i) for i in (1, 2)))
+        second = await asyncio.gather(*(group.submit_async(i) for i in (13, 4)))
+        return [*first, *second]
+
+    assert asyncio.run(main()) == [2, 4, 39, 12]
+    assert ran == [("MainThread", [1, 2]), ("test-group", [13, 4])]
+    group.close()
+
+
+def test_turns_wait_while_the_thread_has_a_group_and_then_run_as_one_after_it() -> None:
+    """Never overtaken: a user's next event must commit after the one before."""
+    release, ran = threading.Event(), []
+
+    def on_loop(items: list[str]) -> list[object] | None:
+        if items == ["slow"]:
+            return None
+        ran.append(list(items))
+        return [None] * len(items)
+
+    def run(items: list[str]) -> list[object]:
+        assert release.wait(10)
+        ran.append(list(items))
+        return [None] * len(items)
+
+    group = GroupCommit(run, "test-group", on_loop=on_loop)
+
+    async def main() -> None:
+        slow = group.submit_async("slow")
+        await asyncio.sleep(0.05)                             # on the thread, waiting
+        later = [group.submit_async("a"), group.submit_async("b")]
+        await asyncio.sleep(0.05)
+        last = group.submit_async("c")                        # another turn, also held
+        await asyncio.sleep(0.05)
+        assert ran == [] and not slow.done() and not any(f.done() for f in later)
+        release.set()
+        await asyncio.gather(slow, *later, last)
+
+    asyncio.run(main())
+    assert ran == [["slow"], ["a", "b", "c"]]
+    group.close()

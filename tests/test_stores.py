@@ -509,3 +509,34 @@ def test_fractional_timestamps_are_kept_exactly(store: ProfileStore) -> None:
     assert store.ip_activity(IP, at).failures == 2
     stored = {e.event_id: e.at for e in store.labelled_events()}
     assert stored == {"f1": at - 3600, "f2": at - 3599.999999, "f3": at, "f4": at + 0.000001}
+
+
+def test_sqlite_commits_on_the_loop_never_wait_there_for_another_writers_lock(tmp_path) -> None:
+    """Commits run on the event loop when they can; while another process holds the write lock
+    the group waits on the writer thread instead, and the loop goes on serving."""
+    import asyncio
+
+    store = open_store(f"sqlite:///{tmp_path}/profiles.db", audit_key=AUDIT_KEY)
+    other = sqlite3.connect(tmp_path / "profiles.db", isolation_level=None)
+    try:
+        async def main() -> int:
+            await store.submit_async(change("l0"))                   # the lock is free: on the loop
+            other.execute("BEGIN IMMEDIATE")                         # another process is writing
+            committed = store.submit_async(change("l1", version=1))
+            ticks, started = 0, time.monotonic()
+            while time.monotonic() - started < 0.3:
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert not committed.done()                              # not durable: not answered
+            other.execute("ROLLBACK")
+            await asyncio.wait_for(committed, 10)
+            return ticks
+
+        assert asyncio.run(main()) >= 15                             # the loop was never stuck
+        assert {e.event_id for e in store.labelled_events()} == {"l0", "l1"}
+        assert store.get("alice").version == 2
+        rows = list(store.audit_rows())
+        assert len(rows) == 2 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+    finally:
+        other.close()
+        store.close()

@@ -81,9 +81,15 @@ class GroupCommit:
     """A writer thread running ``run(group)``; an exception from ``run`` itself (the transaction
     failed) goes to every caller of that group."""
 
-    def __init__(self, run: GroupRun, name: str, max_group: int = 64) -> None:
-        self._run, self._name, self._max = run, name, max_group
+    def __init__(self, run: GroupRun, name: str, max_group: int = 64,
+                 on_loop: Callable[[list[Any]], list[Any] | None] | None = None) -> None:
+        """``on_loop(group)``: run a loop turn's group right there instead, if it can be done without
+        waiting (it answers None when it cannot, and the thread takes the group)."""
+        self._run, self._name, self._max, self._on_loop = run, name, max_group, on_loop
         self._queue: list[tuple[Any, Follow | None, Future | asyncio.Future]] = []
+        self._running = False                 # the thread is in the middle of a group
+        self._held: list[tuple[Any, Follow | None, asyncio.Future]] = []   # loop turns waiting for it
+        self._held_loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -104,6 +110,17 @@ class GroupCommit:
         return future
 
     def _hand_over(self, turn: list[tuple[Any, Follow | None, asyncio.Future]]) -> None:
+        if self._on_loop is not None and not self._closed:
+            if self._hold(turn):
+                return
+            if len(turn) <= self._max:
+                try:
+                    outcomes = self._on_loop([item for item, _, _ in turn])
+                except BaseException as failed:   # noqa: BLE001 - handed to each caller, who raises it
+                    outcomes = [failed] * len(turn)
+                if outcomes is not None:
+                    _settle(turn, outcomes)
+                    return
         try:
             self._put(turn)
         except StoreUnavailable as closed:
@@ -118,6 +135,24 @@ class GroupCommit:
                 self._thread.start()
             self._queue.extend(items)
             self._ready.notify()
+
+    def _hold(self, turn: list[tuple[Any, Follow | None, asyncio.Future]]) -> bool:
+        """While the thread has a group, a loop turn's waits for it (and is then run as one group
+        with the others held meanwhile), so that it can never overtake an earlier one."""
+        loop = asyncio.get_running_loop()
+        with self._ready:
+            if not (self._queue or self._running or self._held) or self._held_loop not in (None, loop):
+                return False
+            self._held.extend(turn)
+            self._held_loop = loop
+            return True
+
+    def _release(self) -> None:
+        """On the loop, once the thread is done: what was held while it ran, as one group."""
+        with self._ready:
+            held, self._held, self._held_loop = self._held, [], None
+        if held:
+            self._hand_over(held)
 
     def close(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -136,15 +171,25 @@ class GroupCommit:
                 if not self._queue:
                     return                    # closed and drained
                 group, self._queue = self._queue[: self._max], self._queue[self._max:]
+                self._running = True
             try:
                 outcomes = self._run([item for item, _, _ in group])
             except BaseException as failed:   # noqa: BLE001 - handed to each caller, who raises it
                 outcomes = [failed] * len(group)
             _settle(group, outcomes)
+            with self._ready:
+                self._running = bool(self._queue)
+                release = self._held_loop if not self._queue and self._held else None
+            if release is not None:
+                try:
+                    release.call_soon_threadsafe(self._release)
+                except RuntimeError:          # the loop has closed: nobody is waiting any more
+                    pass
 
 
 def _settle(group: list[tuple[Any, Follow | None, Future | asyncio.Future]], outcomes: list[Any]) -> None:
-    """Followers first (on this thread), then the callers: thread futures at once, each loop's in one call."""
+    """Followers first (on this thread), then the callers: thread futures at once, each loop's in
+    one call (on the loop itself too: the futures then resolve in its next turn)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
     for (_, follow, future), outcome in zip(group, outcomes):
         failed = outcome if isinstance(outcome, BaseException) else None
@@ -160,7 +205,14 @@ def _settle(group: list[tuple[Any, Follow | None, Future | asyncio.Future]], out
                 future.set_exception(failed)
         else:
             by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
     for loop, settled in by_loop.items():
+        if loop is running:                   # settled on the loop itself (``on_loop``)
+            resolve(settled)
+            continue
         try:
             loop.call_soon_threadsafe(resolve, settled)
         except RuntimeError:                  # the loop has closed: nobody is waiting any more
