@@ -174,7 +174,7 @@ class Engine:
         return self._decide(event, read, Context(*self.store.context(event.ip, event.ts, read.values)))
 
     async def _evaluate_async(self, event: Event) -> Scored:
-        """``evaluate`` with the store's context read awaited (SQLite, Redis: on their reader thread)."""
+        """``evaluate`` with the store's context read awaited (made with the rest of this loop turn's)."""
         read = self._read(event)
         return self._decide(event, read, Context(*await self.store.context_async(event.ip, event.ts, read.values)))
 
@@ -216,7 +216,7 @@ class Engine:
 
     async def score_async(self, event: Event, client: str = "local") -> Decision:
         """``score`` on an event loop (the service): the pure work runs here, with no thread hop per
-        request; the commit goes to the store's writer thread, in a group with others, and is awaited."""
+        request; the commit goes in a group with the rest of this loop turn's (group.py), and is awaited."""
         try:
             for attempt in range(_RETRIES):
                 scored, committed = await self._decide_in_turn(event, client)

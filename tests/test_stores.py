@@ -540,3 +540,33 @@ def test_sqlite_commits_on_the_loop_never_wait_there_for_another_writers_lock(tm
     finally:
         other.close()
         store.close()
+
+
+def test_redis_commits_on_the_loop_never_wait_there_for_a_thread_holding_the_chain(tmp_path) -> None:
+    """While a thread appends to this process's audit chain (feedback, erasure), a loop turn's
+    group goes to the writer thread, and the loop goes on serving."""
+    import asyncio
+
+    store = open_store(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:12]}:", audit_key=AUDIT_KEY)
+    try:
+        async def main() -> int:
+            await store.submit_async(change("r0"))                   # the chain is free: on the loop
+            assert store._audit_lock.acquire(timeout=5)              # as a feedback's append would
+            committed = store.submit_async(change("r1", version=1))
+            ticks, started = 0, time.monotonic()
+            while time.monotonic() - started < 0.3:
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert not committed.done()
+            store._audit_lock.release()
+            await asyncio.wait_for(committed, 10)
+            return ticks
+
+        assert asyncio.run(main()) >= 15
+        assert {e.event_id for e in store.labelled_events()} == {"r0", "r1"}
+        assert store.get("alice").version == 2
+        rows = list(store.audit_rows())
+        assert len(rows) == 2 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+    finally:
+        store.clear()
+        store.close()

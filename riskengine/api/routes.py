@@ -39,7 +39,7 @@ async def score(body: ScoreRequest, engine: EngineDep, client: ClientDep) -> Res
 
 async def score_answer(body: ScoreRequest, engine: Engine, client: str) -> Response:
     """On the event loop: scoring is CPU work that a thread would only make wait for the GIL, and
-    the store's commit is awaited on its writer thread (``Engine.score_async``)."""
+    the store's commit, in a group with the rest of the loop turn's, is awaited (``Engine.score_async``)."""
     decision = await engine.score_async(body.to_event(datetime.now(timezone.utc)), client)
     metrics.DECISIONS.labels(decision=decision.decision, action=metrics.action_label(body.action)).inc()
     content = orjson.dumps(decision.to_dict())     # ScoreResponse's fields (test_api checks it); no re-validation

@@ -100,7 +100,7 @@ class Commit:
     audit: dict[str, Any] | None = None
 
 
-#: called on the writer thread with a commit's outcome before its caller hears of it (caches follow)
+#: called where the commit ran (loop or writer thread) with its outcome, before its caller hears of it
 Follow = Callable[[BaseException | None], None]
 
 

@@ -1,13 +1,13 @@
-"""Group commit: one writer thread per store commits whatever arrived while its last
-transaction ran, so a busy service pays one COMMIT (and fsync, or round trip) for many events.
-The same thread-and-queue serves reads that are better made many at a time (Redis: one round
-trip for every event waiting), with each item's result handed back.
+"""Group commit: what arrives together is committed together, so a busy service pays one COMMIT
+(and fsync, or round trip) for many events. The same queue serves reads that are better made
+many at a time (one statement, one round trip for every event waiting).
 
-``submit`` hands back a ``concurrent.futures.Future`` that ``commit`` callers block on;
-``submit_async`` an ``asyncio.Future`` the service awaits on its event loop. A future resolves
-only once its group is durable. The loop's futures of one group are resolved in one callback
-(one wake-up of the loop per group): resolving each through a thread-safe future of its own cost
-the loop more than a tenth of its time per request.
+``submit`` hands back a ``concurrent.futures.Future`` that ``commit`` callers block on; it goes
+to one writer thread per store, which commits whatever arrived while its last group ran.
+``submit_async`` hands back an ``asyncio.Future`` the service awaits: what one turn of the event
+loop submits is one group, run at the end of that turn on the loop itself when the store can do
+it without waiting (``on_loop``, ``LoopBudget``), else on the thread. A future resolves only once
+its group is durable; the loop's futures of one group are resolved in one callback.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -77,6 +78,25 @@ class LoopTurns:
         self._hand_over(self._turns.pop(loop))
 
 
+class LoopBudget:
+    """Whether store work may run on the event loop itself: while it has lately (a moving
+    average) taken under ``limit_s``. Over it (a slow disk, a slow or hanging server) the work goes
+    to a thread, and after a few such groups the loop tries again."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s, self.recent_s = limit_s, 0.0
+
+    def allows(self) -> bool:
+        if self.recent_s > self.limit_s:
+            self.recent_s *= 0.9
+            return False
+        return True
+
+    def spent(self, started: float) -> None:
+        """Record work begun at ``started`` (``time.perf_counter()``)."""
+        self.recent_s += 0.2 * (time.perf_counter() - started - self.recent_s)
+
+
 class GroupCommit:
     """A writer thread running ``run(group)``; an exception from ``run`` itself (the transaction
     failed) goes to every caller of that group."""
@@ -97,7 +117,7 @@ class GroupCommit:
 
     def submit(self, item: Any, follow: Follow | None = None) -> Future:
         future: Future = Future()
-        self._put([(item, follow, future)])
+        self.put([(item, follow, future)])
         return future
 
     def submit_async(self, item: Any, follow: Follow | None = None) -> asyncio.Future:
@@ -122,11 +142,12 @@ class GroupCommit:
                     _settle(turn, outcomes)
                     return
         try:
-            self._put(turn)
+            self.put(turn)
         except StoreUnavailable as closed:
             _settle(turn, [closed] * len(turn))
 
-    def _put(self, items: list[tuple[Any, Follow | None, Future | asyncio.Future]]) -> None:
+    def put(self, items: list[tuple[Any, Follow | None, Future | asyncio.Future]]) -> None:
+        """Queue (item, follow, future) entries for the thread (also a loop turn's made elsewhere)."""
         with self._ready:
             if self._closed:
                 raise StoreUnavailable("the store is closed")

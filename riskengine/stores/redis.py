@@ -28,7 +28,7 @@ from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, 
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
-from riskengine.stores.group import GroupCommit
+from riskengine.stores.group import GroupCommit, LoopBudget, LoopTurns, resolve
 
 #: errors that mean "Redis cannot answer now" (down, restarting, loading, failed over, full):
 #: the service answers 503 and a later request finds it back
@@ -38,6 +38,7 @@ _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.Busy
 _IP_TTL_S = int(2 * IP_WINDOW_S)          # an IP idle for two windows holds nothing a read could count
 _USER_IPS_TTL_S = 7 * 86400               # outlives the IP entries it points at, so erasure finds them
 _HEAD_RETRIES = 5
+_LOOP_ROUND_TRIP_S = 0.002                # pipelines slower than this go to the store's threads
 _CHUNK = 500
 
 # Audit append, shared by every write script. KEYS[1..3] = chain head anchor (hash seq/hash/mac),
@@ -214,8 +215,10 @@ class RedisStore:
         self._context = self._redis.register_script(_CONTEXT_LUA)
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
-        self._group = GroupCommit(self._commit_group, "riskengine-redis")
+        self._group = GroupCommit(self._commit_group, "riskengine-redis", on_loop=self._commit_on_loop)
         self._reads = GroupCommit(self._read_group, "riskengine-redis-reads")
+        self._turn_reads = LoopTurns(self._read_turn)
+        self._loop_budget = LoopBudget(_LOOP_ROUND_TRIP_S)
         self._watcher: Any = None                      # the erasure subscription's thread, if watched
 
     def _key(self, kind: str, name: str = "") -> str:
@@ -242,9 +245,27 @@ class RedisStore:
         return self._read_group([(ip, at, values)])[0]
 
     def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
-        """``context`` from the event loop: answered by the reader thread, in one round trip with the
-        other events' waiting (a read on the event loop would hold every request up)."""
-        return self._reads.submit_async((ip, at, values))
+        """``context`` from the event loop, in one round trip with the other reads of this turn of
+        the loop, made at its end (``_read_turn``)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._turn_reads.add(loop, ((ip, at, values), None, future))
+        return future
+
+    def _read_turn(self, turn: list[tuple[tuple[str, float, dict[str, str]], None, asyncio.Future]]) -> None:
+        """On the loop while Redis answers quickly (``LoopBudget``): a reader thread's every hand-off
+        and its fight for the GIL with a busy loop cost more than the round trip. Else on the reader
+        thread, so the loop never waits long."""
+        if not self._loop_budget.allows():
+            self._reads.put(turn)
+            return
+        started = time.perf_counter()
+        try:
+            outcomes: list[Any] = self._read_group([read for read, _, _ in turn])
+        except StoreUnavailable as exc:
+            outcomes = [exc] * len(turn)
+        self._loop_budget.spent(started)
+        resolve([(future, outcome) for (_, _, future), outcome in zip(turn, outcomes)])
 
     def _read_group(self, reads: list[tuple[str | None, float, dict[str, str]]]) -> list[Any]:
         """One context script per read, all in one pipeline (ip None: the counts alone)."""
@@ -388,17 +409,30 @@ class RedisStore:
         """``submit`` for the service's event loop: awaited without parking a thread."""
         return self._group.submit_async(change, follow)
 
-    def _commit_group(self, changes: list[Commit]) -> list[BaseException | None]:
+    def _commit_on_loop(self, changes: list[Commit]) -> list[BaseException | None] | None:
+        """The group's pipeline sent from the event loop itself while Redis answers quickly and no
+        thread holds the audit chain; else None, and the writer thread sends it."""
+        if not self._loop_budget.allows():
+            return None
+        started = time.perf_counter()
+        try:
+            return self._commit_group(changes, wait=False)
+        finally:
+            self._loop_budget.spent(started)
+
+    def _commit_group(self, changes: list[Commit], wait: bool = True) -> list[BaseException | None] | None:
         """The group's scripts in one pipeline (one round trip), each record sealed onto the one
         before. A refused change (DUP, CONFLICT) leaves the records after it sealed onto a head that
         never was: the script answers HEAD for those before writing anything, and they go again alone."""
         outcomes: list[BaseException | None] = []
         again: list[int] = []
         chain_keys = [self._key("ah", self.chain), self._key("ar", self.chain), self._key("chains")]
-        calls = [self._commit_call(change) for change in changes]
-        if not self._audit_lock.acquire(timeout=self._lock_timeout):
+        if not (self._audit_lock.acquire(timeout=self._lock_timeout) if wait else self._audit_lock.acquire(False)):
+            if not wait:
+                return None                      # a thread is appending: the loop does not wait for it
             raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
         try:
+            calls = [self._commit_call(change) for change in changes]
             heads: list[tuple[int, str]] = []
 
             def queue(pipe: Any) -> None:      # sealed afresh if it must be sent again

@@ -2,10 +2,11 @@
 
 ``BEGIN IMMEDIATE`` serialises writers across threads and processes, and the
 profile row's version column turns a lost update into a ``Conflict`` to retry.
-Scored events are committed by one writer thread in groups (group.py): what
-arrived while the last transaction ran goes into the next one, so a busy service
-pays one COMMIT (and, with FULL, one fsync) for many events; ``commit`` returns,
-and ``submit``'s future resolves, only once its group is durable.
+Scored events are committed in groups (group.py): a turn of the service's event
+loop, on the loop itself while no other process holds the lock, else on the
+writer thread with what else arrived meanwhile, so a busy service pays one COMMIT
+(and, with FULL, one fsync) for many events; ``commit`` returns, and
+``submit``'s future resolves, only once its group is durable.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, 
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
-from riskengine.stores.group import GroupCommit, LoopTurns, resolve
+from riskengine.stores.group import GroupCommit, LoopBudget, LoopTurns, resolve
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL);
@@ -103,7 +104,7 @@ class SQLiteStore:
         self._db().executescript(_SCHEMA)     # executescript manages its own transaction
         self._group = GroupCommit(self._commit_group, f"riskengine-sqlite-{self.path.name}", _GROUP_MAX,
                                   on_loop=self._commit_on_loop)
-        self._commit_s = 0.0                 # recent commits' duration on the loop (moving average), s
+        self._loop_budget = LoopBudget(_LOOP_COMMIT_S)
         self._reads = LoopTurns(self._read_turn)
 
     # -- connection handling ----------------------------------------------
@@ -233,18 +234,17 @@ class SQLiteStore:
     def _commit_on_loop(self, changes: list[Commit]) -> list[BaseException | None] | None:
         """The group committed on the event loop itself, when that cannot wait: no lock held by
         another process (busy_timeout 0 for this one BEGIN) and commits (fsync included) taking
-        under ``_LOOP_COMMIT_S`` lately. Each hop to and from a writer thread, and its fight for the
+        under ``_LOOP_COMMIT_S`` lately (``LoopBudget``). Each hop to and from a writer thread, and its fight for the
         GIL with a busy loop, cost more than the commit (a third of a /score's CPU); a slow disk
         or a contended lock leaves the group to the thread, so the loop never waits long."""
-        if self._commit_s > _LOOP_COMMIT_S:
-            self._commit_s *= 0.9            # look again after a few groups on the thread
+        if not self._loop_budget.allows():
             return None
         db = self._db()
         db.execute("PRAGMA busy_timeout=0")
         started = time.perf_counter()
         try:
             outcomes = self._commit_group(changes)
-            self._commit_s += 0.2 * (time.perf_counter() - started - self._commit_s)
+            self._loop_budget.spent(started)
             return outcomes
         except StoreUnavailable as exc:
             if _busy(exc.__cause__):
