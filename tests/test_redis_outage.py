@@ -137,3 +137,36 @@ def test_a_redis_outage_answers_without_guessing_and_recovers(private_redis: Pri
         assert verify(rows, audit_key, store.audit_anchors()) == []
     finally:
         store.close()
+
+
+def test_a_hanging_redis_holds_the_event_loop_up_only_briefly(private_redis: PrivateRedis) -> None:
+    """Store work runs on the event loop while Redis answers quickly; a Redis that stops answering
+    (SIGSTOP: connections open, no replies) may hold the loop up once, for the loop client's short
+    timeout, and then the reader thread waits for it while the loop goes on."""
+    import asyncio
+    import os
+
+    store = RedisStore(f"redis://127.0.0.1:{private_redis.port}/0", audit_key=b"k")
+    assert private_redis.process is not None
+    try:
+        at = T0.timestamp()
+        assert store.context(OSLO_IP, at, {"ip": OSLO_IP})[0].distinct_users == 0
+
+        async def main() -> tuple[float, object]:
+            await store.context_async(OSLO_IP, at, {"ip": OSLO_IP})          # quick: on the loop
+            os.kill(private_redis.process.pid, signal.SIGSTOP)
+            read = store.context_async(OSLO_IP, at, {"ip": OSLO_IP})
+            longest, last, started = 0.0, time.monotonic(), time.monotonic()
+            while time.monotonic() - started < 1.5:
+                await asyncio.sleep(0.01)
+                longest, last = max(longest, time.monotonic() - last), time.monotonic()
+            assert not read.done()                                           # waiting on the thread
+            os.kill(private_redis.process.pid, signal.SIGCONT)
+            return longest, await asyncio.wait_for(read, 10)
+
+        longest, (activity, counts) = asyncio.run(main())
+        assert longest < 0.6                                 # the loop client's 0.25 s, not 1 s x 3 tries
+        assert activity.distinct_users == 0 and counts["ip"].count == 0      # answered once it woke up
+    finally:
+        os.kill(private_redis.process.pid, signal.SIGCONT)
+        store.close()

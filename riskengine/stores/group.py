@@ -92,6 +92,10 @@ class LoopBudget:
             return False
         return True
 
+    def failed(self) -> None:
+        """The work failed (the server is down or hangs): the threads take it for a good while."""
+        self.recent_s = max(self.recent_s, 50 * self.limit_s)
+
     def spent(self, started: float) -> None:
         """Record work begun at ``started`` (``time.perf_counter()``)."""
         self.recent_s += 0.2 * (time.perf_counter() - started - self.recent_s)

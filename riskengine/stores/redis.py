@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
@@ -39,6 +39,7 @@ _IP_TTL_S = int(2 * IP_WINDOW_S)          # an IP idle for two windows holds not
 _USER_IPS_TTL_S = 7 * 86400               # outlives the IP entries it points at, so erasure finds them
 _HEAD_RETRIES = 5
 _LOOP_ROUND_TRIP_S = 0.002                # pipelines slower than this go to the store's threads
+_LOOP_TIMEOUT_S = 0.25                    # the loop's longest wait for Redis before the threads take over
 _CHUNK = 500
 
 # Audit append, shared by every write script. KEYS[1..3] = chain head anchor (hash seq/hash/mac),
@@ -206,6 +207,11 @@ class RedisStore:
         self._redis = redis.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
             retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2))
+        # The event loop's own client: no retries and a short timeout, so a Redis that hangs holds
+        # the loop up once, briefly; the threads' client above then retries, as before.
+        loop_timeout = min(socket_timeout, _LOOP_TIMEOUT_S)
+        self._loop_redis = redis.Redis.from_url(url, socket_timeout=loop_timeout, socket_connect_timeout=loop_timeout,
+                                                retry=Retry(NoBackoff(), 0))
         self._lock_timeout = 4 * socket_timeout + 1
         self._commit = self._redis.register_script(_COMMIT_LUA)
         self._outcome = self._redis.register_script(_OUTCOME_LUA)
@@ -255,19 +261,22 @@ class RedisStore:
     def _read_turn(self, turn: list[tuple[tuple[str, float, dict[str, str]], None, asyncio.Future]]) -> None:
         """On the loop while Redis answers quickly (``LoopBudget``): a reader thread's every hand-off
         and its fight for the GIL with a busy loop cost more than the round trip. Else on the reader
-        thread, so the loop never waits long."""
+        thread, so the loop never waits long; a failure there is tried again on the thread."""
         if not self._loop_budget.allows():
             self._reads.put(turn)
             return
         started = time.perf_counter()
         try:
-            outcomes: list[Any] = self._read_group([read for read, _, _ in turn])
-        except StoreUnavailable as exc:
-            outcomes = [exc] * len(turn)
+            outcomes: list[Any] = self._read_group([read for read, _, _ in turn], self._loop_redis)
+        except StoreUnavailable:
+            self._loop_budget.failed()
+            self._reads.put(turn)
+            return
         self._loop_budget.spent(started)
         resolve([(future, outcome) for (_, _, future), outcome in zip(turn, outcomes)])
 
-    def _read_group(self, reads: list[tuple[str | None, float, dict[str, str]]]) -> list[Any]:
+    def _read_group(self, reads: list[tuple[str | None, float, dict[str, str]]],
+                    client: redis.Redis | None = None) -> list[Any]:
         """One context script per read, all in one pipeline (ip None: the counts alone)."""
         def queue(pipe: Any) -> None:
             for ip, at, values in reads:
@@ -277,7 +286,7 @@ class RedisStore:
                              *(item for pair in values.items() for item in pair))
 
         answers = []
-        for (_, _, values), (failures, users, *counts) in zip(reads, self._execute(queue)):
+        for (_, _, values), (failures, users, *counts) in zip(reads, self._execute(queue, client)):
             answers.append((IpActivity(int(failures), int(users)),
                             {a: GlobalCount(*(float(n or 0) for n in counts[3 * i:3 * i + 3]))
                              for i, a in enumerate(values)}))
@@ -416,11 +425,15 @@ class RedisStore:
             return None
         started = time.perf_counter()
         try:
-            return self._commit_group(changes, wait=False)
-        finally:
-            self._loop_budget.spent(started)
+            outcomes = self._commit_group(changes, wait=False, client=self._loop_redis)
+        except StoreUnavailable:
+            self._loop_budget.failed()
+            return None      # the thread sends it again, with retries: the script refuses what it did (DUP)
+        self._loop_budget.spent(started)
+        return outcomes
 
-    def _commit_group(self, changes: list[Commit], wait: bool = True) -> list[BaseException | None] | None:
+    def _commit_group(self, changes: list[Commit], wait: bool = True,
+                      client: redis.Redis | None = None) -> list[BaseException | None] | None:
         """The group's scripts in one pipeline (one round trip), each record sealed onto the one
         before. A refused change (DUP, CONFLICT) leaves the records after it sealed onto a head that
         never was: the script answers HEAD for those before writing anything, and they go again alone."""
@@ -447,7 +460,7 @@ class RedisStore:
                     heads.append((seq, prev))
                     pipe.evalsha(self._commit.sha, len(chain_keys) + len(keys), *chain_keys, *keys, *chain_args, *args)
 
-            replies = self._execute(queue)
+            replies = self._execute(queue, client)
             for i, (change, reply, after) in enumerate(zip(changes, replies, heads)):
                 outcomes.append(None)
                 if reply[0] == b"HEAD":              # sealed behind a refusal (or Redis lost data): it wrote
@@ -569,13 +582,14 @@ class RedisStore:
         finally:
             self._audit_lock.release()
 
-    def _execute(self, queue: Callable[[Any], None]) -> list[Any]:
+    def _execute(self, queue: Callable[[Any], None], client: redis.Redis | None = None) -> list[Any]:
         """One pipeline, one round trip. Scripts go by EVALSHA: redis-py's own script objects would
         first ask SCRIPT EXISTS, a second round trip per pipeline. A Redis that lost its scripts
         (restarted, flushed) is given them again and the pipeline sent once more; the write script
         refuses what it already did (DUP, HEAD), so nothing is applied twice."""
+        client = client or self._redis
         for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             queue(pipe)
             try:
                 with _available():
@@ -585,7 +599,7 @@ class RedisStore:
                     raise StoreUnavailable("Redis refused the store's scripts") from None
                 with _available():
                     for script in (self._commit, self._context):
-                        self._redis.script_load(script.script)
+                        client.script_load(script.script)
         raise AssertionError("unreachable")
 
     def _read_head(self) -> tuple[int, str]:
@@ -621,6 +635,7 @@ class RedisStore:
         self._reads.close()
         if self._watcher is not None:
             self._watcher.stop()
+        self._loop_redis.close()
         self._redis.close()
 
 
