@@ -42,11 +42,11 @@ class Event:
     payee_id: str | None = None
     session: SessionInfo = field(default_factory=SessionInfo)
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    #: seconds since the epoch, the unit profiles store times in (worked out once: a dozen reads an event)
+    ts: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def ts(self) -> float:
-        """Seconds since the epoch: the unit profiles store times in."""
-        return self.timestamp.timestamp()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ts", self.timestamp.timestamp())
 
 
 def new_event_id() -> str:

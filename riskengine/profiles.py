@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import orjson
 
@@ -93,11 +94,15 @@ class UserProfile:
     # -- persistence -------------------------------------------------------
     def to_json(self, version: int | None = None) -> str:
         """``version``: the one it is stored under, when that is not (yet) its own."""
-        # the fields are already JSON-ready; dataclasses.asdict's deep copy was a third of /score's time
-        data = {name: getattr(self, name) for name in _FIELD_NAMES}
+        data = self.to_dict()
         if version is not None:
             data["version"] = version
         return orjson.dumps(data).decode()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored fields, JSON-ready as they are (dataclasses.asdict's deep copy was a third
+        of /score's time once); the maps are shared with the profile, not copied."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
     @classmethod
     def from_json(cls, text: str) -> "UserProfile":

@@ -58,16 +58,17 @@ END;
 # A group's rows go in as one JSON parameter per table, one statement each, and reads come back as
 # one row: SQLite releases the GIL once per step, and an executemany steps once per row (taking the
 # GIL back each time from a busy event loop was most of the cost). JSON numbers parse back to the
-# same doubles (tested).
+# same doubles (tested); ``->`` gives a nested object back as the very text orjson wrote, so
+# profiles and events go in as objects, not as JSON strings escaped again.
 _CHECK = ("SELECT (SELECT json_group_array(json_array(user_id, version)) FROM profiles"
           "         WHERE user_id IN (SELECT value FROM json_each(?1))),"
           "       (SELECT json_group_array(event_id) FROM events WHERE event_id IN (SELECT value FROM json_each(?2)))")
-_PUT_PROFILES = ("INSERT INTO profiles SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true"
+_PUT_PROFILES = ("INSERT INTO profiles SELECT value ->> 0, value ->> 1, value -> 2 FROM json_each(?) WHERE true"
                  " ON CONFLICT(user_id) DO UPDATE SET version=excluded.version, data=excluded.data")
 _ADD_COUNTS = ("INSERT INTO global_counts SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true"
                " ON CONFLICT(attribute, value) DO UPDATE SET count=count+excluded.count")
 _PUT_IP_EVENTS = "INSERT INTO ip_events SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)"
-_PUT_EVENTS = ("INSERT INTO events SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,"
+_PUT_EVENTS = ("INSERT INTO events SELECT value ->> 0, value ->> 1, value ->> 2, value -> 3, value -> 4, value -> 5,"
                " NULL FROM json_each(?)")
 _PUT_AUDIT = "INSERT INTO audit SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)"
 # Per read (in ?1: ip, after, until) failures and distinct users, per (attribute, value) in ?2 its
@@ -267,12 +268,12 @@ class SQLiteStore:
             for c in accepted:
                 if c.profile is not None:
                     c.profile.version = c.expected_version + 1
-            db.execute(_PUT_PROFILES, (dumps([(c.user_id, c.profile.version, c.profile.to_json())
+            db.execute(_PUT_PROFILES, (dumps([(c.user_id, c.profile.version, c.profile.to_dict())
                                               for c in accepted if c.profile is not None]),))
             self._count(db, [item for c in accepted if c.profile is not None for item in c.learned_values.items()])
             db.execute(_PUT_IP_EVENTS, (dumps([(c.ip, c.user_key, c.at, int(c.success)) for c in accepted]),))
-            db.execute(_PUT_EVENTS, (dumps([(e.event_id, e.user_id, e.at, dumps(e.request), dumps(e.decision),
-                                             dumps(e.features)) for c in accepted if (e := c.event) is not None]),))
+            db.execute(_PUT_EVENTS, (dumps([(e.event_id, e.user_id, e.at, e.request, e.decision, e.features)
+                                            for c in accepted if (e := c.event) is not None]),))
             self._append_many(db, [c.audit for c in accepted if c.audit is not None])
             before, self._commits = self._commits, self._commits + len(accepted)
             if accepted and before // _PRUNE_EVERY != self._commits // _PRUNE_EVERY:
