@@ -313,6 +313,9 @@ def main() -> int:
     parser.add_argument("--_generate", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_train-one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name, seconds in (("--warmup", args.warmup), ("--duration / --rounds", args.duration / max(args.rounds, 1))):
+        if seconds != int(seconds) or seconds < 1:                 # wrk takes whole seconds only
+            parser.error(f"{name} must come to a whole number of seconds (wrk's -d), got {seconds:g}")
 
     import training_bench
 
