@@ -511,62 +511,51 @@ def test_fractional_timestamps_are_kept_exactly(store: ProfileStore) -> None:
     assert stored == {"f1": at - 3600, "f2": at - 3599.999999, "f3": at, "f4": at + 0.000001}
 
 
-def test_sqlite_commits_on_the_loop_never_wait_there_for_another_writers_lock(tmp_path) -> None:
-    """Commits run on the event loop when they can; while another process holds the write lock
-    the group waits on the writer thread instead, and the loop goes on serving."""
+def _commits_without_holding_up_the_loop(store: ProfileStore, hold: Any, let_go: Any) -> None:
+    """The first commit goes on the loop; while ``hold()`` is in force the second waits elsewhere
+    (not answered: not durable) while the loop goes on serving, and commits after ``let_go()``."""
     import asyncio
 
+    async def main() -> int:
+        await store.submit_async(change("w0"))
+        hold()
+        committed = store.submit_async(change("w1", version=1))
+        ticks, started = 0, time.monotonic()
+        while time.monotonic() - started < 0.3:
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not committed.done()
+        let_go()
+        await asyncio.wait_for(committed, 10)
+        return ticks
+
+    assert asyncio.run(main()) >= 15                                 # the loop was never stuck
+    assert {e.event_id for e in store.labelled_events()} == {"w0", "w1"}
+    assert store.get("alice").version == 2
+    rows = list(store.audit_rows())
+    assert len(rows) == 2 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+
+
+def test_sqlite_commits_on_the_loop_never_wait_there_for_another_writers_lock(tmp_path) -> None:
+    """Commits run on the event loop when they can; while another process holds the write lock
+    the group waits on the writer thread instead."""
     store = open_store(f"sqlite:///{tmp_path}/profiles.db", audit_key=AUDIT_KEY)
     other = sqlite3.connect(tmp_path / "profiles.db", isolation_level=None)
     try:
-        async def main() -> int:
-            await store.submit_async(change("l0"))                   # the lock is free: on the loop
-            other.execute("BEGIN IMMEDIATE")                         # another process is writing
-            committed = store.submit_async(change("l1", version=1))
-            ticks, started = 0, time.monotonic()
-            while time.monotonic() - started < 0.3:
-                await asyncio.sleep(0.01)
-                ticks += 1
-            assert not committed.done()                              # not durable: not answered
-            other.execute("ROLLBACK")
-            await asyncio.wait_for(committed, 10)
-            return ticks
-
-        assert asyncio.run(main()) >= 15                             # the loop was never stuck
-        assert {e.event_id for e in store.labelled_events()} == {"l0", "l1"}
-        assert store.get("alice").version == 2
-        rows = list(store.audit_rows())
-        assert len(rows) == 2 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+        _commits_without_holding_up_the_loop(store, lambda: other.execute("BEGIN IMMEDIATE"),
+                                             lambda: other.execute("ROLLBACK"))
     finally:
         other.close()
         store.close()
 
 
-def test_redis_commits_on_the_loop_never_wait_there_for_a_thread_holding_the_chain(tmp_path) -> None:
+def test_redis_commits_on_the_loop_never_wait_there_for_a_thread_holding_the_chain() -> None:
     """While a thread appends to this process's audit chain (feedback, erasure), a loop turn's
-    group goes to the writer thread, and the loop goes on serving."""
-    import asyncio
-
+    group goes to the writer thread."""
     store = open_store(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:12]}:", audit_key=AUDIT_KEY)
     try:
-        async def main() -> int:
-            await store.submit_async(change("r0"))                   # the chain is free: on the loop
-            assert store._audit_lock.acquire(timeout=5)              # as a feedback's append would
-            committed = store.submit_async(change("r1", version=1))
-            ticks, started = 0, time.monotonic()
-            while time.monotonic() - started < 0.3:
-                await asyncio.sleep(0.01)
-                ticks += 1
-            assert not committed.done()
-            store._audit_lock.release()
-            await asyncio.wait_for(committed, 10)
-            return ticks
-
-        assert asyncio.run(main()) >= 15
-        assert {e.event_id for e in store.labelled_events()} == {"r0", "r1"}
-        assert store.get("alice").version == 2
-        rows = list(store.audit_rows())
-        assert len(rows) == 2 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
+        _commits_without_holding_up_the_loop(store, lambda: store._audit_lock.acquire(timeout=5),
+                                             store._audit_lock.release)
     finally:
         store.clear()
         store.close()
