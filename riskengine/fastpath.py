@@ -39,8 +39,8 @@ class UnsupportedModel(ValueError):
 # at once; a split that sends the row right removes the leaves of its left subtree from its
 # tree's bitmask; the row's leaf is the lowest surviving bit. The comparisons are sklearn's
 # own (`x <= num_threshold` goes left), so it is the same leaf, not an approximation. Missing
-# values: the row is doubled, NaN -> -inf in the first half (always left) and +inf in the
-# second (always right), and each split reads the half its `missing_go_to_left` asks for.
+# values: the row is doubled, NaN kept in the first half (NaN > t is False: always left) and
+# +inf in the second (always right), and each split reads the half its `missing_go_to_left` asks for.
 # Infinite thresholds ("split on NaN") become the largest float and +inf inputs are clamped
 # to it, so they still compare as in sklearn.
 
@@ -110,15 +110,16 @@ class CompiledModel:
         return np.column_stack((1.0 - p1, p1))
 
     def _rows(self, X, *, ndim: int) -> np.ndarray:
-        """Validated, preprocessed rows, doubled: NaN -> -inf in the first half, +inf after."""
+        """Validated, preprocessed rows, doubled: as they are in the first half (NaN > t is False:
+        left), NaN -> +inf in the second (fmin ignores NaN: right); +inf -> the largest float."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != ndim or X.shape[-1] != self.n_features:
             raise ValueError(f"expected {'a row' if ndim == 1 else 'rows'} of {self.n_features} "
                              f"features in training column order, got shape {X.shape}")
         for step in self._steps:
             X = step(X)
-        capped = np.minimum(X, _FMAX)  # NaN stays NaN, +inf -> largest float
-        return np.concatenate((np.fmax(capped, -np.inf), np.fmin(capped, np.inf)), axis=-1)
+        capped = np.minimum(X, _FMAX)  # NaN stays NaN
+        return np.concatenate((capped, np.fmin(capped, np.inf)), axis=-1)
 
     def _leaves(self, xx: np.ndarray) -> np.ndarray:
         """Index into leaf_value of the leaf each tree sends each doubled row to (a batch)."""
@@ -130,18 +131,10 @@ class CompiledModel:
 
     def _leaves_one(self, row: Sequence[float]) -> np.ndarray:
         """``_leaves`` of one row, in as few numpy calls as it takes (each costs ~1 µs): the flat
-        splits with reduceat; NaN left as is in the first half (NaN > t is False: left) and made
-        +inf in the second (fmin ignores NaN); the leaf's bit index read off the exponent of the
-        lowest kept bit as a double."""
-        x = np.array(row, dtype=np.float64)
-        if x.shape != (self.n_features,):
-            raise ValueError(f"expected a row of {self.n_features} features in training column order, "
-                             f"got shape {x.shape}")
-        for step in self._steps:
-            x = step(x)
-        capped = np.minimum(x, _FMAX)
+        splits with reduceat, the leaf's bit index read off the exponent of the lowest kept bit
+        as a double."""
         f = self._forest
-        goes_right = np.concatenate((capped, np.fmin(capped, np.inf)))[f.feature] > f.threshold
+        goes_right = self._rows(row, ndim=1)[f.feature] > f.threshold
         removed = np.bitwise_or.reduceat(f.left_leaves * goes_right, f.tree_starts)
         lowest_kept = ~removed & (removed + 1)
         return (lowest_kept.astype(np.float64).view(np.int64) >> 52) + f.exponent_offset

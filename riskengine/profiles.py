@@ -161,29 +161,31 @@ def _bump(profile: UserProfile, name: str, key: str | None, at: float) -> None:
     """One more sighting of ``key`` in the map ``name``; past its cap the least recently seen goes."""
     if not key:
         return
-    table, totals = getattr(profile, name), profile.freeman_totals
+    table = getattr(profile, name)
     count = table[key][0] if key in table else 0.0
     table[key] = [count + 1, at]
-    if totals is not None and name in totals:
-        totals[name] += 1
+    _recount(profile, name, 1.0)
     if len(table) > CAPS[name]:
         oldest = min(table, key=lambda k: table[k][1])
-        if totals is not None and name in totals:
-            totals[name] -= table[oldest][0]
-        del table[oldest]
+        _recount(profile, name, -table.pop(oldest)[0])
+
+
+def _recount(profile: UserProfile, name: str, change: float) -> None:
+    """Keep a Freeman map's total (once ``total`` has summed it) in step with the map."""
+    totals = profile.freeman_totals
+    if totals is not None and name in totals:
+        totals[name] += change
 
 
 def _prune(profile: UserProfile, now: float, retention_s: float) -> None:
     """Forget what is older than the retention window, measured in event time."""
     horizon = now - retention_s
     if profile.oldest_seen_at is None or profile.oldest_seen_at < horizon:
-        oldest, totals = math.inf, profile.freeman_totals
+        oldest = math.inf
         for name in CAPS:
             table = getattr(profile, name)
             for key in [k for k, (_, last) in table.items() if last < horizon]:
-                if totals is not None and name in totals:
-                    totals[name] -= table[key][0]
-                del table[key]
+                _recount(profile, name, -table.pop(key)[0])
             oldest = min(oldest, min((last for _, last in table.values()), default=math.inf))
         profile.oldest_seen_at = oldest
     profile.failures = [at for at in profile.failures if at >= now - DAY][-MAX_FAILURES:]

@@ -121,13 +121,13 @@ class GroupCommit:
 
     def submit(self, item: Any, follow: Follow | None = None) -> Future:
         future: Future = Future()
-        self.put([(item, follow, future)])
+        self._put([(item, follow, future)])
         return future
 
     def submit_async(self, item: Any, follow: Follow | None = None) -> asyncio.Future:
         """Called on a running event loop; the future resolves on it. What a turn of the loop
-        submits goes to the thread in one hand-over at the end of that turn (one wake-up, larger
-        groups): waking the thread for each item cost a GIL hand-off each."""
+        submits is one group, handed over at the end of that turn (``_hand_over``): on the loop
+        itself or to the thread, once; waking the thread for each item cost a GIL hand-off each."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._turns.add(loop, (item, follow, future))
@@ -146,12 +146,11 @@ class GroupCommit:
                     _settle(turn, outcomes)
                     return
         try:
-            self.put(turn)
+            self._put(turn)
         except StoreUnavailable as closed:
             _settle(turn, [closed] * len(turn))
 
-    def put(self, items: list[tuple[Any, Follow | None, Future | asyncio.Future]]) -> None:
-        """Queue (item, follow, future) entries for the thread (also a loop turn's made elsewhere)."""
+    def _put(self, items: list[tuple[Any, Follow | None, Future | asyncio.Future]]) -> None:
         with self._ready:
             if self._closed:
                 raise StoreUnavailable("the store is closed")
@@ -213,8 +212,8 @@ class GroupCommit:
 
 
 def _settle(group: list[tuple[Any, Follow | None, Future | asyncio.Future]], outcomes: list[Any]) -> None:
-    """Followers first (on this thread), then the callers: thread futures at once, each loop's in
-    one call (on the loop itself too: the futures then resolve in its next turn)."""
+    """Followers first (where the group ran), then the callers: thread futures at once, each loop's
+    in one call (at once when the group ran on that loop)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
     for (_, follow, future), outcome in zip(group, outcomes):
         failed = outcome if isinstance(outcome, BaseException) else None

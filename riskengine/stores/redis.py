@@ -28,7 +28,7 @@ from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, 
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
-from riskengine.stores.group import GroupCommit, LoopBudget, LoopTurns, resolve
+from riskengine.stores.group import GroupCommit, LoopBudget
 
 #: errors that mean "Redis cannot answer now" (down, restarting, loading, failed over, full):
 #: the service answers 503 and a later request finds it back
@@ -222,8 +222,7 @@ class RedisStore:
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
         self._group = GroupCommit(self._commit_group, "riskengine-redis", on_loop=self._commit_on_loop)
-        self._reads = GroupCommit(self._read_group, "riskengine-redis-reads")
-        self._turn_reads = LoopTurns(self._read_turn)
+        self._reads = GroupCommit(self._read_group, "riskengine-redis-reads", on_loop=self._read_on_loop)
         self._loop_budget = LoopBudget(_LOOP_ROUND_TRIP_S)
         self._watcher: Any = None                      # the erasure subscription's thread, if watched
 
@@ -252,28 +251,11 @@ class RedisStore:
 
     def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
         """``context`` from the event loop, in one round trip with the other reads of this turn of
-        the loop, made at its end (``_read_turn``)."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._turn_reads.add(loop, ((ip, at, values), None, future))
-        return future
+        the loop, made at its end (``_read_on_loop``, else the reader thread)."""
+        return self._reads.submit_async((ip, at, values))
 
-    def _read_turn(self, turn: list[tuple[tuple[str, float, dict[str, str]], None, asyncio.Future]]) -> None:
-        """On the loop while Redis answers quickly (``LoopBudget``): a reader thread's every hand-off
-        and its fight for the GIL with a busy loop cost more than the round trip. Else on the reader
-        thread, so the loop never waits long; a failure there is tried again on the thread."""
-        if not self._loop_budget.allows():
-            self._reads.put(turn)
-            return
-        started = time.perf_counter()
-        try:
-            outcomes: list[Any] = self._read_group([read for read, _, _ in turn], self._loop_redis)
-        except StoreUnavailable:
-            self._loop_budget.failed()
-            self._reads.put(turn)
-            return
-        self._loop_budget.spent(started)
-        resolve([(future, outcome) for (_, _, future), outcome in zip(turn, outcomes)])
+    def _read_on_loop(self, reads: list[tuple[str, float, dict[str, str]]]) -> list[Any] | None:
+        return self._on_loop(lambda: self._read_group(reads, self._loop_redis))
 
     def _read_group(self, reads: list[tuple[str | None, float, dict[str, str]]],
                     client: redis.Redis | None = None) -> list[Any]:
@@ -419,16 +401,22 @@ class RedisStore:
         return self._group.submit_async(change, follow)
 
     def _commit_on_loop(self, changes: list[Commit]) -> list[BaseException | None] | None:
-        """The group's pipeline sent from the event loop itself while Redis answers quickly and no
-        thread holds the audit chain; else None, and the writer thread sends it."""
+        """None while a thread holds the audit chain: the writer thread then sends the group."""
+        return self._on_loop(lambda: self._commit_group(changes, wait=False, client=self._loop_redis))
+
+    def _on_loop(self, run: Callable[[], list[Any] | None]) -> list[Any] | None:
+        """A loop turn's pipeline sent from the event loop itself while Redis answers quickly
+        (``LoopBudget``): a thread's every hand-off and its fight for the GIL with a busy loop
+        cost more than the round trip. None: the store's thread takes it, also after a failure
+        here, and retries (the write script refuses what it already did: DUP)."""
         if not self._loop_budget.allows():
             return None
         started = time.perf_counter()
         try:
-            outcomes = self._commit_group(changes, wait=False, client=self._loop_redis)
+            outcomes = run()
         except StoreUnavailable:
             self._loop_budget.failed()
-            return None      # the thread sends it again, with retries: the script refuses what it did (DUP)
+            return None
         self._loop_budget.spent(started)
         return outcomes
 
