@@ -1,4 +1,4 @@
-"""Score step latency: sklearn's predict_proba vs riskengine.fastpath, one row at a time.
+"""Score step latency: sklearn's predict_proba vs riskengine.scoring.trees, one row at a time.
 
 Run: .venv/bin/python bench/bench_inference.py [--rows 50000] [--samples 2000]. Prints figures,
 asserts nothing. Also times the two tree-walk formulations fastpath did not keep, for the record.
@@ -15,7 +15,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-from riskengine.fastpath import compile_model
+from riskengine.scoring.trees import compile_model
 
 
 def synthetic(n: int, n_features: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -26,8 +26,8 @@ from riskengine.engine import Engine, reasons_from
 from riskengine.enrich import Enricher
 from riskengine.events import Event, event_from_request, row_to_request
 from riskengine.features import Context, extract
-from riskengine.registry import ModelRegistry
-from riskengine.model import TrainedScorer
+from riskengine.scoring.registry import ModelRegistry
+from riskengine.scoring.model import TrainedScorer
 from riskengine.stores import MemoryStore
 
 TARGET_P50_US, TARGET_P99_US = 200.0, 1000.0

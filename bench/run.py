@@ -154,7 +154,7 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
     python = sys.executable
     riskengine = str(Path(python).with_name("riskengine"))
     started = time.perf_counter()
-    print(f"workload: {args.users:,} users x {args.days} days of riskengine.synth events ...", flush=True)
+    print(f"workload: {args.users:,} users x {args.days} days of riskengine.datasets.synth events ...", flush=True)
     stream = make_stream(args.users, args.days, history_share=0.6)
     models = work / "models"
     version = train_champion(stream.history, work)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-EVENTS_PER_USER_DAY = 2.0          # what riskengine.synth produces, about (checked after generating)
+EVENTS_PER_USER_DAY = 2.0          # what riskengine.datasets.synth produces, about (checked after generating)
 DAYS = 30
 
 
@@ -39,7 +39,7 @@ def _peak_mb() -> float:
 
 def generate(n: int, out: Path) -> dict:
     """At least ``n`` events over 30 days (users scaled to fit), cut to exactly ``n`` in time order."""
-    from riskengine import synth
+    from riskengine.datasets import synth
 
     started = time.perf_counter()
     users = math.ceil(n / (EVENTS_PER_USER_DAY * DAYS) * 1.15)
@@ -55,8 +55,8 @@ def generate(n: int, out: Path) -> dict:
 
 def train_once(data: Path, home: Path) -> dict:
     """The CLI's training job on ``data``, phase by phase."""
-    from riskengine import training
-    from riskengine.registry import ModelRegistry
+    from riskengine.lab import training
+    from riskengine.scoring.registry import ModelRegistry
 
     phases: dict[str, dict] = {"start": {"rss_mb": _rss_mb()}}
     started = time.perf_counter()

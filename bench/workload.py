@@ -1,6 +1,6 @@
 """Realistic workloads for the benchmarks: generated users, a trained model, a store warmed with history.
 
-Every benchmark starts from the same recipe so the figures compare: ``riskengine.synth`` events for
+Every benchmark starts from the same recipe so the figures compare: ``riskengine.datasets.synth`` events for
 many users, the earlier days replayed (history: known devices, places, amounts), a model trained on
 them and registered as champion, and the later days left over as the traffic to measure.
 """
@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:                 # `python bench/run.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from riskengine import synth, training  # noqa: E402
+from riskengine.datasets import synth  # noqa: E402
+from riskengine.lab import training  # noqa: E402
 from riskengine.engine import Engine  # noqa: E402
 from riskengine.events import event_from_request, row_to_request  # noqa: E402
-from riskengine.registry import ModelRegistry  # noqa: E402
+from riskengine.scoring.registry import ModelRegistry  # noqa: E402
 
 
 @dataclass

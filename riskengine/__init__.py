@@ -6,7 +6,7 @@ event -> enrich -> profile -> features -> score -> decide -> record (see DESIGN.
 from riskengine.engine import Engine
 from riskengine.events import Event, SessionInfo
 from riskengine.features import FEATURE_NAMES, FEATURES
-from riskengine.policy import Decision, Policy
+from riskengine.policy.decide import Decision, Policy
 from riskengine.settings import Settings
 
 __all__ = ["FEATURES", "FEATURE_NAMES", "Decision", "Engine", "Event", "Policy", "SessionInfo", "Settings"]

@@ -44,7 +44,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _bootstrap(settings: Settings) -> None:
     """A fresh home gets a first model trained on generated data, so one command gives a real service."""
-    from riskengine.registry import ModelRegistry
+    from riskengine.scoring.registry import ModelRegistry
 
     registry = ModelRegistry(settings.models)
     if registry.champion_version() is not None:
@@ -58,7 +58,7 @@ def _bootstrap(settings: Settings) -> None:
 
 
 def _generate_to(out: Path, users: int, days: int, seed: int) -> None:
-    from riskengine import synth
+    from riskengine.datasets import synth
 
     started = time.perf_counter()
     frame = synth.generate_events(users=users, days=days, seed=seed)
@@ -75,8 +75,8 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train_from(data: Path, settings: Settings, promote: bool) -> int:
-    from riskengine import training
-    from riskengine.registry import ModelRegistry
+    from riskengine.lab import training
+    from riskengine.scoring.registry import ModelRegistry
 
     started = time.perf_counter()
     dataset = training.replay_file(data)
@@ -95,9 +95,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train_from_service(settings: Settings, promote: bool) -> int:
-    from riskengine import training
+    from riskengine.lab import training
     from riskengine.engine import Engine
-    from riskengine.registry import ModelRegistry
+    from riskengine.scoring.registry import ModelRegistry
 
     with Engine.for_audit(settings) as engine:                # reads the store; records nothing
         dataset = training.from_store(engine.store)
@@ -108,7 +108,7 @@ def _train_from_service(settings: Settings, promote: bool) -> int:
 
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
-    from riskengine.registry import ModelRefused, ModelRegistry
+    from riskengine.scoring.registry import ModelRefused, ModelRegistry
 
     registry = ModelRegistry(settings.models)
     try:
@@ -150,24 +150,24 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
-    from riskengine import auditlog
+    from riskengine.audit import trail
     from riskengine.engine import Engine
 
     try:
-        since = auditlog.parse_time(args.since) if args.since else None
-        until = auditlog.parse_time(args.until) if args.until else None
+        since = trail.parse_time(args.since) if args.since else None
+        until = trail.parse_time(args.until) if args.until else None
     except ValueError as bad:
         print(f"riskengine audit export: --since/--until: {bad}", file=sys.stderr)
         return 2
     with Engine.for_audit(settings) as engine:
         records, _, problems = engine.verify_audit()
         event_ids = engine.event_ids()
-        selected = auditlog.select(engine.store.audit_rows(), since, until, event_ids)
+        selected = trail.select(engine.store.audit_rows(), since, until, event_ids)
         if args.out:
             with open(args.out, "w", newline="", encoding="utf-8") as out:
-                written = auditlog.write(selected, out, args.format)
+                written = trail.write(selected, out, args.format)
         else:
-            written = auditlog.write(selected, sys.stdout, args.format)
+            written = trail.write(selected, sys.stdout, args.format)
     state = "verified" if not problems else f"NOT verified: {len(problems)} problem(s), see `riskengine audit verify`"
     print(f"exported {written} of {records} records ({state})", file=sys.stderr)
     return 0 if not problems else 1
@@ -175,7 +175,7 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def _audit_prune(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.engine import Engine
-    from riskengine.policyfile import PolicyError, load_policy, resolve
+    from riskengine.policy.file import PolicyError, load_policy, resolve
 
     days = args.days if args.days is not None else settings.audit_retention_days
     if days is None:
@@ -196,7 +196,7 @@ def _audit_prune(args: argparse.Namespace, settings: Settings) -> int:
 
 def _policy_refused(settings: Settings) -> str | None:
     """Why RISKENGINE_POLICY cannot serve, before anything starts (None: it can)."""
-    from riskengine.policyfile import PolicyError, load_policy, resolve
+    from riskengine.policy.file import PolicyError, load_policy, resolve
 
     try:
         load_policy(resolve(settings.policy))
@@ -206,7 +206,7 @@ def _policy_refused(settings: Settings) -> str | None:
 
 
 def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
-    from riskengine.policyfile import PolicyError, load_policy, resolve
+    from riskengine.policy.file import PolicyError, load_policy, resolve
 
     failed = 0
     for name in args.files:
@@ -224,7 +224,7 @@ def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
 
 def _replay(data: Path):
     """A labelled data file -> the point-in-time feature rows, with a progress bar on stderr."""
-    from riskengine import training
+    from riskengine.lab import training
 
     return training.replay_file(data)
 
@@ -232,8 +232,8 @@ def _replay(data: Path):
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import datetime, timezone
 
-    from riskengine import report
-    from riskengine.registry import ModelRefused, ModelRegistry
+    from riskengine.lab import report
+    from riskengine.scoring.registry import ModelRefused, ModelRegistry
 
     registry = ModelRegistry(settings.models)
     try:
@@ -251,9 +251,10 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _whatif(args: argparse.Namespace, settings: Settings) -> int:
-    from riskengine import training, whatif
-    from riskengine.policyfile import PolicyError
-    from riskengine.registry import ModelRefused
+    from riskengine.lab import training
+    from riskengine.lab import whatif
+    from riskengine.policy.file import PolicyError
+    from riskengine.scoring.registry import ModelRefused
 
     try:
         current, candidate = whatif.setups(settings, args.policy, args.model)

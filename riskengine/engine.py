@@ -17,15 +17,16 @@ from pathlib import Path
 from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
-from riskengine import auditlog, profiles
-from riskengine.audit import Problem, pseudonym, verify
+from riskengine import profiles
+from riskengine.audit import trail
+from riskengine.audit.chain import Problem, pseudonym, verify
 from riskengine.enrich import EnrichedEvent, Enricher
 from riskengine.events import Event, event_from_request, event_to_request, format_timestamp
 from riskengine.features import BY_NAME, Context, Signals, extract
-from riskengine.model import Score, Scorer, StatisticalScorer, TrainedScorer
-from riskengine.policy import Decision, Policy, Reason
-from riskengine.policyfile import PolicyWatcher, load_policy, resolve
-from riskengine.registry import ChampionWatcher, ModelRegistry, ModelVersion
+from riskengine.scoring.model import Score, Scorer, StatisticalScorer, TrainedScorer
+from riskengine.policy.decide import Decision, Policy, Reason
+from riskengine.policy.file import PolicyWatcher, load_policy, resolve
+from riskengine.scoring.registry import ChampionWatcher, ModelRegistry, ModelVersion
 from riskengine.settings import Settings
 from riskengine.stores import (Commit, Conflict, DuplicateEvent, ProfileStore, StoredEvent, StoreUnavailable,
                                open_store)
@@ -474,9 +475,9 @@ class Engine:
     def prune_audit(self, retention_days: float, minimum_days: float | None = None,
                     now: datetime | None = None) -> int:
         """Retention: drop records written more than ``retention_days`` ago, never fewer days than the
-        policy's (or ``minimum_days``) regulatory minimum; the trail stays verifiable (auditlog.py)."""
+        policy's (or ``minimum_days``) regulatory minimum; the trail stays verifiable (trail.py)."""
         floor = max(minimum_days or 0.0, self.policy.audit_min_retention_days or 0.0)
-        pruned = auditlog.prune(self.store, max(retention_days, floor), now)
+        pruned = trail.prune(self.store, max(retention_days, floor), now)
         if pruned:
             log.info("audit retention: pruned %d records older than %.0f days", pruned, max(retention_days, floor))
         return pruned

@@ -1,7 +1,7 @@
-"""Build riskengine/data/geo_pools.csv: real IP networks per city for the synthetic event generator.
+"""Build riskengine/datasets/synth/geo_pools.csv: real IP networks per city for the synthetic event generator.
 
 Run once (about a minute: it walks the whole bundled GeoLite2-City database) and commit the CSV, so
-`riskengine.synth` never has to scan the database at run time:
+`riskengine.datasets.synth` never has to scan the database at run time:
 
     .venv/bin/python scripts/build_geo_pools.py
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import maxminddb
 from _maxminddb_geolite2 import geolite2_database
 
-OUT = Path(__file__).resolve().parents[1] / "riskengine" / "data" / "geo_pools.csv"
+OUT = Path(__file__).resolve().parents[1] / "riskengine" / "datasets" / "synth" / "geo_pools.csv"
 NETS_PER_CITY = 8
 
 # (country, city as the database spells it in English, home weight). Weight 0: the city is only a

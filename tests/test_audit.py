@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from riskengine import auditlog
+from riskengine.audit import trail
 from riskengine.api import create_app
-from riskengine.audit import GENESIS, HEAD, Anchor, AuditRow, canonical, seal, verify
+from riskengine.audit.chain import GENESIS, HEAD, Anchor, AuditRow, canonical, seal, verify
 from riskengine.cli import main
 from riskengine.engine import Engine
 from riskengine.settings import Settings
@@ -229,7 +229,7 @@ def test_export_csv_to_stdout(home, capsys):
     assert main(["audit", "export", "--until", "2026-03-03", "--format", "csv"]) == 0
     text = capsys.readouterr().out
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert tuple(rows[0]) == auditlog.COLUMNS
+    assert tuple(rows[0]) == trail.COLUMNS
     assert [(r["kind"], r["event_id"], r["decision"], r["amr"]) for r in rows] == [
         ("score", "alice-0", "allow", '["rba"]'), ("score", "bob-0", "allow", '["rba"]')]
     assert main(["audit", "export", "--since", "yesterday"]) == 2
@@ -295,8 +295,8 @@ def test_retention_plan_keeps_a_contiguous_tail():
         return AuditRow("c", seq, canonical(body), GENESIS, hashlib.sha256(b"x").hexdigest())
 
     rows = [row(1, 0), row(2, 1), row(3, 9), row(4, 2), row(5, 3)]    # a late-clocked writer at 3
-    assert auditlog.retention_plan(rows, T0 + timedelta(days=5)) == {"c": 2}
-    assert auditlog.retention_plan(rows[:2], T0 + timedelta(days=5)) == {"c": 1}       # never the last one
+    assert trail.retention_plan(rows, T0 + timedelta(days=5)) == {"c": 2}
+    assert trail.retention_plan(rows[:2], T0 + timedelta(days=5)) == {"c": 1}       # never the last one
 
 
 def test_the_service_prunes_on_start_when_retention_is_configured(settings):

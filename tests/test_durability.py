@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from riskengine.engine import Engine
-from riskengine.model import StatisticalScorer
+from riskengine.scoring.model import StatisticalScorer
 from riskengine.settings import Settings
 from tests.conftest import CHROME_WIN, OSLO_IP, SAFARI_IPHONE, US_IP
 from tests.test_end_to_end import KEY, Service

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from riskengine.model import RiskModel
-from riskengine.registry import ModelRegistry
+from riskengine.scoring.model import RiskModel
+from riskengine.scoring.registry import ModelRegistry
 from tests.conftest import CHROME_WIN, OSLO_IP
 
 KEY = "e2e-key"

@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi.testclient import TestClient
 
 from riskengine.api import create_app
-from riskengine.audit import pseudonym
+from riskengine.audit.chain import pseudonym
 from riskengine.cli import main
 from riskengine.engine import Engine, event_ref
 from tests.conftest import API_KEY, CHROME_WIN, OSLO_IP, T0, iso

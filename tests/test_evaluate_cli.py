@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from riskengine import synth, training
+from riskengine.datasets import synth
+from riskengine.lab import training
 from riskengine.cli import main
-from riskengine.evaluation import history_bucket
-from riskengine.model import TrainedScorer
-from riskengine.registry import ModelRegistry
+from riskengine.lab.evaluation import history_bucket
+from riskengine.scoring.model import TrainedScorer
+from riskengine.scoring.registry import ModelRegistry
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -68,7 +69,7 @@ def test_generate_train_evaluate_figures_match_a_direct_computation(env, capsys)
     assert main(["evaluate", "--data", str(data), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
 
-    # the same numbers, computed here without riskengine.evaluation / report
+    # the same numbers, computed here without riskengine.lab.evaluation / report
     registry = ModelRegistry(env / "models")
     version = registry.champion_version()
     model, _ = registry.load(version)

@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import ks_2samp
 from sklearn.metrics import roc_curve
 
-from riskengine.evaluation import (
+from riskengine.lab.evaluation import (
     budget_curve,
     by_history,
     calibration,

@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-from riskengine.fastpath import CompiledModel, UnsupportedModel, compile_model
+from riskengine.scoring.trees import CompiledModel, UnsupportedModel, compile_model
 
 N_FEATURES = 12
 
@@ -239,7 +239,7 @@ def test_unsupported_models_raise_with_a_clear_message(factory, message):
 def test_the_single_row_sigmoid_matches_scipy_without_overflowing() -> None:
     from scipy.special import expit
 
-    from riskengine.fastpath import _sigmoid_one
+    from riskengine.scoring.trees import _sigmoid_one
 
     for raw in (-1e6, -800.0, -36.5, -1.0, 0.0, 1e-12, 2.5, 40.0, 800.0, 1e6):
         assert _sigmoid_one(raw, a=-1.7, b=0.3) == pytest.approx(float(expit(-(-1.7 * raw + 0.3))), rel=1e-15,

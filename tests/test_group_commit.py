@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from riskengine.stores import StoreUnavailable
-from riskengine.stores.group import GroupCommit
+from riskengine.stores.batching import GroupCommit
 
 
 class Recorder:
@@ -175,7 +175,7 @@ def test_turns_wait_while_the_thread_has_a_group_and_then_run_as_one_after_it() 
 def test_a_loop_budget_sends_work_to_the_thread_after_slow_runs_and_tries_the_loop_again() -> None:
     import time
 
-    from riskengine.stores.group import LoopBudget
+    from riskengine.stores.batching import LoopBudget
 
     budget = LoopBudget(0.002)
     budget.spent(time.perf_counter() - 0.0005)             # quick: stays on the loop

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from riskengine import synth, training
+from riskengine.datasets import synth
+from riskengine.lab import training
 from riskengine.api import create_app
 from riskengine.engine import learns
 from riskengine.features import FEATURE_NAMES
-from riskengine.model import RiskModel, TrainedScorer
-from riskengine.registry import ModelRefused, ModelRegistry
+from riskengine.scoring.model import RiskModel, TrainedScorer
+from riskengine.scoring.registry import ModelRefused, ModelRegistry
 from tests.conftest import API_KEY
 
 

@@ -20,7 +20,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from riskengine.audit import verify
+from riskengine.audit.chain import verify
 from riskengine.stores.redis import RedisStore
 from tests.conftest import BOMLO_IP, CHROME_WIN, OSLO_IP, REDIS_URL, SAFARI_IPHONE, T0, iso
 

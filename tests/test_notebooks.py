@@ -14,7 +14,7 @@ from ipykernel.kernelspec import install
 from nbclient import NotebookClient
 
 from riskengine.features import FEATURE_NAMES
-from riskengine.policyfile import load_policy
+from riskengine.policy.file import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

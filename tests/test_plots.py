@@ -1,6 +1,6 @@
 import numpy as np
 
-from riskengine.plots import plot_budget_curve, plot_catch_rates, plot_reliability, plot_roc
+from riskengine.lab.plots import plot_budget_curve, plot_catch_rates, plot_reliability, plot_roc
 from tests.test_evaluation import scored
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from riskengine.api import create_app
 from riskengine.cli import main
 from riskengine.events import SessionInfo
-from riskengine.policy import Policy, Reason
-from riskengine.policyfile import PRESETS_DIR, PolicyError, PolicyWatcher, load_policy, parse_policy
+from riskengine.policy.decide import Policy, Reason
+from riskengine.policy.file import PRESETS_DIR, PolicyError, PolicyWatcher, load_policy, parse_policy
 from riskengine.settings import Settings
 from riskengine.stores import StoreUnavailable
 from tests.conftest import API_KEY, CHROME_WIN, OSLO_IP, T0, event, iso

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from riskengine.api import create_app
-from riskengine.policyfile import PRESETS_DIR
+from riskengine.policy.file import PRESETS_DIR
 from riskengine.settings import Settings
 from tests.conftest import API_KEY, CHROME_WIN, OSLO_IP, SAFARI_IPHONE, T0, US_IP, iso
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from riskengine.rba import EVENT_COLUMNS, iter_rba_events, load_rba, to_request
+from riskengine.datasets.rba import EVENT_COLUMNS, iter_rba_events, load_rba, to_request
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = DATA / "rba-dataset-sample.csv"

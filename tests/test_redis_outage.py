@@ -20,12 +20,12 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from riskengine.api import create_app
-from riskengine.audit import verify
+from riskengine.audit.chain import verify
 from riskengine.settings import Settings
 from riskengine.stores.redis import RedisStore
 from tests.conftest import CHROME_WIN, OSLO_IP, T0, iso
 
-DEFAULT_POLICY = Path(__file__).parents[1] / "riskengine" / "policies" / "default.yaml"
+DEFAULT_POLICY = Path(__file__).parents[1] / "riskengine" / "policy" / "presets" / "default.yaml"
 
 
 class PrivateRedis:

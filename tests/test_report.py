@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from riskengine.evaluation import psi, suggest_bands, threshold_at_fpr
-from riskengine.report import build, report_markdown
+from riskengine.lab.evaluation import psi, suggest_bands, threshold_at_fpr
+from riskengine.lab.report import build, report_markdown
 from tests.test_evaluation import scored
 from tests.test_plots import assert_png
 

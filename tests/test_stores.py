@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from riskengine.audit import verify
+from riskengine.audit.chain import verify
 from riskengine.engine import Engine
 from riskengine.enrich import Enricher
 from riskengine.profiles import UserProfile

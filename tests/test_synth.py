@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from _maxminddb_geolite2 import geolite2_database
 
-from riskengine.synth import (ATTACK_CLASSES, EVENT_COLUMNS, generate_events, read_events,
+from riskengine.datasets.synth import (ATTACK_CLASSES, EVENT_COLUMNS, generate_events, read_events,
                               to_request, write_events)
-from riskengine.synth_geo import POOLS_CSV
-from riskengine.synth_attacks import MIN_HISTORY
+from riskengine.datasets.synth.places import POOLS_CSV
+from riskengine.datasets.synth.attacks import MIN_HISTORY
 
 RFC3339_Z = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 API_FIELDS = {"event_id", "user_id", "action", "timestamp", "ip", "user_agent", "device_id", "success",

@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from riskengine import synth, training, whatif
+from riskengine.datasets import synth
+from riskengine.lab import training
+from riskengine.lab import whatif
 from riskengine.cli import main
-from riskengine.evaluation import wilson_interval
-from riskengine.model import StatisticalScorer
-from riskengine.policy import Policy
-from riskengine.policyfile import PRESETS_DIR, load_policy, parse_policy
+from riskengine.lab.evaluation import wilson_interval
+from riskengine.scoring.model import StatisticalScorer
+from riskengine.policy.decide import Policy
+from riskengine.policy.file import PRESETS_DIR, load_policy, parse_policy
 
 DEFAULT_YAML = (PRESETS_DIR / "default.yaml").read_text()
 # the hand-made difference: risk from 0.1 (not 0.3) is medium and needs aal2

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from riskengine.engine import OUTCOMES
 from riskengine.events import Event, SessionInfo, new_event_id, normalize_ip, parse_timestamp
-from riskengine.policy import Decision
+from riskengine.policy.decide import Decision
 
 MAX_ATTRIBUTES = 32
 AttributeValue = Annotated[StrictStr, Field(max_length=1024)] | StrictBool | StrictInt | StrictFloat

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Protocol
 
 import orjson
 
-from riskengine.audit import Anchor, AuditRow
+from riskengine.audit.chain import Anchor, AuditRow
 from riskengine.profiles import UserProfile
 
 IP_WINDOW_S = 3600.0

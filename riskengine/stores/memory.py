@@ -9,11 +9,11 @@ from collections import defaultdict, deque
 from concurrent.futures import Future
 from typing import Any, Iterator
 
-from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
+from riskengine.audit.chain import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent)
-from riskengine.stores.group import done, done_async, run_inline
+from riskengine.stores.batching import done, done_async, run_inline
 
 
 class MemoryStore:

@@ -22,11 +22,11 @@ from pathlib import Path
 from collections import Counter
 from typing import Any, Iterable, Iterator
 
-from riskengine.audit import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
+from riskengine.audit.chain import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
                                     GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
-from riskengine.stores.group import GroupCommit, LoopBudget, LoopTurns, resolve
+from riskengine.stores.batching import GroupCommit, LoopBudget, LoopTurns, resolve
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL);

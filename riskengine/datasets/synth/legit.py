@@ -9,9 +9,9 @@ from datetime import datetime
 
 import numpy as np
 
-from riskengine import synth_ua
-from riskengine.synth_geo import GeoPools
-from riskengine.synth_users import MAX_PAYEES, Population, Trips, pick_columns
+from riskengine.datasets.synth import useragents
+from riskengine.datasets.synth.places import GeoPools
+from riskengine.datasets.synth.users import MAX_PAYEES, Population, Trips, pick_columns
 
 ACTIONS = ("login", "view_dashboard", "payment", "add_payee", "change_email", "change_password",
            "export_data")
@@ -55,7 +55,7 @@ class Clock:
 
     start: int  # epoch seconds
     days: int
-    release_day: int  # day 0 counted from synth_ua.RELEASE_EPOCH
+    release_day: int  # day 0 counted from useragents.RELEASE_EPOCH
     weekend: np.ndarray  # (days,) bool, Saturday or Sunday
     offsets: np.ndarray  # (places, days) seconds east of UTC
 
@@ -63,7 +63,7 @@ class Clock:
     def at(cls, start: datetime, days: int, pools: GeoPools) -> Clock:
         naive = start.replace(tzinfo=None)
         return cls(start=int(start.timestamp()), days=days,
-                   release_day=(naive - synth_ua.RELEASE_EPOCH).days,
+                   release_day=(naive - useragents.RELEASE_EPOCH).days,
                    weekend=(naive.weekday() + np.arange(days)) % 7 >= 5,
                    offsets=pools.utc_offsets(naive, days))
 
@@ -88,7 +88,7 @@ def _login_times(pop: Population, trips: Trips, clock: Clock, rng: np.random.Gen
 def _devices(pop: Population, user, day, hour, away, clock: Clock, rng: np.random.Generator):
     """Which of the user's devices: desktops on workdays, phones when away; then its id and UA."""
     family = pop.dev_family[user]
-    mobile = synth_ua.MOBILE[family] & (family >= 0)
+    mobile = useragents.MOBILE[family] & (family >= 0)
     workday = ~clock.weekend[day] & (hour >= 8.5) & (hour < 17.5) & ~away
     boost = np.where(mobile, np.where(away, 3.0, 1.0)[:, None],
                      np.where(workday, 2.0, 1.0)[:, None])
@@ -97,8 +97,8 @@ def _devices(pop: Population, user, day, hour, away, clock: Clock, rng: np.rando
     changed = day >= pop.dev_change_day[user, slot]
     device = np.where(changed, pop.dev_new_key[user, slot], pop.dev_key[user, slot])
     lag = np.where(changed & pop.dev_upgrade[user, slot], 0, pop.dev_lag[user, slot])
-    k = synth_ua.release(family, clock.release_day + day, pop.dev_phase[user, slot], lag)
-    return device, synth_ua.ua_key(family, k), synth_ua.MOBILE[family], workday
+    k = useragents.release(family, clock.release_day + day, pop.dev_phase[user, slot], lag)
+    return device, useragents.ua_key(family, k), useragents.MOBILE[family], workday
 
 
 def _ips(pop: Population, trips: Trips, pools: GeoPools, user, day, phone, workday, away,

@@ -17,12 +17,12 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from riskengine import synth_ua
+from riskengine.datasets.synth import useragents
 from riskengine.events import row_to_request
-from riskengine.synth_attacks import ATTACK_CLASSES, attack_rows
-from riskengine.synth_geo import format_ips, load_pools
-from riskengine.synth_legit import ACTIONS, Clock, Rows, concat_rows, legit_rows, take
-from riskengine.synth_users import Population, draw_population, draw_trips
+from riskengine.datasets.synth.attacks import ATTACK_CLASSES, attack_rows
+from riskengine.datasets.synth.places import format_ips, load_pools
+from riskengine.datasets.synth.legit import ACTIONS, Clock, Rows, concat_rows, legit_rows, take
+from riskengine.datasets.synth.users import Population, draw_population, draw_trips
 
 __all__ = ["ACTIONS", "ATTACK_CLASSES", "DEFAULT_START", "EVENT_COLUMNS", "SCHEMA",
            "generate_events", "read_events", "to_request", "write_events"]
@@ -88,7 +88,7 @@ def _frame(rows: Rows, pop: Population, seed: int) -> pd.DataFrame:
         "action": _strings(np.array(ACTIONS, dtype=object)[rows["action"]]),
         "timestamp": _times(rows["ts"]),
         "ip": _strings(format_ips(rows["ip"])),
-        "user_agent": _strings(synth_ua.render(rows["ua"])),
+        "user_agent": _strings(useragents.render(rows["ua"])),
         "device_id": _hex_ids(rows["device"], "", 16),
         "success": pa.array(rows["success"]),
         "amount": pa.array(rows["amount"], mask=~money),

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from riskengine import synth_ua
-from riskengine.synth_geo import GeoPools
+from riskengine.datasets.synth import useragents
+from riskengine.datasets.synth.places import GeoPools
 
 # Currency and a rough EUR exchange rate per home country (EUR elsewhere), so amounts look local.
 CURRENCY = {"US": ("USD", 1.1), "CA": ("CAD", 1.5), "GB": ("GBP", 0.85), "SE": ("SEK", 11.0),
@@ -96,11 +96,11 @@ def _devices(countries: np.ndarray, days: int, rng: np.random.Generator) -> dict
     count = rng.choice([1, 2, 3], n, p=[0.3, 0.45, 0.25])
     mobile = rng.random(slots) < np.array([0.6, 0.35, 0.35])
     iphone = rng.random(slots) < np.array([IPHONE_SHARE.get(c, 0.35) for c in countries])[:, None]
-    family = np.where(mobile, np.where(iphone, synth_ua.IOS, synth_ua.ANDROID),
-                      synth_ua.desktop_families(n * MAX_DEVICES, rng).reshape(slots))
+    family = np.where(mobile, np.where(iphone, useragents.IOS, useragents.ANDROID),
+                      useragents.desktop_families(n * MAX_DEVICES, rng).reshape(slots))
     family = np.where(np.arange(MAX_DEVICES) < count[:, None], family, -1)
-    period = synth_ua.PERIOD[np.maximum(family, 0)]
-    lag = np.minimum(rng.geometric(np.where(family == synth_ua.IOS, 0.45, 0.7)) - 1, 10)
+    period = useragents.PERIOD[np.maximum(family, 0)]
+    lag = np.minimum(rng.geometric(np.where(family == useragents.IOS, 0.45, 0.7)) - 1, 10)
     changes = rng.random(slots) < 0.05 * days / 30
     weight = rng.gamma(1.0, size=slots) * np.array([2.0, 1.0, 1.0])  # slot 0: the main device
     return dict(

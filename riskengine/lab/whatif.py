@@ -18,10 +18,10 @@ import yaml
 
 from riskengine.engine import Engine
 from riskengine.enrich import Enricher
-from riskengine.evaluation import wilson_interval
+from riskengine.lab.evaluation import wilson_interval
 from riskengine.events import event_from_request, row_to_request
-from riskengine.model import Scorer
-from riskengine.policy import Policy
+from riskengine.scoring.model import Scorer
+from riskengine.policy.decide import Policy
 from riskengine.stores import MemoryStore
 
 CAUGHT = ("step_up", "deny")          # an attacker asked to step up fails it: stepped up is caught
@@ -188,9 +188,9 @@ def render(replayed: pd.DataFrame, current: Setup, candidate: Setup, mode: str =
 def setups(settings: Any, policy: str | Path, version: str | None = None) -> tuple[Setup, Setup]:
     """(current, candidate): the serving policy and champion (Freeman while there is none), and the
     candidate policy file with model ``version`` (default: the current model)."""
-    from riskengine.model import StatisticalScorer, TrainedScorer
-    from riskengine.policyfile import load_policy, resolve
-    from riskengine.registry import ModelRegistry
+    from riskengine.scoring.model import StatisticalScorer, TrainedScorer
+    from riskengine.policy.file import load_policy, resolve
+    from riskengine.scoring.registry import ModelRegistry
 
     registry = ModelRegistry(settings.models)
     champion = registry.champion_version()
@@ -218,7 +218,7 @@ def policy_with_bands(base: str | Path, medium: float, deny_at: float, note: str
     The high band (one level more) moves only as far as it must to stay between the two; the
     name gets a ``-suggested`` suffix so answers and audit records show which policy decided.
     """
-    from riskengine.policyfile import parse_policy
+    from riskengine.policy.file import parse_policy
 
     doc = yaml.safe_load(Path(base).read_text(encoding="utf-8"))
     medium, deny_at = _ceil4(medium), max(_ceil4(deny_at), _ceil4(medium) + 0.0002)

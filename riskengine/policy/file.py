@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from riskengine.exemptions import Exemption, LowValue, RiskAnalysis, Threshold
-from riskengine.policy import FAILURE_MODES, Band, Level, Policy, Rule
+from riskengine.policy.exemptions import Exemption, LowValue, RiskAnalysis, Threshold
+from riskengine.policy.decide import FAILURE_MODES, Band, Level, Policy, Rule
 
-PRESETS_DIR = Path(__file__).parent / "policies"
+PRESETS_DIR = Path(__file__).parent / "presets"
 PRESETS = ("default", "psd2", "hipaa", "gdpr")
 RISK_LEVELS = ("low", "medium", "high")
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")

@@ -4,7 +4,7 @@ Levels are ordered (aal1 < aal2 < aal3 by default; names and OIDC ``acr`` values
 come from the policy). Each action has a base requirement; risk bands raise it; a
 ceiling denies. A session that already holds the level within ``max_age`` is
 allowed; otherwise the answer is a step-up with an RFC 9470 challenge. Policies
-are YAML files (``policyfile.py``); ``Policy()`` is the built-in default.
+are YAML files (``file.py``); ``Policy()`` is the built-in default.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from riskengine import exemptions
+from riskengine.policy import exemptions
 from riskengine.events import Event
-from riskengine.exemptions import Exemption, FraudRate, LowValue
+from riskengine.policy.exemptions import Exemption, FraudRate, LowValue
 from riskengine.profiles import UserProfile
 
 FAILURE_MODES = ("deny", "step_up", "unavailable")
@@ -136,7 +136,7 @@ _DEFAULT_BANDS = (Band("medium", 0.3, "aal2", 0, 300), Band("high", 0.7, "aal2",
 
 @dataclass(frozen=True)
 class Policy:
-    """A validated policy. The defaults are ``policies/default.yaml`` (a test keeps them equal)."""
+    """A validated policy. The defaults are ``presets/default.yaml`` (a test keeps them equal)."""
 
     version: str = "default@1"                  # "<name>@<version>": in every answer and audit record
     levels: tuple[Level, ...] = _DEFAULT_LEVELS

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from riskengine import synth_ua
-from riskengine.synth_geo import GeoPools
-from riskengine.synth_legit import (ADD_PAYEE, CHANGE_EMAIL, CHANGE_PASSWORD, DASHBOARD, DAY,
+from riskengine.datasets.synth import useragents
+from riskengine.datasets.synth.places import GeoPools
+from riskengine.datasets.synth.legit import (ADD_PAYEE, CHANGE_EMAIL, CHANGE_PASSWORD, DASHBOARD, DAY,
                                     EXPORT_DATA, LOGIN, PAYMENT, Clock, Rows, rows_from_records,
                                     take)
-from riskengine.synth_users import NEVER, Population
+from riskengine.datasets.synth.users import NEVER, Population
 
 ATTACK_CLASSES = ("legit", "naive", "vpn", "targeted", "very_targeted", "credential_stuffing",
                   "impossible_travel", "session_hijack_payment")
@@ -52,7 +52,7 @@ class _Attacks:
         return np.flatnonzero(self.pools.country[self.pools.net_place] == self.pools.country[place])
 
     def _random_ua(self, t: int) -> int:
-        return int(synth_ua.random_keys(1, self.clock.release_day + (t - self.clock.start) // DAY,
+        return int(useragents.random_keys(1, self.clock.release_day + (t - self.clock.start) // DAY,
                                         self.rng)[0])
 
     def _new_device(self, p_cookie: float = 0.75) -> int:
@@ -107,8 +107,8 @@ class _Attacks:
             return dict(ip=self._ip(self._country_nets(home)), ua=self._random_ua(t),
                         device=self._new_device())
         if cls == "targeted":  # ... and the browser and OS, not the exact versions
-            k = synth_ua.key_release(ua) - int(self.rng.integers(1, 8))
-            ua = int(synth_ua.ua_key(synth_ua.key_family(ua), k))
+            k = useragents.key_release(ua) - int(self.rng.integers(1, 8))
+            ua = int(useragents.ua_key(useragents.key_family(ua), k))
             return dict(ip=self._ip(self._country_nets(home)), ua=ua, device=self._new_device())
         # very_targeted: the victim's city or even ISP network, and their exact User-Agent
         nets = (np.array([self.pop.home_net[victim]]) if self.rng.random() < 0.5

@@ -1,6 +1,6 @@
 """Places for the synthetic event stream (synth.py): real IPv4 networks per city and datacenter.
 
-The table is data/geo_pools.csv, built once by scripts/build_geo_pools.py from the bundled
+The table is geo_pools.csv beside this file, built once by scripts/build_geo_pools.py from the bundled
 GeoLite2-City database, so every generated IP geolocates to the place the generator meant.
 """
 
@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-POOLS_CSV = Path(__file__).parent / "data" / "geo_pools.csv"
+POOLS_CSV = Path(__file__).parent / "geo_pools.csv"
 
 
 @dataclass(frozen=True)

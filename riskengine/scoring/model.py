@@ -18,7 +18,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from riskengine.fastpath import CompiledModel, UnsupportedModel, compile_model
+from riskengine.scoring.trees import CompiledModel, UnsupportedModel, compile_model
 from riskengine.features import FEATURE_NAMES, Signals
 from riskengine.profiles import FREEMAN_ATTRIBUTES
 

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from riskengine import evaluation
+from riskengine.lab import evaluation
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
 from riskengine.events import event_from_request, row_to_request
 from riskengine.features import FEATURE_NAMES
-from riskengine.model import RiskModel, StatisticalScorer, TrainedScorer
-from riskengine.policy import Policy
-from riskengine.registry import ModelRegistry, ModelVersion
+from riskengine.scoring.model import RiskModel, StatisticalScorer, TrainedScorer
+from riskengine.policy.decide import Policy
+from riskengine.scoring.registry import ModelRegistry, ModelVersion
 from riskengine.stores import MemoryStore
 
 FPRS = (0.01, 0.02, 0.05)
@@ -196,11 +196,11 @@ def load_frame(path: Path) -> pd.DataFrame:
 
 def _frames(path: Path, chunk: int = 50_000) -> Iterator[pd.DataFrame]:
     if path.suffix == ".csv":
-        from riskengine import rba
+        from riskengine.datasets import rba
 
         yield from rba.iter_rba_events(path, chunksize=chunk)       # never the whole file
         return
-    from riskengine import synth
+    from riskengine.datasets import synth
 
     frame = synth.read_events(path)                                 # columnar: ~25 MB a million events
     for start in range(0, len(frame), chunk):

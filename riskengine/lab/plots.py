@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from riskengine.evaluation import _pct, budget_curve, calibration, catch_rate_by_class, roc_pr
+from riskengine.lab.evaluation import _pct, budget_curve, calibration, catch_rate_by_class, roc_pr
 
 
 def _figure(size: tuple[float, float] = (6.0, 4.5)) -> Any:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
-from riskengine.audit import AuditRow
+from riskengine.audit.chain import AuditRow
 from riskengine.events import format_timestamp, parse_timestamp
 
 FORMATS = ("jsonl", "csv")

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from riskengine.evaluation import (
+from riskengine.lab.evaluation import (
     DEFAULT_FPRS,
     LEGIT,
     _arrays,
@@ -30,7 +30,7 @@ from riskengine.evaluation import (
     suggest_bands,
     threshold_at_fpr,
 )
-from riskengine.plots import named_scores, plot_budget_curve, plot_catch_rates, plot_reliability, plot_roc
+from riskengine.lab.plots import named_scores, plot_budget_curve, plot_catch_rates, plot_reliability, plot_roc
 
 FIGURES = {"roc": "ROC", "budget": "Step-up budget", "catch_rates": "Catch rate per attacker class",
            "reliability": "Reliability"}
@@ -312,9 +312,9 @@ def evaluate_dataset(
     data (its ``metadata.json`` fingerprint matches), since the earlier rows are its training set;
     ``"later"`` always does, ``"all"`` never. The champion joins the table when it is not the model.
     """
-    from riskengine import training
+    from riskengine.lab import training
     from riskengine.features import FEATURE_NAMES
-    from riskengine.model import TrainedScorer
+    from riskengine.scoring.model import TrainedScorer
 
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")

@@ -1,0 +1,1 @@
+"""Offline tools for data scientists: training, evaluation, reports, plots and what-if replays."""
