@@ -54,3 +54,16 @@ def client(settings: Settings):
     with TestClient(create_app(settings)) as client:
         client.headers["Authorization"] = f"Bearer {API_KEY}"
         yield client
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The store contract and multi-process tests use a real Redis: say plainly when none answers."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        raise pytest.UsageError(
+            f"the tests need a Redis server at {REDIS_URL} ({type(exc).__name__}). Start one with\n"
+            "  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no\n"
+            "or point RISKENGINE_TEST_REDIS_URL at one (a spare database: the tests delete only their own keys).")
