@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from riskengine import profiles
@@ -28,6 +28,7 @@ from riskengine.policy.decide import Decision, Policy, Reason
 from riskengine.policy.file import PolicyWatcher, load_policy, resolve
 from riskengine.scoring.registry import ChampionWatcher, ModelRegistry, ModelVersion
 from riskengine.settings import Settings
+from riskengine.signals.recorded import Recorded
 from riskengine.stores import (Commit, Conflict, DuplicateEvent, ProfileStore, StoredEvent, StoreUnavailable,
                                open_store)
 
@@ -104,6 +105,7 @@ class Engine:
         self._policy_watcher: PolicyWatcher | None = None
         self.fraud_rate_cache_s = fraud_rate_cache_s
         self._fraud_rates: dict[tuple, tuple[float, float | None]] = {}
+        self.listeners: list[Callable[[Recorded], None]] = []   # told after a durable record (signals/)
 
     @classmethod
     def open(cls, settings: Settings, scorer: Scorer | None = None) -> "Engine":
@@ -223,6 +225,7 @@ class Engine:
                 scored, committed = await self._decide_in_turn(event, client)
                 try:
                     await committed
+                    self._tell(event, scored.decision)
                     return scored.decision
                 except Conflict:
                     if attempt:
@@ -340,7 +343,18 @@ class Engine:
                  "outcome": outcome, "policy_version": self.policy.version}
         recorded = self.store.record_outcome(event_id, outcome, audit)
         self._fraud_rates.clear()                 # a label moves the fraud rate PSD2 TRA exemptions depend on
+        if recorded:
+            self._tell(event_from_request(stored.request), Decision.from_dict(stored.decision), outcome)
         return recorded
+
+    def _tell(self, event: Event, decision: Decision, outcome: str | None = None) -> None:
+        """Listeners (webhooks, CAEP) only queue: a slow receiver never holds a request."""
+        if self.listeners:
+            notice = Recorded(event.event_id, event.user_id, event.action, format_timestamp(event.timestamp),
+                              decision.decision, decision.risk_level, decision.risk_score,
+                              tuple(r.code for r in decision.reasons), outcome)
+            for listener in self.listeners:
+                listener(notice)
 
     def apply_step_up(self, event: Event, learn: bool, required_acr: str | None = None) -> None:
         """The user proved it was them: remember this event (if not yet) and trust its device and place."""

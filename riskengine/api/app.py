@@ -5,8 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio.to_thread
@@ -22,6 +22,7 @@ from riskengine.api.scorelane import ScoreLane
 from riskengine.api.timeouts import BodyTimeout
 from riskengine.engine import Engine, ScoreUnavailable
 from riskengine.settings import Settings
+from riskengine.signals import routes as signal_routes
 from riskengine.stores import Conflict, StoreUnavailable
 
 log = logging.getLogger("riskengine.api")
@@ -37,9 +38,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI):
         if settings.worker_threads > 0:     # plain-def handlers share the GIL: few threads, no convoy
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        with (engine or Engine.open(settings)) as opened:
+        with (engine or Engine.open(settings)) as opened, _signals(settings, opened) as signals:
             gc.freeze()     # the model, GeoIP tables, policy...: kept for good, so no collection walks them
-            yield {"engine": opened}
+            yield {"engine": opened, "signals": signals}
 
     buckets = Buckets(keys, settings.rate_limit_per_second, settings.rate_limit_burst)
     deadline = BodyTimeout(None, seconds=settings.read_timeout_seconds)
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                    lane=lambda stack: ScoreLane(stack, keys, score_route, handlers, buckets, deadline, limit))
     app.state.keys = keys
     app.include_router(routes.router)
+    app.include_router(signal_routes.router)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(StoreUnavailable, _unavailable)
@@ -61,6 +63,24 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(RateLimit, buckets=buckets)      # outermost of these: a 429 reads no body
     app.add_middleware(Observe)
     return app
+
+
+@contextmanager
+def _signals(settings: Settings, engine: Engine) -> Iterator[Any]:
+    """Webhooks and CAEP when ``RISKENGINE_SIGNALS`` names a file; a broken file stops the start."""
+    if settings.signals is None:
+        yield None
+        return
+    from riskengine.signals.config import load_config
+    from riskengine.signals.transmitter import Transmitter
+
+    transmitter = Transmitter(load_config(settings.signals), engine.subject)
+    engine.listeners.append(transmitter.on_recorded)
+    try:
+        yield transmitter
+    finally:
+        engine.listeners.remove(transmitter.on_recorded)
+        transmitter.close()
 
 
 class _Service(FastAPI):
