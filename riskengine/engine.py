@@ -113,7 +113,7 @@ class Engine:
         policy_path = resolve(settings.policy)
         policy = load_policy(policy_path)             # a broken file stops the start, naming what is wrong
         store, audit_key = _open_store(settings)
-        enricher = Enricher(settings.geoip_city_db, settings.geoip_asn_db)
+        enricher = Enricher(settings.geoip_city_db, settings.geoip_asn_db, settings.lists)
         key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key")
         engine = cls(store, enricher, scorer, policy, settings.retention_days, key, audit_key=audit_key,
                      fraud_rate_cache_s=settings.fraud_rate_cache_s)

@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None           # one client:key per line
     geoip_city_db: Path | None = None
     geoip_asn_db: Path | None = None
+    lists: Path | None = None                   # a folder of named lists: addresses, CIDRs, ASNs (enrich/lists.py)
     policy: Path | None = None                  # a policy file, or a preset name: default | psd2 | hipaa | gdpr
     policy_check_interval: float = 1.0          # seconds between looks at the policy file for changes
     audit_key_file: Path | None = None          # seals the audit trail; default: <home>/var/audit.key

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from riskengine.enrich.geo import GeoInfo, GeoLocator, haversine_km, prefix_network
+from riskengine.enrich.lists import ListFolder
 from riskengine.enrich.useragent import UserAgentInfo, parse_user_agent
 from riskengine.events import Event
 
@@ -18,19 +19,21 @@ class EnrichedEvent:
     event: Event
     geo: GeoInfo
     ua: UserAgentInfo
+    lists: frozenset[str] = frozenset()        # the named lists (enrich/lists.py) its address or ASN is on
 
 
 class Enricher:
-    """Geo + User-Agent lookups. Dataset hints in ``attributes`` fill unknown places."""
+    """Geo, User-Agent and named-list lookups. Dataset hints in ``attributes`` fill unknown places."""
 
-    def __init__(self, city_db: Path | None = None, asn_db: Path | None = None) -> None:
+    def __init__(self, city_db: Path | None = None, asn_db: Path | None = None, lists: Path | None = None) -> None:
         self.geo = GeoLocator(city_db, asn_db)
+        self.lists = ListFolder(lists)
 
     def enrich(self, event: Event) -> EnrichedEvent:
         geo = self.geo.lookup(event.ip)
         if not geo.known and "geo_country" in event.attributes:
             geo = _from_hints(geo, event.attributes)
-        return EnrichedEvent(event, geo, parse_user_agent(event.user_agent))
+        return EnrichedEvent(event, geo, parse_user_agent(event.user_agent), self.lists.poll().match(event.ip, geo.asn))
 
     def close(self) -> None:
         self.geo.close()
