@@ -64,15 +64,22 @@ class Outbox:
         while not self._queue.empty() and time.monotonic() < deadline:
             time.sleep(0.02)
         self._stopping.set()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self._thread.join(timeout=drain_s + 1)
-        self._http.close()
+        while True:                               # what is still queued is dropped, and counted
+            try:
+                if self._queue.get_nowait() is not None:
+                    self.counters.dropped += 1
+            except queue.Empty:
+                break
+        self._queue.put(None)
+        self._thread.join(timeout=drain_s + 1)    # a delivery in flight may outlive this; it builds nothing more
+        if not self._thread.is_alive():
+            self._http.close()
 
     def _run(self) -> None:
         while (message := self._queue.get()) is not None:
+            if self._stopping.is_set():           # closing: nothing more is built (the engine is going away)
+                self.counters.dropped += 1
+                continue
             try:
                 self._deliver(message)
             except Exception:                     # a bug in one message must not stop the sender
