@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from riskengine.audit import commands as audit_commands
 from riskengine.settings import Settings
 
 
@@ -131,69 +132,6 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from riskengine.engine import Engine
-
-    with Engine.for_audit(settings) as engine:
-        records, chains, problems = engine.verify_audit()
-    if problems:
-        for problem in problems:
-            print(f"FAIL {problem}")
-        sealed = {p.seq for p in problems if "does not match its seal" in p.what}
-        if records and len(sealed) == records:
-            print("every record fails its seal: is the audit key (RISKENGINE_AUDIT_KEY_FILE, default "
-                  "var/audit.key) the one this trail was written with?")
-        print(f"audit trail INVALID: {len(problems)} problem(s) in {records} records")
-        return 1
-    print(f"audit trail OK: {records} records in {chains} chain(s)")
-    return 0
-
-
-def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
-    from riskengine.audit import trail
-    from riskengine.engine import Engine
-
-    try:
-        since = trail.parse_time(args.since) if args.since else None
-        until = trail.parse_time(args.until) if args.until else None
-    except ValueError as bad:
-        print(f"riskengine audit export: --since/--until: {bad}", file=sys.stderr)
-        return 2
-    with Engine.for_audit(settings) as engine:
-        records, _, problems = engine.verify_audit()
-        event_ids = engine.event_ids()
-        selected = trail.select(engine.store.audit_rows(), since, until, event_ids)
-        if args.out:
-            with open(args.out, "w", newline="", encoding="utf-8") as out:
-                written = trail.write(selected, out, args.format)
-        else:
-            written = trail.write(selected, sys.stdout, args.format)
-    state = "verified" if not problems else f"NOT verified: {len(problems)} problem(s), see `riskengine audit verify`"
-    print(f"exported {written} of {records} records ({state})", file=sys.stderr)
-    return 0 if not problems else 1
-
-
-def _audit_prune(args: argparse.Namespace, settings: Settings) -> int:
-    from riskengine.engine import Engine
-    from riskengine.policy.file import PolicyError, load_policy, resolve
-
-    days = args.days if args.days is not None else settings.audit_retention_days
-    if days is None:
-        print("riskengine audit prune: give --days N or set RISKENGINE_AUDIT_RETENTION_DAYS", file=sys.stderr)
-        return 2
-    try:
-        minimum = load_policy(resolve(settings.policy)).audit_min_retention_days
-    except PolicyError as error:
-        print(f"riskengine audit prune: the policy's minimum retention is unknown:\n{error}", file=sys.stderr)
-        return 1
-    with Engine.for_audit(settings) as engine:
-        pruned = engine.prune_audit(days, minimum)
-    kept = max(days, minimum or 0)
-    print(f"pruned {pruned} audit records written more than {kept:g} days ago"
-          + (f" (the policy keeps at least {minimum:g})" if minimum and minimum > days else ""))
-    return 0
-
-
 def _policy_refused(settings: Settings) -> str | None:
     """Why RISKENGINE_POLICY cannot serve, before anything starts (None: it can)."""
     from riskengine.policy.file import PolicyError, load_policy, resolve
@@ -308,18 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     whatif.add_argument("--counterfactual", action="store_true",
                         help="let the candidate's own decisions shape later history (labelled data only)")
     whatif.set_defaults(run=_whatif)
-    audit = commands.add_parser("audit", help="audit trail tools")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    audit_commands.add_parser("verify", help="check the hash chain end to end").set_defaults(run=_audit_verify)
-    export = audit_commands.add_parser("export", help="records whose time is in [--since, --until), for auditors")
-    export.add_argument("--since", help="RFC 3339 time or YYYY-MM-DD (UTC midnight); default: the beginning")
-    export.add_argument("--until", help="RFC 3339 time or YYYY-MM-DD, exclusive; default: now and later")
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    export.add_argument("--out", help="file to write (default: standard output)")
-    export.set_defaults(run=_audit_export)
-    prune = audit_commands.add_parser("prune", help="retention: drop old records, keep the chain verifiable")
-    prune.add_argument("--days", type=float, help="keep this many days (default: RISKENGINE_AUDIT_RETENTION_DAYS)")
-    prune.set_defaults(run=_audit_prune)
+    audit_commands.register(commands)
     policy = commands.add_parser("policy", help="policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser("check", help="validate policy files (or preset names); non-zero if any is broken")

@@ -127,11 +127,13 @@ class Engine:
         return engine
 
     @classmethod
-    def for_audit(cls, settings: Settings) -> "Engine":
+    def for_audit(cls, settings: Settings, keys: bool = True) -> "Engine":
         """An existing home's engine for offline tools (audit, training on recorded events):
-        no policy file, no model, nothing recorded on open."""
-        store, audit_key = _open_store(settings)
-        key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key")
+        no policy file, no model, nothing recorded on open. Offline tools never create keys: a
+        missing one is an error (``MissingKey``). ``keys=False`` (an auditor holding only a public
+        key) reads the trail without them: the seals cannot be checked."""
+        store, audit_key = _open_store(settings, create_keys=False, audit_key=keys)
+        key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key", create=False) if keys else None
         return cls(store, Enricher(settings.geoip_city_db, settings.geoip_asn_db), StatisticalScorer(), Policy(),
                    settings.retention_days, key, audit_key=audit_key)
 
@@ -523,20 +525,29 @@ def event_ref(secret: bytes | None, event_id: str) -> str:
     return pseudonym(secret or b"", f"event:{event_id}")
 
 
-def _open_store(settings: Settings) -> tuple[ProfileStore, bytes]:
-    """The configured store, sealing the audit trail with the home's audit key."""
+def _open_store(settings: Settings, create_keys: bool = True,
+                audit_key: bool = True) -> tuple[ProfileStore, bytes | None]:
+    """The configured store, sealing the audit trail with the home's audit key (none: ``audit_key=False``)."""
+    key = _load_key(settings.audit_key_file or settings.var / "audit.key", create_keys) if audit_key else None
     settings.var.mkdir(parents=True, exist_ok=True)
     options = {"synchronous": settings.sqlite_synchronous} if settings.store.startswith("sqlite") else {}
     if settings.store.startswith(("redis://", "rediss://", "unix://")):
         options = {"prefix": settings.redis_prefix}
-    audit_key = _load_key(settings.audit_key_file or settings.var / "audit.key")
-    return open_store(settings.store, settings.home, audit_key=audit_key, **options), audit_key
+    return open_store(settings.store, settings.home, audit_key=key, **options), key
 
 
-def _load_key(path: Path) -> bytes:
-    """The service's pseudonymisation key: created once, readable only by its owner."""
+class MissingKey(FileNotFoundError):
+    """An offline tool found no key where the service keeps it: it never makes one (a new key would
+    verify nothing and pseudonymise differently)."""
+
+
+def _load_key(path: Path, create: bool = True) -> bytes:
+    """The service's pseudonymisation or audit key: created once (by the service), readable only by its owner."""
     if path.exists():
         return path.read_bytes()
+    if not create:
+        raise MissingKey(f"no key at {path}: point RISKENGINE_AUDIT_KEY_FILE / RISKENGINE_PSEUDONYM_KEY_FILE at "
+                         "the keys the service uses (offline tools never create keys)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     policy: Path | None = None                  # a policy file, or a preset name: default | psd2 | hipaa | gdpr
     policy_check_interval: float = 1.0          # seconds between looks at the policy file for changes
     audit_key_file: Path | None = None          # seals the audit trail; default: <home>/var/audit.key
+    audit_signing_key_file: Path | None = None  # Ed25519 key signing audit heads; default: <home>/var/audit-signing.key
     audit_retention_days: float | None = None   # prune older audit records (never below the policy's minimum)
     fraud_rate_cache_s: float = 60.0            # PSD2 TRA: how long one computed fraud rate is reused
     retention_days: float = 180.0

@@ -273,25 +273,96 @@ def test_retention_anchor_cannot_be_moved_or_dropped(home, capsys):
     assert code == 1 and "FAIL chain main record 10: records 1..9 are missing (deleted)" in out
 
 
+def _old_records(settings: Settings, n: int, days_ago: float) -> None:
+    """``n`` records whose event time ``at`` is ``days_ago`` days back though written now (a replay)."""
+    provision_keys(settings)
+    at = iso(datetime.now(timezone.utc) - timedelta(days=days_ago))
+    with Engine.for_audit(settings) as engine:
+        for k in range(n):
+            engine.store.append_audit({"kind": "test", "at": at, "recorded_at": iso(datetime.now(timezone.utc)),
+                                       "n": k})
+
+
+def provision_keys(settings: Settings) -> None:
+    """The audit and pseudonym keys an operator provisions (offline tools never create them)."""
+    settings.var.mkdir(parents=True, exist_ok=True)
+    for name in ("audit.key", "pseudonym.key"):
+        if not (settings.var / name).exists():
+            fd = os.open(settings.var / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, os.urandom(32))
+            os.close(fd)
+
+
 def test_prune_command_honours_the_policys_minimum(settings, monkeypatch, capsys):
     monkeypatch.setenv("RISKENGINE_HOME", str(settings.home))
+    _old_records(settings, 3, days_ago=400)
     _trail(settings, policy="hipaa")
     monkeypatch.setenv("RISKENGINE_POLICY", "hipaa")
-    assert main(["audit", "prune", "--days", "0"]) == 0
-    assert "pruned 0 audit records written more than 2190 days ago (the policy keeps at least 2190)" in \
-        capsys.readouterr().out
+    assert main(["audit", "prune", "--days", "365"]) == 0
+    assert "pruned 0 audit records whose time (`at`) is more than 2190 days ago (the policy keeps at least 2190)" \
+        in capsys.readouterr().out
     monkeypatch.setenv("RISKENGINE_POLICY", "default")
-    assert main(["audit", "prune", "--days", "0"]) == 0
-    assert "pruned 8 audit records" in capsys.readouterr().out
+    assert main(["audit", "prune", "--days", "365"]) == 0
+    assert "pruned 3 audit records" in capsys.readouterr().out
     code, out = _verify(capsys)
-    assert code == 0 and "2 records" in out
+    assert code == 0 and "10 records" in out, out                    # 9 of the trail + the retention record
     monkeypatch.delenv("RISKENGINE_POLICY")
     assert main(["audit", "prune"]) == 2                              # no --days and no retention configured
 
 
+@pytest.mark.parametrize("days", ["-5", "0", "nan", "inf", "soon"])
+def test_prune_refuses_a_retention_that_is_not_a_positive_number_of_days(home, capsys, days):
+    before = _rows(home)
+    with pytest.raises(SystemExit) as refused:
+        main(["audit", "prune", "--days", days])
+    assert refused.value.code == 2
+    assert f"argument --days: retention must be a positive number of days, got '{days}'" in capsys.readouterr().err
+    assert _rows(home) == before
+
+
+def test_a_negative_retention_setting_is_refused_too(home, capsys, monkeypatch):
+    monkeypatch.setenv("RISKENGINE_AUDIT_RETENTION_DAYS", "-5")
+    before = _rows(home)
+    assert main(["audit", "prune"]) == 2
+    assert "retention must be a positive number of days, got -5.0" in capsys.readouterr().err
+    assert _rows(home) == before
+
+
+def test_prune_and_export_count_by_the_same_time(settings, monkeypatch, capsys, tmp_path):
+    """A replayed event written today but dated 400 days ago is both exported as old and pruned as old."""
+    monkeypatch.setenv("RISKENGINE_HOME", str(settings.home))
+    _old_records(settings, 3, days_ago=400)
+    _trail(settings)
+    cutoff = datetime.now(timezone.utc) - timedelta(days=365)
+    out = tmp_path / "old.jsonl"
+    assert main(["audit", "export", "--until", iso(cutoff), "--out", str(out)]) == 0
+    exported = [(r["chain"], r["seq"]) for r in map(json.loads, out.read_text().splitlines())]
+    assert exported == [("main", 1), ("main", 2), ("main", 3)]
+    assert main(["audit", "prune", "--days", "365"]) == 0
+    assert "pruned 3 audit records" in capsys.readouterr().out
+    assert [seq for seq, *_ in _rows(settings)][:1] == [4]           # exactly the exported ones went
+    assert main(["audit", "export", "--until", iso(cutoff), "--out", str(out)]) == 0
+    assert out.read_text() == ""
+
+
+def test_export_into_a_closed_pipe_ends_quietly(home):
+    """`riskengine audit export | head -1`: the reader goes away early; no BrokenPipe traceback."""
+    _old_records(home, 400, days_ago=1)                  # ~200 KB of JSON lines: more than a pipe holds
+    env = {**os.environ, "RISKENGINE_HOME": str(home.home)}
+    process = subprocess.Popen([sys.executable, "-m", "riskengine", "audit", "export"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()                                # what `head -1` does after its line
+    err = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=120) == 1
+    assert json.loads(first)["kind"] == "policy"
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
 def test_retention_plan_keeps_a_contiguous_tail():
     def row(seq, written):
-        body = {"chain": "c", "seq": seq, "recorded_at": iso(T0 + timedelta(days=written))}
+        body = {"chain": "c", "seq": seq, "at": iso(T0 + timedelta(days=written))}
         return AuditRow("c", seq, canonical(body), GENESIS, hashlib.sha256(b"x").hexdigest())
 
     rows = [row(1, 0), row(2, 1), row(3, 9), row(4, 2), row(5, 3)]    # a late-clocked writer at 3
@@ -300,14 +371,17 @@ def test_retention_plan_keeps_a_contiguous_tail():
 
 
 def test_the_service_prunes_on_start_when_retention_is_configured(settings):
-    long_ago = datetime.now(timezone.utc) - timedelta(days=400)
-    with Engine.for_audit(settings) as engine:
-        for n in range(3):
-            engine.store.append_audit({"kind": "test", "at": iso(long_ago), "recorded_at": iso(long_ago), "n": n})
+    _old_records(settings, 3, days_ago=400)
     with TestClient(create_app(settings.model_copy(update={"audit_retention_days": 365.0}))):
         pass
     kinds = [json.loads(b)["kind"] for _, b, _, _ in _rows(settings)]
     assert kinds == ["policy", "retention"]                          # the 3 old records went, the start stayed
     with Engine.for_audit(settings) as engine:
         assert engine.verify_audit() == (2, 1, [])
-    assert Path(settings.var / "audit.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_service_creates_its_keys_readable_only_by_its_owner(settings):
+    with TestClient(create_app(settings)):
+        pass
+    for name in ("audit.key", "pseudonym.key"):
+        assert Path(settings.var / name).stat().st_mode & 0o777 == 0o600

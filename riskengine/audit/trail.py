@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
@@ -89,9 +90,25 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def positive_days(value: float | str) -> float:
+    """A retention period: a positive, finite number of days (``--days -5`` would prune the future).
+
+    >>> positive_days("30"), positive_days(0.5)
+    (30.0, 0.5)
+    """
+    try:
+        days = float(value)
+    except (TypeError, ValueError):
+        days = math.nan
+    if not math.isfinite(days) or days <= 0:
+        raise ValueError(f"retention must be a positive number of days, got {value!r}")
+    return days
+
+
 def retention_plan(rows: Iterable[AuditRow], cutoff: datetime) -> dict[str, int]:
-    """Per chain, the last record to prune: the oldest run of records written before ``cutoff``,
-    stopping at the first newer one (a chain only loses its beginning) and never its last record."""
+    """Per chain, the last record to prune: the oldest run of records whose time ``at`` is before
+    ``cutoff`` (the time ``export --since/--until`` selects by), stopping at the first newer one
+    (a chain only loses its beginning) and never its last record."""
     plan: dict[str, int] = {}
     stopped: set[str] = set()
     first: dict[str, int] = {}
@@ -103,11 +120,11 @@ def retention_plan(rows: Iterable[AuditRow], cutoff: datetime) -> dict[str, int]
             continue
         try:
             body = json.loads(row.body)
-            written = parse_timestamp(body.get("recorded_at") or body["at"])
+            at = parse_timestamp(body["at"])
         except (KeyError, TypeError, ValueError):
             stopped.add(row.chain)                  # an unreadable record is evidence: keep it and what follows
             continue
-        if written < cutoff:
+        if at < cutoff:
             plan[row.chain] = row.seq
         else:
             stopped.add(row.chain)
@@ -116,14 +133,14 @@ def retention_plan(rows: Iterable[AuditRow], cutoff: datetime) -> dict[str, int]
 
 
 def prune(store: Any, retention_days: float, now: datetime | None = None) -> int:
-    """Drop records older than ``retention_days`` (by when they were written); returns how many."""
+    """Drop records whose ``at`` is more than ``retention_days`` ago; returns how many."""
     now = now or datetime.now(timezone.utc)
-    cutoff = now - timedelta(days=retention_days)
+    cutoff = now - timedelta(days=positive_days(retention_days))
     pruned = 0
     for chain, through in retention_plan(store.audit_rows(), cutoff).items():
         stamp = format_timestamp(now)
         pruned += store.prune_audit(chain, through, {
             "kind": "retention", "at": stamp, "recorded_at": stamp, "pruned_chain": chain,
-            "pruned_through_seq": through, "written_before": format_timestamp(cutoff),
+            "pruned_through_seq": through, "at_before": format_timestamp(cutoff),
             "retention_days": retention_days})
     return pruned
