@@ -160,6 +160,13 @@ def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _policy_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from riskengine.policy.schema import json_schema_text
+
+    sys.stdout.write(json_schema_text())
+    return 0
+
+
 def _replay(data: Path):
     """A labelled data file -> the point-in-time feature rows, with a progress bar on stderr."""
     from riskengine.lab import training
@@ -252,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = policy_commands.add_parser("check", help="validate policy files (or preset names); non-zero if any is broken")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(run=_policy_check)
+    policy_commands.add_parser("schema", help="print the policy files' JSON Schema (for editors)").set_defaults(
+        run=_policy_schema)
     return parser
 
 

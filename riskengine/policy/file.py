@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,16 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from riskengine.policy.decide import Band, Level, Policy, Rule
 from riskengine.policy.exemptions import Exemption, LowValue, RiskAnalysis, Threshold
-from riskengine.policy.decide import FAILURE_MODES, Band, Level, Policy, Rule
+from riskengine.policy.schema import (EXEMPTION_TYPES, Bands, LevelSpec, LowValueSpec, PolicyDocument, RiskAnalysisSpec,
+                                      RuleSpec, show)
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PRESETS = ("default", "psd2", "hipaa", "gdpr")
-RISK_LEVELS = ("low", "medium", "high")
-_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_MISSING = object()
 
 
 class PolicyError(ValueError):
@@ -66,7 +64,17 @@ def parse_policy(raw: bytes | str, source: str = "policy.yaml") -> Policy:
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "YAML"
         problem = getattr(exc, "problem", None) or str(exc)
         raise PolicyError([f"{source} {where}: not valid YAML ({problem})"]) from None
-    return _Validator(source).policy(document, hashlib.sha256(data).hexdigest())
+    except RecursionError:
+        raise PolicyError([f"{source}: not a policy (nested too deeply)"]) from None
+    if document is None:
+        raise PolicyError([f"{source}: the file is empty; a policy needs at least name and version"])
+    if not isinstance(document, dict):
+        raise PolicyError([f"{source}: must be a mapping of policy fields, got {show(document)}"])
+    try:
+        parsed = PolicyDocument.model_validate(document)
+    except ValidationError as error:
+        raise PolicyError(_messages(error, source)) from None
+    return _Builder(source).policy(parsed, hashlib.sha256(data).hexdigest())
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -86,330 +94,158 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
-class _Validator:
-    """Walks the document once, collecting every problem with its dotted field path."""
+def _messages(error: ValidationError, source: str) -> list[str]:
+    """Pydantic's errors as ``file field: reason`` lines, in the file's own terms."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        loc, kind, value = list(problem["loc"]), problem["type"], problem.get("input")
+        if len(loc) > 2 and loc[0] == "exemptions" and loc[2] in EXEMPTION_TYPES:
+            del loc[2]                                       # the union's branch is not a field of the file
+        if kind == "unknown_field":
+            known = problem["ctx"]["known"]
+            lines += [_line(source, loc + [field], f"unknown field; known: {known}")
+                      for field in problem["ctx"]["fields"]]
+            continue
+        if loc and loc[-1] == "[key]":                       # a bad name: say whose
+            loc.pop()
+            loc[-1] = str(loc[-1])
+            reason = f"{str(loc[-2]).rstrip('s').replace('_', ' ')} {problem['msg']}"
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("type")
+            tag = value.get("type") if isinstance(value, dict) else None
+            reason = f"must be {' or '.join(EXEMPTION_TYPES)}, got {show(tag)}"
+        elif kind == "missing":
+            reason = "is required"
+        elif kind == "too_short":
+            reason = f"must not be empty, got {show(value)}" if not isinstance(value, list) else \
+                "must be a non-empty list"
+        elif kind in ("policy", "literal_error"):
+            reason = problem["msg"]
+        elif kind in ("dict_type", "model_type", "model_attributes_type"):
+            reason = f"must be a mapping, got {show(value)}"
+        elif kind == "list_type":
+            reason = f"must be a list, got {show(value)}"
+        else:
+            reason = f"{problem['msg'][0].lower()}{problem['msg'][1:]}, got {show(value)}"
+        lines.append(_line(source, loc, reason))
+    return lines
+
+
+def _line(source: str, loc: list, reason: str) -> str:
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    return f"{source} {where}: {reason}" if where else f"{source}: {reason}"
+
+
+class _Builder:
+    """The checks that need the whole file (names defined elsewhere in it, order of bands), and
+    the ``Policy`` they allow; collects every problem with its field path."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.errors: list[str] = []
 
     def fail(self, where: str, reason: str) -> None:
-        self.errors.append(f"{self.source} {where}: {reason}" if where else f"{self.source}: {reason}")
+        self.errors.append(_line(self.source, [where] if where else [], reason))
 
-    # -- typed reads --------------------------------------------------------
-    def mapping(self, value: Any, where: str, known: tuple[str, ...]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(where, f"must be a mapping{'' if where else ' of policy fields'}, got {_show(value)}")
-            return {}
-        for key in value:
-            if key not in known:
-                self.fail(f"{where}.{key}" if where else str(key),
-                          f"unknown field; known: {', '.join(known)}")
-        return value
-
-    def number(self, data: dict, key: str, where: str, default: Any = _MISSING, low: float | None = None,
-               high: float | None = None, nullable: bool = False) -> Any:
-        value = data.get(key, default)
-        if value is _MISSING:
-            self.fail(f"{where}.{key}".lstrip("."), "is required")
-            return None
-        if value is None and nullable:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(f"{where}.{key}".lstrip("."), f"must be a number, got {_show(value)}")
-            return None
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if low is not None and high is not None else \
-                f"at least {low}" if low is not None else f"at most {high}"
-            self.fail(f"{where}.{key}".lstrip("."), f"must be {bounds}, got {value}")
+    def level(self, value: str | None, where: str, names: dict[str, int]) -> str | None:
+        if value is not None and value not in names:
+            self.fail(where, f"unknown level {show(value)}; known: {', '.join(names)}")
             return None
         return value
 
-    def seconds(self, data: dict, key: str, where: str, default: Any = _MISSING) -> Any:
-        value = data.get(key, default)
-        if value is not None and value is not _MISSING and (isinstance(value, bool) or not isinstance(value, int)):
-            self.fail(f"{where}.{key}", f"must be whole seconds (an integer) or null, got {_show(value)}")
-            return None
-        if isinstance(value, int) and value < 0:
-            self.fail(f"{where}.{key}", f"must be 0 or more seconds, got {value}")
-            return None
-        return value
-
-    def boolean(self, data: dict, key: str, where: str, default: Any) -> Any:
-        value = data.get(key, default)
-        if value is not None and not isinstance(value, bool):
-            self.fail(f"{where}.{key}".lstrip("."), f"must be true or false, got {_show(value)}")
-            return default
-        return value
-
-    def text(self, data: dict, key: str, where: str, default: Any = _MISSING, pattern: re.Pattern | None = None,
-             hint: str = "") -> Any:
-        value = data.get(key, default)
-        if value is _MISSING:
-            self.fail(f"{where}.{key}".lstrip("."), "is required")
-            return None
-        if value is None or value is default:
-            return value
-        if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
-            self.fail(f"{where}.{key}".lstrip("."), f"{hint or 'must be a string'}, got {_show(value)}")
-            return None
-        return value
-
-    def level(self, data: dict, key: str, where: str, levels: dict[str, int], default: Any = _MISSING) -> Any:
-        value = data.get(key, default)
-        if value is _MISSING:
-            self.fail(f"{where}.{key}", "is required")
-            return None
-        if value is None or value is default:
-            return value
-        if value not in levels:
-            self.fail(f"{where}.{key}", f"unknown level {_show(value)}; known: {', '.join(levels)}")
-            return None
-        return value
-
-    def choice(self, data: dict, key: str, where: str, choices: tuple[str, ...], default: Any) -> Any:
-        value = data.get(key, default)
-        if value is not None and value not in choices:
-            self.fail(f"{where}.{key}".lstrip("."), f"must be one of {', '.join(choices)}, got {_show(value)}")
-            return default
-        return value
-
-    # -- the document -------------------------------------------------------
-    def policy(self, doc: Any, sha256: str) -> Policy:
-        top = ("name", "version", "description", "levels", "bands", "deny_at", "shadow", "on_failure",
-               "default_action", "actions", "exemptions", "audit")
-        if doc is None:
-            raise PolicyError([f"{self.source}: the file is empty; a policy needs at least name and version"])
-        doc = self.mapping(doc, "", top)
-        if not doc:
-            raise PolicyError(self.errors or [f"{self.source}: the policy is empty"])
-        name = self.text(doc, "name", "", pattern=re.compile(r"^[A-Za-z0-9_.\-]{1,64}$"),
-                         hint="must be 1-64 letters, digits, '_', '.' or '-'")
-        version = doc.get("version", _MISSING)
-        if version is _MISSING:
-            self.fail("version", "is required (a number or a short text, e.g. 1 or 2026-03)")
-        elif isinstance(version, bool) or not isinstance(version, (int, str)) or \
-                not re.match(r"^[A-Za-z0-9_.\-]{1,64}$", str(version)):
-            self.fail("version", f"must be a number or a short text without '@' or spaces, got {_show(version)}")
-        description = self.text(doc, "description", "", default="")
-        levels = self.levels(doc.get("levels"))
-        ranks = {}
-        for rank, level in enumerate(levels):
-            for alias in (level.name, *level.acr):
-                ranks.setdefault(alias, rank)
+    def policy(self, doc: PolicyDocument, sha256: str) -> Policy:
+        levels = self.levels(doc.levels)
         names = {level.name: rank for rank, level in enumerate(levels)}
-        deny_at = self.number(doc, "deny_at", "", default=1.0, low=0.0, high=1.0)
-        bands = self.bands(doc.get("bands"), names, deny_at)
-        shadow = self.boolean(doc, "shadow", "", default=False)
-        on_failure = self.choice(doc, "on_failure", "", FAILURE_MODES, default=None)
-        found = self.exemptions(doc.get("exemptions"), names)
-        defaults = {"shadow": shadow, "on_failure": on_failure}
-        actions_doc = doc.get("actions", {})
-        if not isinstance(actions_doc, dict):
-            self.fail("actions", f"must be a mapping of action name to rule, got {_show(actions_doc)}")
-            actions_doc = {}
+        bands = self.bands(doc.bands, names, doc.deny_at)
+        found = self.exemptions(doc.exemptions, names)
+        defaults = {"shadow": doc.shadow, "on_failure": doc.on_failure}
         actions = {}
-        for action, spec in actions_doc.items():
-            if not isinstance(action, str) or not _NAME.match(action):
-                self.fail(f"actions.{action}", "action names are 1-64 letters, digits, '_', '.', ':' or '-'")
-                continue
+        for action, spec in doc.actions.items():
             rule = self.rule(spec, f"actions.{action}", action, levels, names, found, defaults)
             if rule is not None:
                 actions[action] = rule
-        fallback = names and list(names)[min(1, len(names) - 1)]
-        default_rule = self.rule(doc.get("default_action", {"requires": fallback}), "default_action", None,
-                                 levels, names, found, defaults)
-        audit = self.mapping(doc.get("audit", {}), "audit", ("min_retention_days",))
-        retention = self.number(audit, "min_retention_days", "audit", default=None, low=1, nullable=True)
+        fallback = RuleSpec(requires=list(names)[min(1, len(names) - 1)])
+        default_rule = self.rule(doc.default_action or fallback, "default_action", None, levels, names, found,
+                                 defaults)
         if self.errors:
             raise PolicyError(self.errors)
-        return Policy(version=f"{name}@{version}", levels=tuple(levels), actions=actions, default_rule=default_rule,
-                      bands=tuple(bands), deny_at=float(deny_at), exemptions=found, description=description.strip(),
-                      audit_min_retention_days=retention, source=self.source, sha256=sha256)
+        assert default_rule is not None
+        return Policy(version=f"{doc.name}@{doc.version}", levels=tuple(levels), actions=actions,
+                      default_rule=default_rule, bands=tuple(bands), deny_at=doc.deny_at, exemptions=found,
+                      description=doc.description.strip(), audit_min_retention_days=doc.audit.min_retention_days,
+                      source=self.source, sha256=sha256)
 
-    def levels(self, value: Any) -> list[Level]:
-        if value is None:
+    def levels(self, specs: list[LevelSpec] | None) -> list[Level]:
+        if specs is None:
             return [Level("aal1"), Level("aal2", max_age=43200), Level("aal3", max_age=43200)]
-        if not isinstance(value, list) or not value:
-            self.fail("levels", f"must be a non-empty list, weakest first, got {_show(value)}")
-            return [Level("aal1")]
         levels, seen = [], set()
-        for n, item in enumerate(value):
-            where = f"levels[{n}]"
-            spec = self.mapping(item, where, ("name", "acr", "max_age"))
-            name = self.text(spec, "name", where, pattern=_NAME, hint="must be a short name such as aal2")
-            acr = spec.get("acr", name)
-            acr = [acr] if isinstance(acr, str) else acr
-            if not isinstance(acr, list) or not acr or not all(isinstance(a, str) and a for a in acr):
-                self.fail(f"{where}.acr", f"must be an acr value or a list of them, got {_show(spec.get('acr'))}")
-                acr = [name or "?"]
-            for alias in {name, *acr} - {None}:
+        for n, spec in enumerate(specs):
+            acr = tuple(spec.acr or [spec.name])
+            for alias in sorted({spec.name, *acr}):
                 if alias in seen:
-                    self.fail(where, f"{_show(alias)} already names or proves an earlier level")
+                    self.fail(f"levels[{n}]", f"{show(alias)} already names or proves an earlier level")
                 seen.add(alias)
-            max_age = self.seconds(spec, "max_age", where, default=None)
-            levels.append(Level(name or f"level{n}", tuple(acr), max_age))
+            levels.append(Level(spec.name, acr, spec.max_age))
         return levels
 
-    def bands(self, value: Any, names: dict[str, int], deny_at: float | None) -> list[Band]:
-        if value is None:
-            return []
-        spec = self.mapping(value, "bands", ("medium", "high"))
+    def bands(self, spec: Bands | None, names: dict[str, int], deny_at: float) -> list[Band]:
         bands = []
-        for band_name in ("medium", "high"):
-            if band_name not in spec:
-                continue
-            where = f"bands.{band_name}"
-            band = self.mapping(spec[band_name], where, ("from", "at_least", "raise", "max_age"))
-            start = self.number(band, "from", where, low=0.0, high=1.0)
-            at_least = self.level(band, "at_least", where, names, default=None)
-            steps = band.get("raise", 0)
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-                self.fail(f"{where}.raise", f"must be a whole number of levels (0 or more), got {_show(steps)}")
-                steps = 0
-            max_age = self.seconds(band, "max_age", where, default=None)
-            if start is not None:
-                bands.append(Band(band_name, float(start), at_least, steps, max_age))
+        for name in ("medium", "high"):
+            band = getattr(spec, name) if spec is not None else None
+            if band is not None:
+                at_least = self.level(band.at_least, f"bands.{name}.at_least", names)
+                bands.append(Band(name, band.from_, at_least, band.raise_, band.max_age))
         if len(bands) == 2 and bands[0].start >= bands[1].start:
             self.fail("bands.high.from", f"must be above bands.medium.from ({bands[0].start}), got {bands[1].start}")
-        if deny_at is not None and bands and bands[-1].start > deny_at:
+        if bands and bands[-1].start > deny_at:
             self.fail(f"bands.{bands[-1].name}.from", f"must not be above deny_at ({deny_at}), got {bands[-1].start}")
         return bands
 
-    def rule(self, value: Any, where: str, action: str | None, levels: list[Level], names: dict[str, int],
+    def rule(self, spec: RuleSpec, where: str, action: str | None, levels: list[Level], names: dict[str, int],
              found: dict[str, Exemption], defaults: dict[str, Any]) -> Rule | None:
-        spec = self.mapping(value, where, ("requires", "max_age", "on_failure", "shadow", "exemptions", "deny_at"))
-        requires = self.level(spec, "requires", where, names)
+        requires = self.level(spec.requires, f"{where}.requires", names)
         if requires is None:
             return None
-        max_age = self.seconds(spec, "max_age", where, default=levels[names[requires]].max_age)
+        max_age = spec.max_age if "max_age" in spec.model_fields_set else levels[names[requires]].max_age
         auto = "deny" if names[requires] > 0 else "step_up"   # fail closed from the second level up
-        on_failure = self.choice(spec, "on_failure", where, FAILURE_MODES, default=defaults["on_failure"] or auto)
-        shadow = self.boolean(spec, "shadow", where, default=defaults["shadow"])
-        deny_at = self.number(spec, "deny_at", where, default=None, low=0.0, high=1.0, nullable=True)
-        listed = spec.get("exemptions", [])
-        if not isinstance(listed, list) or not all(isinstance(e, str) for e in listed):
-            self.fail(f"{where}.exemptions", f"must be a list of exemption names, got {_show(listed)}")
-            listed = []
-        for name in listed:
+        on_failure = spec.on_failure or defaults["on_failure"] or auto
+        shadow = defaults["shadow"] if spec.shadow is None else spec.shadow
+        for name in spec.exemptions:
             exemption = found.get(name)
             if exemption is None:
-                self.fail(f"{where}.exemptions", f"unknown exemption {_show(name)}; defined: "
+                self.fail(f"{where}.exemptions", f"unknown exemption {show(name)}; defined: "
                           f"{', '.join(found) or 'none (add it under exemptions)'}")
             elif action is None:
                 self.fail(f"{where}.exemptions", "exemptions are listed per action, not for unknown actions")
             elif isinstance(exemption, RiskAnalysis) and exemption.kind_of(action) is None:
-                self.fail(f"{where}.exemptions", f"{name} has no payment type for action {_show(action)}; "
+                self.fail(f"{where}.exemptions", f"{name} has no payment type for action {show(action)}; "
                           f"add it under exemptions.{name}.payment_types.<type>.actions")
-        return Rule(requires, max_age, on_failure, shadow, tuple(listed), deny_at)
+        return Rule(requires, max_age, on_failure, shadow, tuple(spec.exemptions), spec.deny_at)
 
-    def exemptions(self, value: Any, names: dict[str, int]) -> dict[str, Exemption]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail("exemptions", f"must be a mapping of exemption name to its settings, got {_show(value)}")
-            return {}
+    def exemptions(self, specs: dict[str, LowValueSpec | RiskAnalysisSpec], names: dict[str, int]) -> dict[str, Exemption]:
         found: dict[str, Exemption] = {}
-        for name, spec in value.items():
+        for name, spec in specs.items():
             where = f"exemptions.{name}"
-            if not isinstance(name, str) or not _NAME.match(name):
-                self.fail(where, "exemption names are short identifiers such as psd2_low_value")
-                continue
-            kind = spec.get("type") if isinstance(spec, dict) else None
-            if kind == "low_value":
-                exemption = self.low_value(spec, where, name, names)
-                if exemption is not None and any(isinstance(e, LowValue) for e in found.values()):
+            if isinstance(spec, LowValueSpec):
+                if any(isinstance(e, LowValue) for e in found.values()):
                     self.fail(where, "only one low_value exemption per policy: its counters are per user")
-            elif kind == "transaction_risk_analysis":
-                exemption = self.risk_analysis(spec, where, name)
-            else:
-                self.fail(f"{where}.type", f"must be low_value or transaction_risk_analysis, got {_show(kind)}")
+                sca_level = self.level(spec.sca_level, f"{where}.sca_level", names) if spec.sca_level else \
+                    list(names)[min(1, len(names) - 1)]
+                if sca_level is not None:
+                    found[name] = LowValue(name, names[sca_level], spec.currency, spec.max_amount,
+                                           spec.max_cumulative_amount, spec.max_count, tuple(spec.risk_levels))
                 continue
-            if exemption is not None:
-                found[name] = exemption
+            kinds, rates, owner = {}, {}, {}
+            for kind, payment in spec.payment_types.items():
+                for action in payment.actions:
+                    if action in owner:
+                        self.fail(f"{where}.payment_types.{kind}.actions",
+                                  f"action {show(action)} is already of type {owner[action]}")
+                    owner[action] = kind
+                kinds[kind] = tuple(payment.actions)
+                rates[kind] = tuple(Threshold(rate.fraud_rate, rate.up_to) for rate in payment.reference_rates)
+            found[name] = RiskAnalysis(name, kinds, rates, spec.currency, spec.window_days, tuple(spec.risk_levels))
         return found
-
-    def risk_levels(self, spec: dict, where: str) -> tuple[str, ...]:
-        value = spec.get("risk_levels", ["low"])
-        if not isinstance(value, list) or not value or any(v not in RISK_LEVELS for v in value):
-            self.fail(f"{where}.risk_levels", f"must be a list of {', '.join(RISK_LEVELS)}, got {_show(value)}")
-            return ("low",)
-        return tuple(value)
-
-    def low_value(self, spec: dict, where: str, name: str, names: dict[str, int]) -> LowValue | None:
-        spec = self.mapping(spec, where, ("type", "currency", "max_amount", "max_cumulative_amount", "max_count",
-                                          "sca_level", "risk_levels"))
-        currency = self.text(spec, "currency", where, default="EUR", pattern=_CURRENCY,
-                             hint="must be an ISO 4217 code such as EUR")
-        max_amount = self.number(spec, "max_amount", where, default=30.0, low=0.0)
-        cumulative = self.number(spec, "max_cumulative_amount", where, default=100.0, low=0.0, nullable=True)
-        count = spec.get("max_count", 5)
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-            self.fail(f"{where}.max_count", f"must be a whole number of payments (1 or more) or null, got {_show(count)}")
-        sca_level = self.level(spec, "sca_level", where, names, default=list(names)[min(1, len(names) - 1)])
-        risk_levels = self.risk_levels(spec, where)
-        if None in (currency, max_amount, sca_level) or (count is not None and not isinstance(count, int)):
-            return None
-        return LowValue(name, names[sca_level], currency, float(max_amount),
-                        None if cumulative is None else float(cumulative), count, risk_levels)
-
-    def risk_analysis(self, spec: dict, where: str, name: str) -> RiskAnalysis | None:
-        spec = self.mapping(spec, where, ("type", "currency", "window_days", "risk_levels", "payment_types"))
-        currency = self.text(spec, "currency", where, default="EUR", pattern=_CURRENCY,
-                             hint="must be an ISO 4217 code such as EUR")
-        window = self.number(spec, "window_days", where, default=90.0, low=1.0)
-        risk_levels = self.risk_levels(spec, where)
-        types = spec.get("payment_types")
-        if not isinstance(types, dict) or not types:
-            self.fail(f"{where}.payment_types", "is required: payment type -> {actions, reference_rates}")
-            return None
-        kinds, rates, owner = {}, {}, {}
-        for kind, kind_spec in types.items():
-            kwhere = f"{where}.payment_types.{kind}"
-            kind_spec = self.mapping(kind_spec, kwhere, ("actions", "reference_rates"))
-            actions = kind_spec.get("actions")
-            if not isinstance(actions, list) or not actions or not all(isinstance(a, str) for a in actions):
-                self.fail(f"{kwhere}.actions", f"must be a non-empty list of action names, got {_show(actions)}")
-                actions = []
-            for action in actions:
-                if action in owner:
-                    self.fail(f"{kwhere}.actions", f"action {_show(action)} is already of type {owner[action]}")
-                owner[action] = kind
-            rows = kind_spec.get("reference_rates")
-            if not isinstance(rows, list) or not rows:
-                self.fail(f"{kwhere}.reference_rates", "must be a non-empty list of {fraud_rate, up_to}")
-                rows = []
-            thresholds = []
-            for n, row in enumerate(rows):
-                rwhere = f"{kwhere}.reference_rates[{n}]"
-                row = self.mapping(row, rwhere, ("fraud_rate", "up_to"))
-                rate = _rate(row.get("fraud_rate"))
-                if rate is None:
-                    self.fail(f"{rwhere}.fraud_rate", "must be a share (0.0013) or a percentage ('0.13%') "
-                              f"between 0 and 100%, got {_show(row.get('fraud_rate'))}")
-                up_to = self.number(row, "up_to", rwhere, low=0.0)
-                if rate is not None and up_to is not None:
-                    thresholds.append(Threshold(rate, float(up_to)))
-            kinds[str(kind)], rates[str(kind)] = tuple(actions), tuple(thresholds)
-        if None in (currency, window):
-            return None
-        return RiskAnalysis(name, kinds, rates, currency, float(window), risk_levels)
-
-
-def _rate(value: Any) -> float | None:
-    if isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            value = float(value.strip()[:-1]) / 100
-        except ValueError:
-            return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        return None
-    return float(value)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # -- reloading --------------------------------------------------------------------
