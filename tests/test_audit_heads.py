@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ import pytest
 from riskengine.audit.chain import GENESIS, HEAD, Anchor, canonical, seal
 from riskengine.cli import main
 from riskengine.settings import Settings
+from riskengine.stores.redis import RedisStore
+from tests.conftest import REDIS_URL
 from tests.test_audit import _trail
 
 
@@ -208,3 +211,25 @@ def test_a_head_taken_before_retention_still_verifies(home, capsys, tmp_path):
         assert engine.prune_audit(30, now=datetime.now(timezone.utc) + timedelta(days=31)) == 8
     code, out, _ = _run(capsys, "audit", "verify", "--head", str(head), "--public-key", str(public))
     assert code == 0 and "audit trail OK: 2 records" in out, out
+
+
+def test_an_emptied_redis_trail_fails_against_the_head_file(settings, capsys, tmp_path, monkeypatch):
+    prefix = f"test-heads-{uuid.uuid4().hex[:12]}:"
+    redis_home = settings.model_copy(update={"store": REDIS_URL, "redis_prefix": prefix})
+    for name, value in (("RISKENGINE_HOME", settings.home), ("RISKENGINE_STORE", REDIS_URL),
+                        ("RISKENGINE_REDIS_PREFIX", prefix)):
+        monkeypatch.setenv(name, str(value))
+    store = RedisStore(REDIS_URL, prefix=prefix)
+    try:
+        _trail(redis_home)
+        head, public = _signed_head(redis_home, capsys, tmp_path)
+        assert _run(capsys, "audit", "verify", "--head", str(head), "--public-key", str(public))[0] == 0
+        store.clear()                                               # every audit record and anchor of the prefix
+        code, out, _ = _run(capsys, "audit", "verify")
+        assert code == 0 and "audit trail OK: 0 records" in out
+        code, out, _ = _run(capsys, "audit", "verify", "--head", str(head), "--public-key", str(public))
+        assert code == 1 and f"FAIL {head}: chain " in out and "are all missing (the trail was deleted or emptied)" \
+            in out, out
+    finally:
+        store.clear()
+        store.close()
