@@ -22,7 +22,7 @@ from riskengine.audit import trail
 from riskengine.audit.chain import Problem, pseudonym, verify
 from riskengine.enrich import EnrichedEvent, Enricher
 from riskengine.events import Event, event_from_request, event_to_request, format_timestamp
-from riskengine.features import BY_NAME, Context, Signals, extract
+from riskengine.features import BY_NAME, USER_MESSAGES, Context, Signals, extract
 from riskengine.scoring.model import Score, Scorer, StatisticalScorer, TrainedScorer
 from riskengine.policy.decide import Decision, Policy, Reason
 from riskengine.policy.file import PolicyWatcher, load_policy, resolve
@@ -78,7 +78,8 @@ def reasons_from(score: Score, signals: Signals) -> tuple[Reason, ...]:
     positive = sorted(((w, n) for n, w in score.contributions.items()
                        if w > 0 and BY_NAME[n].applies(signals.values[n])), reverse=True)
     total = sum(w for w, _ in positive) or 1.0
-    return tuple(Reason(BY_NAME[n].code, signals.message(n), w / total) for w, n in positive[:MAX_REASONS])
+    return tuple(Reason(BY_NAME[n].code, signals.message(n), w / total, USER_MESSAGES[BY_NAME[n].code])
+                 for w, n in positive[:MAX_REASONS])
 
 
 class Engine:

@@ -223,3 +223,44 @@ def _format(template: str, fact: Callable[[str], Any]) -> str:
             return template.split("{")[0].strip().rstrip("(") or template
         quoted[name] = value
     return template.format_map(quoted)
+
+
+#: What the end user may be told about each reason code (``/score`` ``reasons[].user_message``):
+#: fixed sentences with no place, address, network, device, amount or count, so a challenge page
+#: teaches an attacker nothing about the account's usual habits.
+USER_MESSAGES: dict[str, str] = {
+    "geo_distance": "This sign-in is from somewhere other than usual.",
+    "geo_velocity": "This sign-in is from somewhere other than usual.",
+    "impossible_travel": "This sign-in is from somewhere other than usual.",
+    "unknown_location": "We could not tell where this sign-in comes from.",
+    "new_country": "This sign-in is from somewhere other than usual.",
+    "new_city": "This sign-in is from somewhere other than usual.",
+    "rare_country": "This sign-in is from somewhere other than usual.",
+    "untrusted_place": "This sign-in is from somewhere other than usual.",
+    "new_network": "This sign-in comes from a network you have not used before.",
+    "new_ip": "This sign-in comes from a network you have not used before.",
+    "rare_ip": "This sign-in comes from a network you have not used before.",
+    "rare_network": "This sign-in comes from a network you have not used before.",
+    "new_device": "This sign-in is from a device we have not seen before.",
+    "new_browser": "This sign-in is from a device we have not seen before.",
+    "new_os": "This sign-in is from a device we have not seen before.",
+    "untrusted_device": "This sign-in is from a device we have not seen before.",
+    "rare_user_agent": "This sign-in is from a device we have not seen before.",
+    "rare_browser": "This sign-in is from a device we have not seen before.",
+    "rare_os": "This sign-in is from a device we have not seen before.",
+    "rare_device_type": "This sign-in is from a device we have not seen before.",
+    "many_devices": "Your account was used from several devices recently.",
+    "amount": "This payment needs an extra check.",
+    "unusual_amount": "This payment is larger than usual.",
+    "first_payment": "This is the first payment from your account.",
+    "new_payee": "This payment goes to someone you have not paid before.",
+    "unusual_time": "This sign-in is at an unusual time for you.",
+    "recent_failures": "There were several failed sign-in attempts on your account.",
+    "recent_failures_1h": "There were several failed sign-in attempts on your account.",
+    "ip_failures": "This network has had many failed sign-in attempts.",
+    "ip_many_users": "This network has had many failed sign-in attempts.",
+    "login_failed": "The password was not correct.",
+    "sensitive_action": "This action needs an extra check.",
+    "no_recent_step_up": "You have not confirmed your identity for a while.",
+    "little_history": "We do not know this account's habits yet.",
+}

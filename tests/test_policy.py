@@ -165,7 +165,7 @@ def test_failure_answers_follow_the_action():
                           "  ping: {requires: basic, on_failure: deny}\n", "shop.yaml")
     checkout = policy.on_failure(event(action="checkout"), "score_unavailable", "no score")
     assert (checkout.decision, checkout.failure, checkout.amr) == ("deny", "score_unavailable", ())
-    assert checkout.reasons == (Reason("score_unavailable", "no score", 1.0),)
+    assert checkout.reasons == (Reason("score_unavailable", "no score", 1.0, "We could not check this request just now."),)
     login = policy.on_failure(event(action="login", session=SessionInfo("urn:shop:hwk", T0)), "x", "no score")
     assert login.decision == "step_up" and login.required_acr == "urn:shop:hwk" and login.challenge
     assert policy.on_failure(event(action="export"), "x", "no score") is None          # -> 503

@@ -95,8 +95,9 @@ class ScoreRequest(_Strict):
 
 class ReasonOut(BaseModel):
     code: str
-    message: str
+    message: str                                 # for operators: may name places, networks, amounts
     weight: float
+    user_message: str = ""                       # addition to API.md v1: safe to show the end user
 
 
 class ScoreResponse(BaseModel):

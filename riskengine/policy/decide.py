@@ -33,12 +33,17 @@ class Requirement:
 
 @dataclass(frozen=True, slots=True)
 class Reason:
+    """Why, twice: ``message`` for operators (may name places and amounts), ``user_message`` safe to
+    show the end user (no location or account detail)."""
+
     code: str
     message: str
     weight: float
+    user_message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "weight": round(self.weight, 4)}
+        return {"code": self.code, "message": self.message, "weight": round(self.weight, 4),
+                "user_message": self.user_message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +78,8 @@ class Decision:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Decision":
-        reasons = tuple(Reason(r["code"], r["message"], r["weight"]) for r in data.get("reasons", ()))
+        reasons = tuple(Reason(r["code"], r["message"], r["weight"], r.get("user_message", ""))
+                        for r in data.get("reasons", ()))
         return cls(**{**data, "reasons": reasons, "amr": tuple(data.get("amr", ()))})
 
 
@@ -295,7 +301,8 @@ class Policy:
         verdict = "deny" if rule.on_failure == "deny" or (not event.success and event.action == "login") else "step_up"
         decision = Decision(event.event_id, 1.0, "high", verdict, requirement.acr, requirement.max_age,
                             challenge(requirement) if verdict == "step_up" else None,
-                            (Reason(cause, message, 1.0),), None, model_version, self.version, (), None, cause)
+                            (Reason(cause, message, 1.0, "We could not check this request just now."),), None,
+                            model_version, self.version, (), None, cause)
         return self._shadowed(decision) if rule.shadow else decision
 
     # -- PSD2 counters -------------------------------------------------------
