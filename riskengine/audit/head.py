@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -71,7 +71,7 @@ def take(rows: Iterable[AuditRow], taken_at: datetime, private: Ed25519PrivateKe
          audit_key: bytes | None) -> Head:
     """The trail's head now, signed with ``private`` or else keyed with ``audit_key``."""
     marks: dict[str, dict] = {}
-    digests: dict[str, "hashlib._Hash"] = {}
+    digests: dict[str, Any] = {}                 # chain -> its running sha256
     count = 0
     for row in rows:
         count += 1
