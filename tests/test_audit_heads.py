@@ -233,3 +233,10 @@ def test_an_emptied_redis_trail_fails_against_the_head_file(settings, capsys, tm
     finally:
         store.clear()
         store.close()
+
+
+def test_a_signed_head_without_a_key_to_check_it_asks_for_the_public_key(home, capsys, tmp_path):
+    head, _ = _signed_head(home, capsys, tmp_path)
+    (home.var / "audit-signing.key").unlink()                     # checked on another machine than it was made
+    code, out, _ = _run(capsys, "audit", "verify", "--head", str(head))
+    assert code == 1 and f"FAIL {head}: the head is signed with Ed25519: give --public-key" in out, out

@@ -32,8 +32,9 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         public = signing.load_public(Path(args.public_key)) if args.public_key else None
         mark = head.read(Path(args.head)) if args.head else None
-        if public is None and mark is not None and mark.signature.alg == signing.ALGORITHM:
-            public = signing.load_private(_signing_key_path(settings)).public_key()
+        own = _signing_key_path(settings)
+        if public is None and mark is not None and mark.signature.alg == signing.ALGORITHM and own.exists():
+            public = signing.load_private(own).public_key()      # the head was signed here: check with our key
     except (signing.KeyFileError, head.HeadError) as error:
         print(f"riskengine audit verify: {error}", file=sys.stderr)
         return 2
