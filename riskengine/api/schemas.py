@@ -2,52 +2,46 @@
 
 from __future__ import annotations
 
-import math
+from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from riskengine.engine import OUTCOMES
-from riskengine.events import Event, SessionInfo, new_event_id, normalize_ip, parse_timestamp
+from riskengine.events import (DEFAULT_MAX_CLOCK_SKEW_S, Amount, AttributeValueIn, Event, Id, InputError, Text,
+                               Timestamp, event_from_request, normalize_ip)
 from riskengine.policy.decide import Decision
 
 MAX_ATTRIBUTES = 32
-AttributeValue = Annotated[StrictStr, Field(max_length=1024)] | StrictBool | StrictInt | StrictFloat
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _rfc3339(value: str | None) -> str | None:
-    if value is not None:
-        parse_timestamp(value)
-    return value
-
-
 class SessionIn(_Strict):
-    acr: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    auth_time: str | None = None
-
-    _check_auth_time = field_validator("auth_time")(_rfc3339)
+    acr: Annotated[Id, Field(max_length=64)] | None = None
+    auth_time: Timestamp | None = None
 
 
 class ScoreRequest(_Strict):
-    event_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    user_id: Annotated[str, Field(min_length=1, max_length=256)]
-    action: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-    timestamp: str | None = None
-    ip: Annotated[str, Field(min_length=2, max_length=64)]
-    user_agent: Annotated[str, Field(max_length=1024)] | None = None
-    device_id: Annotated[str, Field(max_length=256)] | None = None
-    success: bool = True
-    amount: Annotated[float, Field(ge=0)] | None = None
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
-    payee_id: Annotated[str, Field(max_length=256)] | None = None
-    session: SessionIn | None = None
-    attributes: dict[Annotated[str, Field(min_length=1, max_length=64)], AttributeValue] | None = None
+    """API.md's ``/score`` body. Its fields map onto ``Event``'s by name (``to_event``)."""
 
-    _check_timestamp = field_validator("timestamp")(_rfc3339)
+    event_id: Annotated[Id, Field(max_length=128)] | None = None
+    user_id: Annotated[Id, Field(max_length=256)]
+    action: Annotated[Id, Field(max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+    timestamp: Timestamp | None = None
+    ip: Annotated[Id, Field(min_length=2, max_length=64)]
+    user_agent: Annotated[Text, Field(max_length=1024)] | None = None
+    device_id: Annotated[Text, Field(max_length=256)] | None = None
+    success: StrictBool = True
+    amount: Amount | None = None
+    currency: Annotated[Id, Field(pattern=r"^[A-Z]{3}$")] | None = None
+    payee_id: Annotated[Text, Field(max_length=256)] | None = None
+    session: SessionIn | None = None
+    attributes: Annotated[dict[Annotated[Id, Field(max_length=64)], AttributeValueIn],
+                          Field(max_length=MAX_ATTRIBUTES)] | None = None
 
     @field_validator("ip")
     @classmethod
@@ -57,40 +51,14 @@ class ScoreRequest(_Strict):
         except ValueError:
             raise ValueError("not an IPv4 or IPv6 address") from None
 
-    @field_validator("amount")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
-
-    @field_validator("attributes")
-    @classmethod
-    def _attributes(cls, value: dict | None) -> dict | None:
-        if value is not None:
-            if len(value) > MAX_ATTRIBUTES:
-                raise ValueError(f"at most {MAX_ATTRIBUTES} keys")
-            if any(isinstance(v, float) and not math.isfinite(v) for v in value.values()):
-                raise ValueError("numbers must be finite")
-        return value
-
-    def to_event(self, received_at) -> Event:
-        session = self.session or SessionIn()
-        return Event(
-            event_id=self.event_id or new_event_id(),
-            user_id=self.user_id,
-            action=self.action,
-            timestamp=parse_timestamp(self.timestamp) if self.timestamp else received_at,
-            ip=self.ip,
-            user_agent=self.user_agent or "",
-            device_id=self.device_id,
-            success=self.success,
-            amount=float(self.amount) if self.amount is not None else None,
-            currency=self.currency,
-            payee_id=self.payee_id,
-            session=SessionInfo(session.acr, parse_timestamp(session.auth_time) if session.auth_time else None),
-            attributes=dict(self.attributes or {}),
-        )
+    def to_event(self, received_at: datetime, *, max_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S) -> Event:
+        """The core event (field by field, by name); a time more than ``max_skew_s`` ahead of
+        ``received_at`` (the server's clock) is a 422 naming its field, like every other bad field."""
+        try:
+            return event_from_request(self.model_dump(exclude_none=True), received_at, max_skew_s)
+        except InputError as exc:
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", *exc.field.split(".")),
+                                           "msg": str(exc), "input": None}]) from None
 
 
 class ReasonOut(BaseModel):
@@ -123,7 +91,7 @@ class ScoreResponse(BaseModel):
 
 
 class FeedbackRequest(_Strict):
-    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    event_id: Annotated[Id, Field(max_length=128)]
     outcome: Literal[OUTCOMES]  # type: ignore[valid-type]
 
 
