@@ -7,6 +7,7 @@ an updated copy so an event never feeds its own features.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -162,8 +163,8 @@ def _bump(profile: UserProfile, name: str, key: str | None, at: float) -> None:
     if not key:
         return
     table = getattr(profile, name)
-    count = table[key][0] if key in table else 0.0
-    table[key] = [count + 1, at]
+    count, last = table[key] if key in table else (0.0, at)
+    table[key] = [count + 1, max(last, at)]       # an older event counts, but never rewinds last-seen
     _recount(profile, name, 1.0)
     if len(table) > CAPS[name]:
         oldest = min(table, key=lambda k: table[k][1])
@@ -177,8 +178,22 @@ def _recount(profile: UserProfile, name: str, change: float) -> None:
         totals[name] += change
 
 
+def _event_time(enriched: EnrichedEvent, now: float | None) -> float:
+    """The event's time, never past the server's clock ``now`` when there is one."""
+    return enriched.event.ts if now is None else min(enriched.event.ts, now)
+
+
+def _clock(profile: UserProfile, at: float, now: float | None) -> float:
+    """The profile's own clock after an event at ``at``: it never runs backwards (an older event
+    prunes nothing the latest one kept) nor, given the server's ``now``, past it, so no claimed
+    time (a far-future one) can prune a user's devices, places, payees and trusted items."""
+    latest = max([at, *(t for t in (profile.last_at, profile.failures[-1] if profile.failures else None)
+                        if t is not None)])
+    return latest if now is None else min(latest, now)
+
+
 def _prune(profile: UserProfile, now: float, retention_s: float) -> None:
-    """Forget what is older than the retention window, measured in event time."""
+    """Forget what is older than the retention window, measured in the profile's clock (``_clock``)."""
     horizon = now - retention_s
     if profile.oldest_seen_at is None or profile.oldest_seen_at < horizon:
         oldest = math.inf
@@ -194,10 +209,13 @@ def _prune(profile: UserProfile, now: float, retention_s: float) -> None:
         profile.last_success = None
 
 
-def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float) -> UserProfile:
-    """The profile after a successful, accepted event: the user really was here, on this."""
+def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float,
+            now: float | None = None) -> UserProfile:
+    """The profile after a successful, accepted event: the user really was here, on this.
+
+    ``now``: the server's clock for a live event (None in replays); see ``_clock``."""
     event, geo = enriched.event, enriched.geo
-    at = event.ts
+    at = _event_time(enriched, now)
     new = profile.copy()
     new.events += 1
     new.first_at = at if new.first_at is None else min(new.first_at, at)
@@ -221,25 +239,30 @@ def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float) -
         new.oldest_seen_at = min(new.oldest_seen_at, at)      # every map entry bumped above is at ``at``
     if geo.has_coordinates and (new.last_success is None or at >= new.last_success[0]):
         new.last_success = [at, geo.latitude, geo.longitude, geo.accuracy_km]
-    _prune(new, at, retention_s)
+    _prune(new, _clock(profile, at, now), retention_s)
     return new
 
 
-def failed(profile: UserProfile, enriched: EnrichedEvent, retention_s: float) -> UserProfile:
-    """The profile after a failed login: only the failure is remembered."""
+def failed(profile: UserProfile, enriched: EnrichedEvent, retention_s: float,
+           now: float | None = None) -> UserProfile:
+    """The profile after a failed login: only the failure is remembered (in time order, so the
+    newest are the ones kept)."""
     new = profile.copy()
-    new.failures.append(enriched.event.ts)
-    _prune(new, enriched.event.ts, retention_s)
+    at = _event_time(enriched, now)
+    bisect.insort(new.failures, at)
+    _prune(new, _clock(profile, at, now), retention_s)
     return new
 
 
 def trusted(profile: UserProfile, enriched: EnrichedEvent, at: float) -> UserProfile:
-    """After a passed step-up: this device and this place are the user's."""
+    """After a passed step-up: this device and this place are the user's (an older step-up's
+    time never replaces a newer one's)."""
     new = profile.copy()
-    if enriched.event.device_id:
-        new.trusted[f"device:{enriched.event.device_id}"] = at
+    keys = [f"device:{enriched.event.device_id}"] if enriched.event.device_id else []
     if enriched.geo.known:
-        new.trusted[f"place:{place_key(enriched)}"] = at
+        keys.append(f"place:{place_key(enriched)}")
+    for key in keys:
+        new.trusted[key] = max(new.trusted.get(key, at), at)
     if len(new.trusted) > MAX_TRUSTED:
         for key in sorted(new.trusted, key=new.trusted.__getitem__)[: len(new.trusted) - MAX_TRUSTED]:
             del new.trusted[key]

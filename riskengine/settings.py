@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     audit_retention_days: float | None = None   # prune older audit records (never below the policy's minimum)
     fraud_rate_cache_s: float = 60.0            # PSD2 TRA: how long one computed fraud rate is reused
     retention_days: float = 180.0
+    max_clock_skew_seconds: float = 300.0      # a timestamp or auth_time further ahead of the server's clock: 422
     sqlite_synchronous: str = "FULL"            # FULL: a 200 survives power loss, not just a crash
     redis_prefix: str = "re:"                   # key prefix: several deployments (or test runs) share one Redis
     max_body_bytes: int = 64 * 1024

@@ -40,14 +40,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         with (engine or Engine.open(settings)) as opened, _signals(settings, opened) as signals:
             gc.freeze()     # the model, GeoIP tables, policy...: kept for good, so no collection walks them
-            yield {"engine": opened, "signals": signals}
+            yield {"engine": opened, "signals": signals, "max_clock_skew_s": settings.max_clock_skew_seconds}
 
     buckets = Buckets(keys, settings.rate_limit_per_second, settings.rate_limit_burst)
     deadline = BodyTimeout(None, seconds=settings.read_timeout_seconds)
     limit = BodyLimit(None, max_bytes=settings.max_body_bytes)
     score_route = next(r for r in routes.router.routes if getattr(r, "path", None) == "/score")
     handlers = {StoreUnavailable: _unavailable, ScoreUnavailable: _score_unavailable, Conflict: _contended,
-                StarletteHTTPException: _http_error}
+                StarletteHTTPException: _http_error, RequestValidationError: _invalid}
     app = _Service(title="riskengine", version="1", lifespan=lifespan,
                    lane=lambda stack: ScoreLane(stack, keys, score_route, handlers, buckets, deadline, limit))
     app.state.keys = keys

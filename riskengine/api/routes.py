@@ -15,6 +15,7 @@ from riskengine.api.auth import ClientDep
 from riskengine.api.schemas import (FeedbackRequest, FeedbackResponse, HealthResponse, ScoreRequest,
                                     ScoreResponse)
 from riskengine.engine import Engine
+from riskengine.events import text_problem
 from riskengine.stores import StoreUnavailable
 
 router = APIRouter()
@@ -31,16 +32,17 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 @router.post("/score", response_model=ScoreResponse,
              responses={503: {"model": ScoreResponse, "description": "the store is unreachable: nothing was "
                               "recorded; the body carries the policy's fail-closed answer for the action"}})
-async def score(body: ScoreRequest, engine: EngineDep, client: ClientDep) -> Response:
+async def score(body: ScoreRequest, engine: EngineDep, client: ClientDep, request: Request) -> Response:
     """The contract of /score. Valid requests are served by ``ScoreLane`` (scorelane.py) with this
     same schema; this handler answers the ones it hands over, and defines the OpenAPI entry."""
-    return await score_answer(body, engine, client)
+    return await score_answer(body, engine, client, request.state.max_clock_skew_s)
 
 
-async def score_answer(body: ScoreRequest, engine: Engine, client: str) -> Response:
+async def score_answer(body: ScoreRequest, engine: Engine, client: str, max_clock_skew_s: float) -> Response:
     """On the event loop: scoring is CPU work that a thread would only make wait for the GIL, and
     the store's commit, in a group with the rest of the loop turn's, is awaited (``Engine.score_async``)."""
-    decision = await engine.score_async(body.to_event(datetime.now(timezone.utc)), client)
+    event = body.to_event(datetime.now(timezone.utc), max_skew_s=max_clock_skew_s)
+    decision = await engine.score_async(event, client)
     metrics.DECISIONS.labels(decision=decision.decision, action=metrics.action_label(body.action)).inc()
     content = orjson.dumps(decision.to_dict())     # ScoreResponse's fields (test_api checks it); no re-validation
     if decision.failure == "store_unavailable":
@@ -60,8 +62,9 @@ def feedback(body: FeedbackRequest, engine: EngineDep, client: ClientDep) -> Fee
 
 @router.delete("/users/{user_id}", status_code=204)
 def erase_user(user_id: str, engine: EngineDep, client: ClientDep) -> Response:
-    if not 1 <= len(user_id) <= 256:
-        raise HTTPException(status_code=422, detail=[{"field": "user_id", "message": "1 to 256 characters"}])
+    problem = text_problem(user_id) if 1 <= len(user_id) <= 256 else "1 to 256 characters"
+    if problem is not None:
+        raise HTTPException(status_code=422, detail=[{"field": "user_id", "message": problem}])
     engine.erase(user_id, client)
     return Response(status_code=204)
 

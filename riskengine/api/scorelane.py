@@ -65,7 +65,8 @@ class ScoreLane:
             return await self.app(scope, _replay(body), send)
         scope["route"] = self.route
         try:
-            response = await score_answer(parsed, scope["state"]["engine"], client)
+            state = scope["state"]
+            response = await score_answer(parsed, state["engine"], client, state["max_clock_skew_s"])
         except self._caught as exc:
             response = await self._handled(scope, exc)
         await self._answer(scope, send, response, started)
