@@ -298,11 +298,12 @@ class Engine:
         """What the event changes, conditional on the profile version its decision read."""
         profile = scored.profile
         assert profile is not None
+        now = _now().timestamp() if self.record else None     # live: no claimed time prunes past the clock
         if scored.learned:
-            new = profiles.learned(profile, scored.enriched, self.retention_s)
+            new = profiles.learned(profile, scored.enriched, self.retention_s, now)
             learned_values = scored.values
         elif event.action == "login" and not event.success:
-            new, learned_values = profiles.failed(profile, scored.enriched, self.retention_s), {}
+            new, learned_values = profiles.failed(profile, scored.enriched, self.retention_s, now), {}
         else:
             new, learned_values = None, {}
         counted = (scored.policy or self.policy).after(new or profile, event, scored.decision)
@@ -368,7 +369,7 @@ class Engine:
     def _apply_step_up(self, event: Event, enriched: EnrichedEvent, learn: bool, required_acr: str | None) -> None:
         for attempt in range(_RETRIES):
             profile = self.store.get(event.user_id)
-            new = profiles.learned(profile, enriched, self.retention_s) if learn else profile
+            new = profiles.learned(profile, enriched, self.retention_s, _now().timestamp()) if learn else profile
             new = profiles.trusted(new, enriched, event.ts)
             if required_acr is not None and (sca := self.policy.after_step_up(new, required_acr, event.ts)):
                 new = sca                         # an SCA-grade step-up restarts the PSD2 low-value counters
