@@ -15,7 +15,7 @@ from riskengine.api.auth import ClientDep
 from riskengine.api.schemas import (FeedbackRequest, FeedbackResponse, HealthResponse, ScoreRequest,
                                     ScoreResponse)
 from riskengine.engine import Engine
-from riskengine.events import text_problem
+from riskengine.inputs import text_problem
 from riskengine.stores import StoreUnavailable
 
 router = APIRouter()

@@ -9,8 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from riskengine.engine import OUTCOMES
-from riskengine.events import (DEFAULT_MAX_CLOCK_SKEW_S, Amount, AttributeValueIn, Event, Id, InputError, Text,
-                               Timestamp, event_from_request, normalize_ip)
+from riskengine.events import Event, event_from_request
+from riskengine.inputs import (DEFAULT_MAX_CLOCK_SKEW_S, Amount, AttributeValueIn, Id, InputError, Text, Timestamp,
+                               normalize_ip)
 from riskengine.policy.decide import Decision
 
 MAX_ATTRIBUTES = 32
