@@ -58,7 +58,7 @@ def feedback(body: FeedbackRequest, engine: EngineDep, client: ClientDep) -> Fee
     return FeedbackResponse(event_id=body.event_id, recorded=True)
 
 
-@router.delete("/users/{user_id}", status_code=204)
+@router.delete("/users/{user_id:path}", status_code=204)
 def erase_user(user_id: str, engine: EngineDep, client: ClientDep) -> Response:
     if not 1 <= len(user_id) <= 256:
         raise HTTPException(status_code=422, detail=[{"field": "user_id", "message": "1 to 256 characters"}])

@@ -20,8 +20,9 @@ from collections.abc import Awaitable
 from concurrent.futures import Future
 from typing import Any
 
+from riskengine.features import GlobalCount, IpActivity
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import Commit, Conflict, Follow, GlobalCount, IpActivity, ProfileStore
+from riskengine.stores.base import Commit, Conflict, Follow, ProfileStore
 
 DEFAULT_PROFILES = 100_000
 DEFAULT_COUNTS_TTL_S = 5.0        # population counts: a value a user meets once a second or less is still a hit
