@@ -136,7 +136,7 @@ class Batched:
         name = type(backend).__name__.removesuffix("Store").lower()
         self._writer = Worker(backend.commit_group, f"riskengine-{name}-writer", max_group, max_pending) \
             if threads else None
-        self._reader = Worker(backend.read_contexts, f"riskengine-{name}-reader", max_group, max_pending) \
+        self._reader = Worker(self._read, f"riskengine-{name}-reader", max_group, max_pending) \
             if threads else None
         self._commit_turns = LoopTurns(lambda turn: self._hand_over(self._writer, turn))
         self._read_turns = LoopTurns(lambda turn: self._hand_over(self._reader, turn))
@@ -169,8 +169,17 @@ class Batched:
 
     def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
         """``context`` for the event loop: read on the reader thread with the rest of this turn's."""
-        return self._on_loop(self._read_turns, self._reader, self.backend.read_contexts,
-                             self._keyed_read(ip, at, values), None)
+        return self._on_loop(self._read_turns, self._reader, self._read,
+                             ("context", self._keyed_read(ip, at, values)), None)
+
+    def get_async(self, user_id: str) -> asyncio.Future:
+        """``get`` for the event loop: the profile read on the reader thread."""
+        return self._on_loop(self._read_turns, self._reader, self._read, ("profile", user_id), None)
+
+    def _read(self, items: list[tuple[str, Any]]) -> list[Any]:
+        """A loop turn's reads: its context reads as one group (one statement, one round trip), profiles each."""
+        contexts = iter(self.backend.read_contexts([read for kind, read in items if kind == "context"]))
+        return [next(contexts) if kind == "context" else self.backend.get(read) for kind, read in items]
 
     # -- commits ------------------------------------------------------------
     def commit(self, change: Commit) -> None:

@@ -59,6 +59,16 @@ class CachedStore:
             self._keep(user_id, profile)
         return profile
 
+    async def get_async(self, user_id: str) -> UserProfile:
+        """``get`` for the event loop: a miss is read on the store's reader thread, never on the loop."""
+        profile = self._profiles.get(user_id)
+        if profile is None:
+            profile = await self.inner.get_async(user_id)
+            if (newer := self._profiles.get(user_id)) is not None:
+                return newer                 # an event of this user queued a newer one meanwhile
+            self._keep(user_id, profile)
+        return profile
+
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
         """Kept ``secrets_ttl_s``: this process's own erasures drop a secret at once, other processes'
         within that time, or at once where the store tells of them (Redis)."""
