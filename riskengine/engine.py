@@ -182,6 +182,8 @@ class Engine:
     async def _evaluate_async(self, event: Event) -> Scored:
         """``evaluate`` with the store's context read awaited (made with the rest of this loop turn's)."""
         read = self._read(event, await self.store.get_async(event.user_id))     # read off the loop (stores)
+        if self.record:                                  # the audit head's secret: cached for _commit (stores)
+            await self.store.user_secret_async(event.user_id, self.user_key(event.user_id), True)
         return self._decide(event, read, Context(*await self.store.context_async(event.ip, event.ts, read.values)))
 
     def _read(self, event: Event, profile: profiles.UserProfile | None = None) -> _Read:

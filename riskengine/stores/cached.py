@@ -72,13 +72,23 @@ class CachedStore:
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
         """Kept ``secrets_ttl_s``: this process's own erasures drop a secret at once, other processes'
         within that time, or at once where the store tells of them (Redis)."""
-        now = time.monotonic()
+        cached = self._cached_secret(user_key)
+        return cached if cached is not None else self._keep_secret(user_key, self.inner.user_secret(user_id, user_key, create))
+
+    async def user_secret_async(self, user_id: str, user_key: str, create: bool) -> bytes | None:
+        """``user_secret`` for the event loop: a miss is read on the store's reader thread."""
+        cached = self._cached_secret(user_key)
+        if cached is not None:
+            return cached
+        return self._keep_secret(user_key, await self.inner.user_secret_async(user_id, user_key, create))
+
+    def _cached_secret(self, user_key: str) -> bytes | None:
         cached = self._secrets.get(user_key)
-        if cached is not None and cached[1] >= now - self.secrets_ttl_s:
-            return cached[0]
-        secret = self.inner.user_secret(user_id, user_key, create)
+        return cached[0] if cached is not None and cached[1] >= time.monotonic() - self.secrets_ttl_s else None
+
+    def _keep_secret(self, user_key: str, secret: bytes | None) -> bytes | None:
         if secret is not None:
-            self._bounded(self._secrets)[user_key] = (secret, now)
+            self._bounded(self._secrets)[user_key] = (secret, time.monotonic())
         return secret
 
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
