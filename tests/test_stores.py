@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -622,3 +623,15 @@ def test_sqls_payment_totals_agree_with_the_python_rule(store: ProfileStore) -> 
         assert (got.count, got.fraud_count) == (expected.count, expected.fraud_count)
         assert got.amount == pytest.approx(expected.amount) and got.fraud_amount == pytest.approx(expected.fraud_amount)
     assert store.payment_totals(("payment",), "EUR", AT - 86400, AT + 86400).count > 0
+
+
+def test_features_import_no_store() -> None:
+    """The signals are pure: features.py imports no store (the types it reads live in it)."""
+    import ast
+
+    import riskengine.features
+
+    tree = ast.parse(Path(riskengine.features.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | \
+        {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert imported and not {m for m in imported if m and m.startswith("riskengine.stores")}
