@@ -135,9 +135,12 @@ class SQLiteStore:
     def read_contexts(self, reads: list[ContextRead]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
         """Each read's per-IP activity and counts from one statement and one row (``_CONTEXT``)."""
         pairs = [(k, a, v) for k, (_, _, values) in enumerate(reads) for a, v in values.items()]
-        activity, counts, totals = self._db().execute(_CONTEXT, (
-            dumps([(ip, at - IP_WINDOW_S, at) for ip, at, _ in reads]),
-            dumps([(a, v) for _, a, v in pairs]))).fetchone()
+        try:
+            activity, counts, totals = self._db().execute(_CONTEXT, (
+                dumps([(ip, at - IP_WINDOW_S, at) for ip, at, _ in reads]),
+                dumps([(a, v) for _, a, v in pairs]))).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
         context: list[tuple[IpActivity, dict[str, GlobalCount]]] = [
             (IpActivity(int(failures), int(users)), {}) for failures, users in json.loads(activity)]
         totals = json.loads(totals)
@@ -359,8 +362,11 @@ class _Transaction:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise StoreUnavailable(f"SQLite commit failed: {error}") from error
-        elif self.db.in_transaction:
-            self.db.execute("ROLLBACK")
+        else:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if issubclass(exc_type, sqlite3.OperationalError):     # the disk or the lock, not the values
+                raise StoreUnavailable(f"SQLite store unavailable: {exc}") from exc
 
 
 def _stored(row: tuple) -> StoredEvent:
