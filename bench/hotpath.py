@@ -28,7 +28,7 @@ from riskengine.events import Event, event_from_request, row_to_request
 from riskengine.features import Context, extract
 from riskengine.scoring.registry import ModelRegistry
 from riskengine.scoring.model import TrainedScorer
-from riskengine.stores import MemoryStore
+from riskengine.stores import memory_store
 
 TARGET_P50_US, TARGET_P99_US = 200.0, 1000.0
 
@@ -47,7 +47,7 @@ def build(stream: Stream, models: Path) -> HotPath:
     version = registry.champion_version()
     assert version is not None, f"no champion in {models}"
     model, _ = registry.load(version)
-    engine = Engine(MemoryStore(), Enricher(), TrainedScorer(model, version))
+    engine = Engine(memory_store(), Enricher(), TrainedScorer(model, version))
     warm(engine, stream.history)
     events = [event_from_request(row_to_request(r)) for r in stream.traffic.to_dict("records")]
     return HotPath(engine, events, version, len(stream.history))

@@ -181,14 +181,17 @@ class Engine:
 
     async def _evaluate_async(self, event: Event) -> Scored:
         """``evaluate`` with the store's context read awaited (made with the rest of this loop turn's)."""
-        read = self._read(event)
+        read = self._read(event, await self.store.get_async(event.user_id))     # read off the loop (stores)
+        if self.record:                                  # the audit head's secret: cached for _commit (stores)
+            await self.store.user_secret_async(event.user_id, self.user_key(event.user_id), True)
         return self._decide(event, read, Context(*await self.store.context_async(event.ip, event.ts, read.values)))
 
-    def _read(self, event: Event) -> _Read:
+    def _read(self, event: Event, profile: profiles.UserProfile | None = None) -> _Read:
         if self._policy_watcher is not None:
             self._policy_watcher.poll()                  # a changed policy file: at most one stat a second
         enriched = self.enricher.enrich(event)
-        return _Read(self.policy, enriched, self.store.get(event.user_id), profiles.attribute_values(enriched))
+        profile = profile if profile is not None else self.store.get(event.user_id)
+        return _Read(self.policy, enriched, profile, profiles.attribute_values(enriched))
 
     def _decide(self, event: Event, read: _Read, context: Context) -> Scored:
         policy, enriched, profile, values = read

@@ -16,7 +16,6 @@ from typing import Any
 
 from riskengine.enrich import EnrichedEvent, haversine_km
 from riskengine.profiles import DAY, FREEMAN_ATTRIBUTES, HOUR, UserProfile, attribute_values, place_key
-from riskengine.stores.base import GlobalCount, IpActivity
 
 AIRLINER_KMH = 1000.0          # faster than this between two sign-ins is not a journey
 MIN_TRAVEL_S = 60.0            # two events in the same minute: velocity of a minute, not infinity
@@ -81,6 +80,23 @@ FEATURES: tuple[Feature, ...] = (
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
+
+
+@dataclass(frozen=True, slots=True)
+class IpActivity:
+    """Sign-ins from one IP in the hour before an event: the credential-stuffing signals' input."""
+
+    failures: int = 0
+    distinct_users: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalCount:
+    """Population statistics for one Freeman attribute value: p(value) needs all three."""
+
+    count: float = 0.0
+    total: float = 0.0
+    distinct: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

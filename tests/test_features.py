@@ -8,8 +8,7 @@ from datetime import timedelta
 import pytest
 
 from riskengine import profiles
-from riskengine.features import FEATURE_NAMES, Context, extract, likelihood_ratio
-from riskengine.stores.base import GlobalCount, IpActivity
+from riskengine.features import FEATURE_NAMES, Context, GlobalCount, IpActivity, extract, likelihood_ratio
 from tests.conftest import BOMLO_IP, OSLO_IP, SAFARI_IPHONE, SYDNEY_IP, T0, US_IP, event
 
 RETENTION = 180 * profiles.DAY

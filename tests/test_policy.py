@@ -314,7 +314,11 @@ def test_an_unreachable_store_gets_the_policy_answer_without_writing(settings, t
         def unreachable(*args, **kwargs):
             raise StoreUnavailable("connection refused")
 
+        async def unreachable_async(*args, **kwargs):
+            unreachable()
+
         monkeypatch.setattr(store, "get", unreachable)
+        monkeypatch.setattr(store, "get_async", unreachable_async)     # the service reads off the loop
 
         def unrecorded(n: int, **extra) -> dict:            # not recorded, so never a 200 (API.md)
             body = {"event_id": f"ev-{n}", "user_id": "carol", "action": "login", "ip": OSLO_IP, **extra}

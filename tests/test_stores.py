@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -21,7 +22,8 @@ from riskengine.audit.chain import verify
 from riskengine.engine import Engine
 from riskengine.enrich import Enricher
 from riskengine.profiles import UserProfile
-from riskengine.stores import (Commit, Conflict, DuplicateEvent, MemoryStore, ProfileStore, SQLiteStore,
+from riskengine.policy.payments import EXECUTED_OUTCOMES, payment_totals
+from riskengine.stores import (Commit, Conflict, DuplicateEvent, MemoryStore, ProfileStore, Refused, SQLiteStore,
                                StoredEvent, open_store)
 from riskengine.stores.redis import RedisStore
 from tests.conftest import REDIS_URL, T0, event
@@ -35,7 +37,7 @@ AUDIT_KEY = b"contract-suite audit key"
 def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ProfileStore]:
     """A fresh store; the Redis one lives under its own key prefix on db 15 and is cleared after."""
     if request.param == "memory":
-        opened: ProfileStore = MemoryStore(audit_key=AUDIT_KEY)
+        opened: ProfileStore = open_store("memory://", audit_key=AUDIT_KEY)
     elif request.param == "sqlite":
         opened = open_store(f"sqlite:///{tmp_path}/profiles.db", synchronous="NORMAL", audit_key=AUDIT_KEY)
     else:
@@ -213,9 +215,15 @@ def test_a_deleted_last_audit_record_is_found_by_the_head_anchor(store: ProfileS
     assert [(p.seq, "missing" in p.what) for p in problems] == [(3, True)]
 
 
+def backend(store: ProfileStore) -> Any:
+    """The backend behind the read cache (cached.py) and the batching layer (batching.py)."""
+    store = getattr(store, "inner", store)
+    return getattr(store, "backend", store)
+
+
 def _tamper(store: ProfileStore, tmp_path, row: Any, body: str | None) -> None:
     """Edit (or, with ``body=None``, delete) one stored audit record behind the store's back."""
-    store = getattr(store, "inner", store)        # the shared stores come behind a read cache
+    store = backend(store)
     if isinstance(store, MemoryStore):
         index = store._audit.index(row)
         if body is None:
@@ -392,16 +400,7 @@ def test_a_refused_change_in_a_group_leaves_the_rest_of_the_group_and_the_trail_
     store.commit(change("first", user="carol"))
     group = [change("g1", user="dan"), change("g2", user="carol", version=0),       # stale: refused
              change("g3", user="erin"), change("g4", user="fay"), change("first", user="gus")]   # repeated id
-    inner = getattr(store, "inner", store)
-    if hasattr(inner, "_commit_group"):          # the writer thread's step, given the group whole
-        outcomes = [o if o is None else type(o).__name__ for o in inner._commit_group(group)]
-    else:
-        outcomes = []
-        for future in [store.submit(c) for c in group]:
-            try:
-                outcomes.append(future.result(timeout=10))
-            except (Conflict, DuplicateEvent) as refused:
-                outcomes.append(type(refused).__name__)
+    outcomes = [o if o is None else type(o).__name__ for o in backend(store).commit_group(group)]   # one group
     assert outcomes == [None, "Conflict", None, None, "DuplicateEvent"]
     assert {e.event_id for e in store.labelled_events()} == {"first", "g1", "g3", "g4"}
     rows = list(store.audit_rows())
@@ -511,51 +510,128 @@ def test_fractional_timestamps_are_kept_exactly(store: ProfileStore) -> None:
     assert stored == {"f1": at - 3600, "f2": at - 3599.999999, "f3": at, "f4": at + 0.000001}
 
 
-def _commits_without_holding_up_the_loop(store: ProfileStore, hold: Any, let_go: Any) -> None:
-    """The first commit goes on the loop; while ``hold()`` is in force the second waits elsewhere
-    (not answered: not durable) while the loop goes on serving, and commits after ``let_go()``."""
+def test_the_loop_never_waits_for_a_commit_held_up_by_the_disk(tmp_path) -> None:
+    """Another process holds SQLite's write lock (as a slow fsync would hold the writer): the
+    group waits on the store's writer thread, not answered (not durable), while the event loop
+    goes on turning with no stall; it commits, and the caller hears, once the lock is let go."""
     import asyncio
 
-    async def main() -> int:
-        await store.submit_async(change("w0"))
-        hold()
-        committed = store.submit_async(change("w1", version=1))
-        ticks, started = 0, time.monotonic()
-        while time.monotonic() - started < 0.3:
-            await asyncio.sleep(0.01)
-            ticks += 1
-        assert not committed.done()
-        let_go()
-        await asyncio.wait_for(committed, 10)
-        return ticks
-
-    assert asyncio.run(main()) >= 15                                 # the loop was never stuck
-    assert {e.event_id for e in store.labelled_events()} == {"w0", "w1"}
-    assert store.get("alice").version == 2
-    rows = list(store.audit_rows())
-    assert len(rows) == 2 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
-
-
-def test_sqlite_commits_on_the_loop_never_wait_there_for_another_writers_lock(tmp_path) -> None:
-    """Commits run on the event loop when they can; while another process holds the write lock
-    the group waits on the writer thread instead."""
     store = open_store(f"sqlite:///{tmp_path}/profiles.db", audit_key=AUDIT_KEY)
     other = sqlite3.connect(tmp_path / "profiles.db", isolation_level=None)
+
+    async def main() -> float:
+        await store.submit_async(change("w0"))
+        other.execute("BEGIN IMMEDIATE")
+        committed = store.submit_async(change("w1", version=1))
+        read = asyncio.ensure_future(store.context_async(IP, AT, {"ip": IP}))   # WAL: reads go on beside the writer
+        longest, last, started = 0.0, time.monotonic(), time.monotonic()
+        while time.monotonic() - started < 0.5:
+            await asyncio.sleep(0.005)
+            longest, last = max(longest, time.monotonic() - last), time.monotonic()
+        assert not committed.done() and read.done()
+        other.execute("ROLLBACK")
+        await asyncio.wait_for(committed, 10)
+        return longest
+
     try:
-        _commits_without_holding_up_the_loop(store, lambda: other.execute("BEGIN IMMEDIATE"),
-                                             lambda: other.execute("ROLLBACK"))
+        assert asyncio.run(main()) < 0.1                         # the loop was never stuck
+        assert {e.event_id for e in store.labelled_events()} == {"w0", "w1"}
+        assert store.get("alice").version == 2
+        rows = list(store.audit_rows())
+        assert len(rows) == 2 and verify(rows, AUDIT_KEY, store.audit_anchors()) == []
     finally:
         other.close()
         store.close()
 
 
-def test_redis_commits_on_the_loop_never_wait_there_for_a_thread_holding_the_chain() -> None:
-    """While a thread appends to this process's audit chain (feedback, erasure), a loop turn's
-    group goes to the writer thread."""
-    store = open_store(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:12]}:", audit_key=AUDIT_KEY)
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ProfileStore]:
+    """The stores that keep data outside the process (the ones a value can be refused by)."""
+    if request.param == "sqlite":
+        opened = open_store(f"sqlite:///{tmp_path}/profiles.db", synchronous="NORMAL", audit_key=AUDIT_KEY)
+    else:
+        opened = open_store(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:12]}:", audit_key=AUDIT_KEY)
     try:
-        _commits_without_holding_up_the_loop(store, lambda: store._audit_lock.acquire(timeout=5),
-                                             store._audit_lock.release)
+        yield opened
     finally:
-        store.clear()
-        store.close()
+        opened.clear()
+        opened.close()
+
+
+def test_one_poisoned_item_fails_alone_and_its_group_of_30_goes_ahead(shared_store: ProfileStore) -> None:
+    """An integer no store can hold (beyond 64 bits) in one event of a loop turn's group: that
+    event gets ``Refused`` and leaves nothing behind; the 30 others are durable and the trail whole."""
+    import asyncio
+
+    poisoned = change("poison", user="mallory")
+    poisoned.event = dataclasses.replace(poisoned.event, request={**poisoned.event.request,
+                                                                  "attributes": {"n": 2 ** 70}})
+
+    async def main() -> list[Any]:
+        turn = [shared_store.submit_async(change(f"ok{i}", user=f"u{i}")) for i in range(15)]
+        turn.append(shared_store.submit_async(poisoned))
+        turn += [shared_store.submit_async(change(f"ok{i}", user=f"u{i}")) for i in range(15, 30)]
+        return await asyncio.gather(*turn, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert isinstance(outcomes[15], Refused) and "2361183241434822606848" not in str(outcomes[15])
+    assert outcomes[:15] + outcomes[16:] == [None] * 30
+    assert shared_store.find_event("poison") is None and shared_store.get("mallory").version == 0
+    assert {e.event_id for e in shared_store.labelled_events()} == {f"ok{i}" for i in range(30)}
+    assert [shared_store.get(f"u{i}").version for i in range(30)] == [1] * 30
+    rows = list(shared_store.audit_rows())
+    assert len(rows) == 30 and verify(rows, AUDIT_KEY, shared_store.audit_anchors()) == []
+    assert shared_store.ip_activity(IP, AT).distinct_users == 30
+
+
+def test_a_far_future_event_never_prunes_the_shared_ip_window(store: ProfileStore) -> None:
+    """Entries go at most two windows before the server's clock: one event dated in 9999 cannot
+    empty the per-IP window the credential-stuffing signals read."""
+    now = time.time()
+    for i in range(3):
+        store.commit(change(f"f{i}", user=f"u{i}", at=now - 60, success=False))
+    inner = backend(store)
+    if isinstance(inner, SQLiteStore):
+        inner._commits = 511                                  # the next commit prunes (every 512)
+    store.commit(change("future", user="mallory", at=253402300799.0, success=False))
+    activity = store.ip_activity(IP, now)
+    assert (activity.failures, activity.distinct_users) == (3, 3)
+
+
+def test_sqls_payment_totals_agree_with_the_python_rule(store: ProfileStore) -> None:
+    """policy/payments.py's rule is the definition; SQLite's SQL form (and every store's selection
+    of a window) must give the same totals on a varied history."""
+    import random
+
+    rng = random.Random(7)
+    for n in range(120):
+        request = {"action": rng.choice(["payment", "add_payee", "login"]), "currency": rng.choice(["EUR", "GBP"]),
+                   **({"amount": round(rng.uniform(0, 500), 2)} if rng.random() < 0.9 else {})}
+        event_ = StoredEvent(f"p{n}", f"u{n % 7}", AT + rng.uniform(-3, 3) * 86400, request,
+                             {"decision": rng.choice(["allow", "step_up", "deny"])}, {})
+        store.commit(Commit(event_.user_id, store.get(event_.user_id).version, None, IP, "k", event_.at, True,
+                            {}, event_, None))
+        if rng.random() < 0.5:
+            store.record_outcome(event_.event_id, rng.choice([*EXECUTED_OUTCOMES, "step_up_failed"]), {"kind": "f"})
+    events = list(store.labelled_events())
+    for actions, currency, since, until in [(("payment",), "EUR", AT - 86400, AT + 86400),
+                                            (("payment", "add_payee"), "GBP", AT - 3 * 86400, AT),
+                                            (("login",), "EUR", AT, AT + 3 * 86400)]:
+        expected = payment_totals(((e.request, e.decision, e.outcome) for e in events if since <= e.at < until),
+                                  actions, currency)
+        got = store.payment_totals(actions, currency, since, until)
+        assert (got.count, got.fraud_count) == (expected.count, expected.fraud_count)
+        assert got.amount == pytest.approx(expected.amount) and got.fraud_amount == pytest.approx(expected.fraud_amount)
+    assert store.payment_totals(("payment",), "EUR", AT - 86400, AT + 86400).count > 0
+
+
+def test_features_import_no_store() -> None:
+    """The signals are pure: features.py imports no store (the types it reads live in it)."""
+    import ast
+
+    import riskengine.features
+
+    tree = ast.parse(Path(riskengine.features.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | \
+        {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert imported and not {m for m in imported if m and m.startswith("riskengine.stores")}

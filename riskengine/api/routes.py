@@ -60,7 +60,7 @@ def feedback(body: FeedbackRequest, engine: EngineDep, client: ClientDep) -> Fee
     return FeedbackResponse(event_id=body.event_id, recorded=True)
 
 
-@router.delete("/users/{user_id}", status_code=204)
+@router.delete("/users/{user_id:path}", status_code=204)
 def erase_user(user_id: str, engine: EngineDep, client: ClientDep) -> Response:
     problem = text_problem(user_id) if 1 <= len(user_id) <= 256 else "1 to 256 characters"
     if problem is not None:

@@ -81,6 +81,28 @@ def _anchor_mac(kind: str, chain: str, seq: int, digest: str, key: bytes | None)
     return hmac.digest(key, data, "sha256").hex() if key else hashlib.sha256(data).hexdigest()
 
 
+def seal_records(bodies: list[dict[str, Any]], chain: str, seq: int, prev: str,
+                 key: bytes | None) -> tuple[list[AuditRow], Anchor]:
+    """Seal ``bodies`` onto a chain whose head is (``seq``, ``prev``): each record carries its chain
+    and position and links to the one before; the new head anchor marks the last. Every store
+    appends through this, so a record is sealed the same way wherever it is kept.
+
+    >>> rows, head = seal_records([{"kind": "a"}, {"kind": "b"}], "main", 0, GENESIS, b"k")
+    >>> [r.seq for r in rows], rows[1].prev_hash == rows[0].hash, (head.seq, head.hash) == (2, rows[1].hash)
+    ([1, 2], True, True)
+    >>> verify(rows, b"k", [head])
+    []
+    """
+    rows = []
+    for body in bodies:
+        seq += 1
+        sealed = {**body, "chain": chain, "seq": seq}
+        digest = seal(prev, sealed, key)
+        rows.append(AuditRow(chain, seq, canonical(sealed), prev, digest))
+        prev = digest
+    return rows, Anchor.make(HEAD, chain, seq, prev, key)
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     chain: str

@@ -27,7 +27,7 @@ from riskengine.features import FEATURE_NAMES
 from riskengine.scoring.model import RiskModel, StatisticalScorer, TrainedScorer
 from riskengine.policy.decide import Policy
 from riskengine.scoring.registry import ModelRegistry, ModelVersion
-from riskengine.stores import MemoryStore
+from riskengine.stores import memory_store
 
 FPRS = (0.01, 0.02, 0.05)
 Progress = Callable[[int], None]
@@ -48,7 +48,7 @@ class Dataset:
 def backfill(rows: Iterable[Mapping[str, Any]], enricher: Enricher | None = None, policy: Policy | None = None,
              progress: Progress | None = None, chunk: int = 10_000) -> Dataset:
     """Features for every row as ``/score`` would have computed them at that moment."""
-    engine = Engine(MemoryStore(keep_events=False, keep_audit=False), enricher or Enricher(),
+    engine = Engine(memory_store(keep_events=False, keep_audit=False), enricher or Enricher(),
                     StatisticalScorer(), policy, record=False)
     blocks: list[np.ndarray] = []
     buffer: list[list[float]] = []

@@ -22,7 +22,7 @@ from riskengine.lab.evaluation import wilson_interval
 from riskengine.events import event_from_request, row_to_request
 from riskengine.scoring.model import Scorer
 from riskengine.policy.decide import Policy
-from riskengine.stores import MemoryStore
+from riskengine.stores import memory_store
 
 CAUGHT = ("step_up", "deny")          # an attacker asked to step up fails it: stepped up is caught
 MODES = ("shadow", "counterfactual")
@@ -66,7 +66,7 @@ def replay(rows: Iterable[Mapping[str, Any]], current: Setup, candidate: Setup, 
 
 def _drive(rows: list[Mapping[str, Any]], driver: Setup, shadows: list[Setup], enricher: Enricher,
            progress: Callable[[int], None] | None) -> pd.DataFrame:
-    store = MemoryStore(keep_events=False, keep_audit=False)
+    store = memory_store(keep_events=False, keep_audit=False)
     engine = Engine(store, enricher, driver.scorer, driver.policy, record=False)
     # shadows share the store: they read the same history and, with ``evaluate``, never write it
     watchers = [(s.name, Engine(store, enricher, s.scorer, s.policy, record=False)) for s in shadows]

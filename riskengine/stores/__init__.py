@@ -1,30 +1,42 @@
-"""Profile stores: one interface (base.py), three homes for the state."""
+"""Profile stores: backends (memory.py, sqlite.py, redis.py) keep the data; batching.py adapts a
+backend for the service (threads, groups, keyed statistics); cached.py reads what it can from memory."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from riskengine.stores.base import (Commit, Conflict, DuplicateEvent, GlobalCount, IpActivity,
-                                    ProfileStore, StoredEvent, StoreUnavailable)
+from riskengine.stores.base import (Commit, Conflict, DuplicateEvent, ProfileStore, Refused, StoredEvent,
+                                    StoreUnavailable)
+from riskengine.stores.batching import Batched
 from riskengine.stores.cached import CachedStore
 from riskengine.stores.memory import MemoryStore
 from riskengine.stores.sqlite import SQLiteStore
 
-__all__ = ["CachedStore", "Commit", "Conflict", "DuplicateEvent", "GlobalCount", "IpActivity", "MemoryStore",
-           "ProfileStore", "SQLiteStore", "StoreUnavailable", "StoredEvent", "open_store"]
+__all__ = ["Batched", "CachedStore", "Commit", "Conflict", "DuplicateEvent", "MemoryStore", "ProfileStore",
+           "Refused", "SQLiteStore", "StoreUnavailable", "StoredEvent", "memory_store", "open_store"]
 
 
-def open_store(url: str, home: Path | None = None, **options) -> ProfileStore:
+def memory_store(**options: Any) -> Batched:
+    """An in-memory store as the engine uses it (training replays, what-if, tests): no threads, no waiting."""
+    return Batched(MemoryStore(**options), options.get("audit_key"), threads=False)
+
+
+def open_store(url: str, home: Path | None = None, **options: Any) -> ProfileStore:
     """``memory://``, ``sqlite`` (file under home), ``sqlite:///path`` or ``redis://...``; the shared
-    stores come behind a read cache (cached.py)."""
+    stores run on their own threads (batching.py) behind a read cache (cached.py). ``audit_key`` seals
+    the trail, and also keys the hashes under which per-IP and population statistics are kept."""
     if url.startswith("memory"):
-        return MemoryStore(audit_key=options.get("audit_key"))     # SQLite's file options do not apply
+        return memory_store(audit_key=options.get("audit_key"))     # SQLite's file options do not apply
     if url == "sqlite":
-        return CachedStore(SQLiteStore((home or Path(".")) / "var" / "profiles.db", **options))
-    if url.startswith("sqlite:///"):
-        return CachedStore(SQLiteStore(Path(url.removeprefix("sqlite:///")), **options))
-    if url.startswith(("redis://", "rediss://", "unix://")):
+        backend: Any = SQLiteStore((home or Path(".")) / "var" / "profiles.db", **options)
+    elif url.startswith("sqlite:///"):
+        backend = SQLiteStore(Path(url.removeprefix("sqlite:///")), **options)
+    elif url.startswith(("redis://", "rediss://", "unix://")):
         from riskengine.stores.redis import RedisStore
 
-        return CachedStore(RedisStore(url, **options))
-    raise ValueError(f"RISKENGINE_STORE: unknown store {url!r}; use sqlite, sqlite:///PATH, memory:// or redis://HOST:PORT/DB")
+        backend = RedisStore(url, **options)
+    else:
+        raise ValueError(f"RISKENGINE_STORE: unknown store {url!r}; use sqlite, sqlite:///PATH, memory:// or "
+                         "redis://HOST:PORT/DB")
+    return CachedStore(Batched(backend, options.get("audit_key")))

@@ -1,12 +1,16 @@
-"""The profile-store interface every implementation (memory, SQLite, Redis) honours.
+"""The profile-store interface: what a backend (memory, SQLite, Redis) offers, and what the
+service sees once ``batching.py`` has adapted it.
 
-One ``commit`` writes a user's new profile, the per-IP and global counters, the
-recorded event and its audit record together, or nothing: a 200 implies all.
-Stores take ``audit_key`` (bytes or None): the key that seals audit records and anchors.
+A backend is plain and synchronous: reads and commits of a *group* (``read_contexts``,
+``commit_group``), each item with its own outcome. One ``Commit`` writes a user's new profile,
+the per-IP and population counters, the recorded event and its audit record together, or
+nothing: a 200 implies all. Backends take ``audit_key`` (bytes or None): the key that seals
+audit records and anchors (``audit/chain.py`` seals; backends only keep the rows).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -15,7 +19,13 @@ from typing import Any, Iterator, Protocol
 import orjson
 
 from riskengine.audit.chain import Anchor, AuditRow
+from riskengine.features import GlobalCount, IpActivity
+from riskengine.policy.payments import EXECUTED_OUTCOMES, PaymentTotals
 from riskengine.profiles import UserProfile
+
+__all__ = ["EXECUTED_OUTCOMES", "IP_WINDOW_S", "Backend", "Commit", "Conflict", "ContextRead", "DuplicateEvent",
+           "Follow", "GlobalCount", "IpActivity", "PaymentTotals", "ProfileStore", "Refused", "StoreUnavailable",
+           "StoredEvent", "dumps", "prune_before"]
 
 IP_WINDOW_S = 3600.0
 
@@ -24,6 +34,16 @@ def dumps(value: Any) -> str:
     """Compact JSON for stored events and profiles (orjson: a tenth of ``json.dumps``' time on the
     hot path). A NaN feature (a signal with nothing to measure) is stored as null; readers map it back."""
     return orjson.dumps(value).decode()
+
+
+def prune_before(at: float, now: float | None = None) -> float:
+    """Per-IP entries older than this may go: two windows before the event, but never past the
+    server's clock, so no accepted timestamp (a far-future one) can empty the shared windows.
+
+    >>> prune_before(10_000.0, now=20_000.0), prune_before(1e12, now=20_000.0)
+    (2800.0, 12800.0)
+    """
+    return min(at, time.time() if now is None else now) - 2 * IP_WINDOW_S
 
 
 class Conflict(Exception):
@@ -38,19 +58,9 @@ class StoreUnavailable(Exception):
     """The backing store cannot be reached; the service answers 503, never a guess."""
 
 
-@dataclass(frozen=True, slots=True)
-class IpActivity:
-    failures: int = 0
-    distinct_users: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class GlobalCount:
-    """Population statistics for one Freeman attribute value: p(value) needs all three."""
-
-    count: float = 0.0
-    total: float = 0.0
-    distinct: float = 0.0
+class Refused(ValueError):
+    """The store cannot hold this one item (a value it refuses); the rest of its group went ahead.
+    The message names no value: exceptions end up in logs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,29 +74,10 @@ class StoredEvent:
     outcome: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PaymentTotals:
-    """Executed payments of some actions in a window (allowed, or stepped up and then settled by
-    feedback), and the part later confirmed as fraud: the inputs of PSD2 RTS Art. 19's fraud rate."""
-
-    count: int = 0
-    amount: float = 0.0
-    fraud_count: int = 0
-    fraud_amount: float = 0.0
-
-    @property
-    def fraud_rate(self) -> float | None:
-        """Fraud by value; None when there was nothing to measure."""
-        return self.fraud_amount / self.amount if self.amount > 0 else None
-
-
-#: outcomes that show a stepped-up event went ahead (the step-up was passed, or it happened)
-EXECUTED_OUTCOMES = ("step_up_passed", "confirmed_fraud", "confirmed_legit")
-
-
 @dataclass(slots=True)
 class Commit:
-    """Everything one scored event changes; ``profile=None`` leaves the profile as it was."""
+    """Everything one scored event changes; ``profile=None`` leaves the profile as it was.
+    ``ip`` and ``learned_values`` reach a backend as keyed hashes (batching.py), never raw."""
 
     user_id: str
     expected_version: int
@@ -100,24 +91,22 @@ class Commit:
     audit: dict[str, Any] | None = None
 
 
-#: called where the commit ran (loop or writer thread) with its outcome, before its caller hears of it
+#: one context read: (ip, at, {attribute: value}) -> the IP's activity before ``at`` and the values' counts
+ContextRead = tuple[str, float, dict[str, str]]
+
+#: called on the store's thread with the commit's outcome, before its caller hears of it
 Follow = Callable[[BaseException | None], None]
 
 
-class ProfileStore(Protocol):
+class Backend(Protocol):
+    """What memory, SQLite and Redis implement: plain, synchronous, no threads of their own."""
+
     def get(self, user_id: str) -> UserProfile: ...
-    def ip_activity(self, ip: str, at: float) -> IpActivity: ...
-    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]: ...
-    # both of the above at once (Redis: one round trip), as the hot path needs them
-    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]: ...
-    # the same for the service's event loop: made with the rest of the loop turn's reads
-    def context_async(self, ip: str, at: float,
-                      values: dict[str, str]) -> Awaitable[tuple[IpActivity, dict[str, GlobalCount]]]: ...
+    def read_contexts(self, reads: list[ContextRead]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]: ...
+    # one outcome per change: None (durable), or Conflict / DuplicateEvent / Refused for that change alone;
+    # raises (StoreUnavailable, or anything else) only when the group as a whole could not be written
+    def commit_group(self, changes: list[Commit]) -> list[BaseException | None]: ...
     def find_event(self, event_id: str) -> StoredEvent | None: ...
-    def commit(self, change: Commit) -> None: ...
-    # commit, resolved when durable (group.py); ``follow(outcome)`` runs before the caller hears of it
-    def submit(self, change: Commit, follow: Follow | None = None) -> Future: ...
-    def submit_async(self, change: Commit, follow: Follow | None = None) -> Awaitable[None]: ...
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None: ...
     def record_outcome(self, event_id: str, outcome: str, audit: dict[str, Any]) -> bool: ...
@@ -126,12 +115,28 @@ class ProfileStore(Protocol):
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None: ...
     def labelled_events(self) -> Iterator[StoredEvent]: ...
     def audit_rows(self) -> Iterator[AuditRow]: ...
-    # -- audit anchors and retention (see audit.py): heads are kept by every append --------
     def audit_anchors(self) -> list[Anchor]: ...
     def prune_audit(self, chain: str, through_seq: int, audit: dict[str, Any]) -> int: ...
-    # -- PSD2 fraud rate inputs: executed payments with amount in currency, since <= at < until --
+    # PSD2 fraud rate inputs: executed payments with amount in currency, since <= at < until
     def payment_totals(self, actions: tuple[str, ...], currency: str, since: float,
                        until: float) -> PaymentTotals: ...
     def ping(self) -> None: ...
     def clear(self) -> None: ...
     def close(self) -> None: ...
+
+
+class ProfileStore(Backend, Protocol):
+    """A backend as the engine uses it (``batching.Batched``, behind ``cached.CachedStore``)."""
+
+    def ip_activity(self, ip: str, at: float) -> IpActivity: ...
+    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]: ...
+    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]: ...
+    # the same for the service's event loop: read on the store's thread with the rest of the loop turn's
+    def context_async(self, ip: str, at: float,
+                      values: dict[str, str]) -> Awaitable[tuple[IpActivity, dict[str, GlobalCount]]]: ...
+    def get_async(self, user_id: str) -> Awaitable[UserProfile]: ...
+    def user_secret_async(self, user_id: str, user_key: str, create: bool) -> Awaitable[bytes | None]: ...
+    def commit(self, change: Commit) -> None: ...
+    # commit, resolved when durable; ``follow(outcome)`` runs before the caller hears of it
+    def submit(self, change: Commit, follow: Follow | None = None) -> Future: ...
+    def submit_async(self, change: Commit, follow: Follow | None = None) -> Awaitable[None]: ...

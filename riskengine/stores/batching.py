@@ -1,188 +1,91 @@
-"""Group commit: what arrives together is committed together, so a busy service pays one COMMIT
-(and fsync, or round trip) for many events. The same queue serves reads that are better made
-many at a time (one statement, one round trip for every event waiting).
+"""The one adapter between a store backend and the service: loop batching, the store's threads,
+back-pressure, and the keyed hashing of per-IP and population keys.
 
-``submit`` hands back a ``concurrent.futures.Future`` that ``commit`` callers block on; it goes
-to one writer thread per store, which commits whatever arrived while its last group ran.
-``submit_async`` hands back an ``asyncio.Future`` the service awaits: what one turn of the event
-loop submits is one group, run at the end of that turn on the loop itself when the store can do
-it without waiting (``on_loop``, ``LoopBudget``), else on the thread. A future resolves only once
-its group is durable; the loop's futures of one group are resolved in one callback.
+What one turn of the event loop submits is one group, handed to the store's writer thread at the
+end of that turn; the thread commits whatever arrived while its last group ran, so a busy service
+pays one COMMIT (and fsync, or round trip) for many events. The loop never runs store work: it
+goes on parsing and scoring while a group is flushed, and each caller awaits its own group's
+durability. Context reads go the same way to a reader thread. A group that fails as a whole is
+tried again one item at a time, so only the item at fault gets its error.
+
+The memory backend has no disk or network to wait for: ``threads=False`` runs its groups at once,
+in the caller's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any
 
-from riskengine.stores.base import Follow, StoreUnavailable
+from riskengine.features import GlobalCount, IpActivity
+from riskengine.stores.base import Backend, Commit, ContextRead, Follow, Refused, StoreUnavailable
 
 log = logging.getLogger("riskengine.store")
 
+MAX_GROUP = 64
+MAX_PENDING = 8192            # items waiting for a thread; more and the service sheds load (503)
+
 #: run(items) -> one outcome per item: its result (None for a commit), or the exception its caller gets
 GroupRun = Callable[[list[Any]], list[Any]]
+#: an item, what runs after it (commits), the future its caller waits on
+Entry = tuple[Any, Follow | None, "Future | asyncio.Future"]
 
 
-def done(outcome: BaseException | None = None) -> Future:
-    """An already resolved future, for stores that write in the caller's thread."""
-    future: Future = Future()
-    if outcome is None:
-        future.set_result(None)
-    else:
-        future.set_exception(outcome)
-    return future
-
-
-def done_async(outcome: Any = None) -> asyncio.Future:
-    """An already resolved future (a result, or an exception raised on await) on the running loop."""
-    future = asyncio.get_running_loop().create_future()
-    resolve([(future, outcome)])
-    return future
-
-
-def run_inline(commit: Callable[[Any], None], item: Any, follow: Follow | None,
-               expected: tuple[type[BaseException], ...]) -> BaseException | None:
-    """``commit(item)`` in the caller's thread, as a group of one: ``expected`` errors are its outcome."""
+def run_group(run: GroupRun, items: list[Any]) -> list[Any]:
+    """``run(items)``; when the group fails as a whole, each item again on its own, so one item
+    the store refuses fails alone. An unreachable store fails them all at once (trying each
+    would only wait longer for the same answer)."""
     try:
-        commit(item)
-        outcome: BaseException | None = None
-    except expected as refused:
-        outcome = refused
-    if follow is not None:
-        follow(outcome)
-    return outcome
+        return run(items)
+    except StoreUnavailable as down:
+        return [down] * len(items)
+    except Exception as failed:               # noqa: BLE001 - a value the store refused, somewhere in the group
+        if len(items) > 1:
+            return [run_group(run, [item])[0] for item in items]
+        log.warning("store refused an item: %s", type(failed).__name__)     # its type only: no values in logs
+        refused = Refused(f"the store cannot hold this item ({type(failed).__name__})")
+        refused.__cause__ = failed
+        return [refused]
 
 
-class LoopTurns:
-    """Collects what a turn of an asyncio event loop adds and passes it, in order, to
-    ``hand_over`` once, at the end of that turn: one hand-off for everything the turn produced.
-    Each running loop has its own turn (a loop only ever touches its own)."""
+class Worker:
+    """A thread running ``run(group)`` over what was queued while its last group ran, in order."""
 
-    def __init__(self, hand_over: Callable[[list[Any]], None]) -> None:
-        self._hand_over = hand_over
-        self._turns: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-
-    def add(self, loop: asyncio.AbstractEventLoop, entry: Any) -> None:
-        turn = self._turns.get(loop)
-        if turn is None:
-            turn = self._turns[loop] = []
-            loop.call_soon(self._end, loop)
-        turn.append(entry)
-
-    def _end(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._hand_over(self._turns.pop(loop))
-
-
-class LoopBudget:
-    """Whether store work may run on the event loop itself: while it has lately (a moving
-    average) taken under ``limit_s``. Over it (a slow disk, a slow or hanging server) the work goes
-    to a thread, and after a few such groups the loop tries again."""
-
-    def __init__(self, limit_s: float) -> None:
-        self.limit_s, self.recent_s = limit_s, 0.0
-
-    def allows(self) -> bool:
-        if self.recent_s > self.limit_s:
-            self.recent_s *= 0.9
-            return False
-        return True
-
-    def failed(self) -> None:
-        """The work failed (the server is down or hangs): the threads take it for a good while."""
-        self.recent_s = max(self.recent_s, 50 * self.limit_s)
-
-    def spent(self, started: float) -> None:
-        """Record work begun at ``started`` (``time.perf_counter()``)."""
-        self.recent_s += 0.2 * (time.perf_counter() - started - self.recent_s)
-
-
-class GroupCommit:
-    """A writer thread running ``run(group)``; an exception from ``run`` itself (the transaction
-    failed) goes to every caller of that group."""
-
-    def __init__(self, run: GroupRun, name: str, max_group: int = 64,
-                 on_loop: Callable[[list[Any]], list[Any] | None] | None = None) -> None:
-        """``on_loop(group)``: run a loop turn's group right there instead, if it can be done without
-        waiting (it answers None when it cannot, and the thread takes the group)."""
-        self._run, self._name, self._max, self._on_loop = run, name, max_group, on_loop
-        self._queue: list[tuple[Any, Follow | None, Future | asyncio.Future]] = []
-        self._running = False                 # the thread is in the middle of a group
-        self._held: list[tuple[Any, Follow | None, asyncio.Future]] = []   # loop turns waiting for it
-        self._held_loop: asyncio.AbstractEventLoop | None = None
+    def __init__(self, run: GroupRun, name: str, max_group: int = MAX_GROUP, max_pending: int = MAX_PENDING) -> None:
+        self._run, self._name, self._max, self._max_pending = run, name, max_group, max_pending
+        self._queue: list[Entry] = []
         self._ready = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._turns = LoopTurns(self._hand_over)
 
-    def submit(self, item: Any, follow: Follow | None = None) -> Future:
-        future: Future = Future()
-        self._put([(item, follow, future)])
-        return future
-
-    def submit_async(self, item: Any, follow: Follow | None = None) -> asyncio.Future:
-        """Called on a running event loop; the future resolves on it. What a turn of the loop
-        submits is one group, handed over at the end of that turn (``_hand_over``): on the loop
-        itself or to the thread, once; waking the thread for each item cost a GIL hand-off each."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._turns.add(loop, (item, follow, future))
-        return future
-
-    def _hand_over(self, turn: list[tuple[Any, Follow | None, asyncio.Future]]) -> None:
-        if self._on_loop is not None and not self._closed:
-            if self._hold(turn):
-                return
-            if len(turn) <= self._max:
-                try:
-                    outcomes = self._on_loop([item for item, _, _ in turn])
-                except BaseException as failed:   # noqa: BLE001 - handed to each caller, who raises it
-                    outcomes = [failed] * len(turn)
-                if outcomes is not None:
-                    _settle(turn, outcomes)
-                    return
-        try:
-            self._put(turn)
-        except StoreUnavailable as closed:
-            _settle(turn, [closed] * len(turn))
-
-    def _put(self, items: list[tuple[Any, Follow | None, Future | asyncio.Future]]) -> None:
+    def put(self, entries: list[Entry], wait: bool) -> None:
+        """Queue ``entries``. Back-pressure: a full queue makes a thread (``wait``) wait for room, and
+        refuses the event loop (which must not wait) with ``StoreUnavailable``."""
         with self._ready:
+            while not self._closed and len(self._queue) >= self._max_pending:
+                if not wait:
+                    raise StoreUnavailable("the store is behind: too many commits are waiting")
+                self._ready.wait()
             if self._closed:
                 raise StoreUnavailable("the store is closed")
             if self._thread is None:          # started on first use: a store only read never needs it
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
-            self._queue.extend(items)
-            self._ready.notify()
-
-    def _hold(self, turn: list[tuple[Any, Follow | None, asyncio.Future]]) -> bool:
-        """While the thread has a group, a loop turn's waits for it (and is then run as one group
-        with the others held meanwhile), so that it can never overtake an earlier one."""
-        loop = asyncio.get_running_loop()
-        with self._ready:
-            if not (self._queue or self._running or self._held) or self._held_loop not in (None, loop):
-                return False
-            self._held.extend(turn)
-            self._held_loop = loop
-            return True
-
-    def _release(self) -> None:
-        """On the loop, once the thread is done: what was held while it ran, as one group."""
-        with self._ready:
-            held, self._held, self._held_loop = self._held, [], None
-        if held:
-            self._hand_over(held)
+            self._queue.extend(entries)
+            self._ready.notify_all()
 
     def close(self) -> None:
-        """Commit what is queued, then stop the thread."""
+        """Run what is queued, then stop the thread."""
         with self._ready:
             self._closed = True
-            self._ready.notify()
+            self._ready.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
@@ -195,25 +98,158 @@ class GroupCommit:
                 if not self._queue:
                     return                    # closed and drained
                 group, self._queue = self._queue[: self._max], self._queue[self._max:]
-                self._running = True
-            try:
-                outcomes = self._run([item for item, _, _ in group])
-            except BaseException as failed:   # noqa: BLE001 - handed to each caller, who raises it
-                outcomes = [failed] * len(group)
-            _settle(group, outcomes)
-            with self._ready:
-                self._running = bool(self._queue)
-                release = self._held_loop if not self._queue and self._held else None
-            if release is not None:
-                try:
-                    release.call_soon_threadsafe(self._release)
-                except RuntimeError:          # the loop has closed: nobody is waiting any more
-                    pass
+                self._ready.notify_all()      # room for writers held back by a full queue
+            settle(group, run_group(self._run, [item for item, _, _ in group]))
 
 
-def _settle(group: list[tuple[Any, Follow | None, Future | asyncio.Future]], outcomes: list[Any]) -> None:
+class LoopTurns:
+    """Collects what a turn of an asyncio event loop adds and passes it, in order, to
+    ``hand_over`` once, at the end of that turn: one hand-off (one wake-up of a thread) for
+    everything the turn produced. Each running loop has its own turn."""
+
+    def __init__(self, hand_over: Callable[[list[Entry]], None]) -> None:
+        self._hand_over = hand_over
+        self._turns: dict[asyncio.AbstractEventLoop, list[Entry]] = {}
+
+    def add(self, entry: Entry) -> None:
+        loop = asyncio.get_running_loop()
+        turn = self._turns.get(loop)
+        if turn is None:
+            turn = self._turns[loop] = []
+            loop.call_soon(self._end, loop)
+        turn.append(entry)
+
+    def _end(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._hand_over(self._turns.pop(loop))
+
+
+class Batched:
+    """A backend as the engine sees it (``ProfileStore``): ``submit``/``submit_async`` and
+    ``context_async`` grouped and run on the store's threads (or at once, ``threads=False``);
+    everything else passed through. Per-IP keys and population values reach the backend as
+    HMACs under ``stats_key``, so no raw IP or User-Agent string is kept once its user is erased."""
+
+    def __init__(self, backend: Backend, stats_key: bytes | None, threads: bool = True,
+                 max_group: int = MAX_GROUP, max_pending: int = MAX_PENDING) -> None:
+        self.backend = backend
+        self._stats_key = hmac.digest(stats_key or b"", b"riskengine per-IP and population keys", "sha256")
+        name = type(backend).__name__.removesuffix("Store").lower()
+        self._writer = Worker(backend.commit_group, f"riskengine-{name}-writer", max_group, max_pending) \
+            if threads else None
+        self._reader = Worker(self._read, f"riskengine-{name}-reader", max_group, max_pending) \
+            if threads else None
+        self._commit_turns = LoopTurns(lambda turn: self._hand_over(self._writer, turn))
+        self._read_turns = LoopTurns(lambda turn: self._hand_over(self._reader, turn))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    # -- keyed hashing: the one place raw IPs and attribute values turn into stored keys ----------
+    def keyed(self, value: str) -> str:
+        """A stable keyed hash: equal values count together, and the value cannot be read back."""
+        return hmac.digest(self._stats_key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hex()[:32]
+
+    def _keyed_read(self, ip: str, at: float, values: dict[str, str]) -> ContextRead:
+        return self.keyed(ip), at, {a: self.keyed(v) for a, v in values.items()}
+
+    def _keyed_commit(self, change: Commit) -> Commit:
+        return replace(change, ip=self.keyed(change.ip),
+                       learned_values={a: self.keyed(v) for a, v in change.learned_values.items()})
+
+    # -- reads --------------------------------------------------------------
+    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
+        """``ip_activity`` and ``global_counts`` at once, in the caller's thread."""
+        return self.backend.read_contexts([self._keyed_read(ip, at, values)])[0]
+
+    def ip_activity(self, ip: str, at: float) -> IpActivity:
+        return self.context(ip, at, {})[0]
+
+    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
+        return self.context("", 0.0, values)[1]
+
+    def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
+        """``context`` for the event loop: read on the reader thread with the rest of this turn's."""
+        return self._on_loop(self._read_turns, self._reader, self._read,
+                             ("context", self._keyed_read(ip, at, values)), None)
+
+    def get_async(self, user_id: str) -> asyncio.Future:
+        """``get`` for the event loop: the profile read on the reader thread."""
+        return self._on_loop(self._read_turns, self._reader, self._read, ("profile", user_id), None)
+
+    def user_secret_async(self, user_id: str, user_key: str, create: bool) -> asyncio.Future:
+        """``user_secret`` for the event loop, on the reader thread."""
+        return self._on_loop(self._read_turns, self._reader, self._read, ("secret", (user_id, user_key, create)),
+                             None)
+
+    def _read(self, items: list[tuple[str, Any]]) -> list[Any]:
+        """A loop turn's reads: its context reads as one group (one statement, one round trip), the rest each."""
+        contexts = iter(self.backend.read_contexts([read for kind, read in items if kind == "context"]))
+        return [next(contexts) if kind == "context" else
+                self.backend.get(read) if kind == "profile" else self.backend.user_secret(*read)
+                for kind, read in items]
+
+    # -- commits ------------------------------------------------------------
+    def commit(self, change: Commit) -> None:
+        self.submit(change).result()
+
+    def submit(self, change: Commit, follow: Follow | None = None) -> Future:
+        """Queue the change from a thread; the future resolves once its group is durable."""
+        future: Future = Future()
+        entry: Entry = (self._keyed_commit(change), _versioned(change, follow), future)
+        if self._writer is None:
+            settle([entry], run_group(self.backend.commit_group, [entry[0]]))
+        else:
+            self._writer.put([entry], wait=True)
+        return future
+
+    def submit_async(self, change: Commit, follow: Follow | None = None) -> asyncio.Future:
+        """``submit`` for the event loop: awaited without parking a thread or blocking the loop."""
+        return self._on_loop(self._commit_turns, self._writer, self.backend.commit_group,
+                             self._keyed_commit(change), _versioned(change, follow))
+
+    def update_profile(self, user_id: str, expected_version: int, profile: Any,
+                       learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
+        self.backend.update_profile(user_id, expected_version, profile,
+                                    {a: self.keyed(v) for a, v in learned_values.items()}, audit)
+
+    # -- helpers ------------------------------------------------------------
+    def _on_loop(self, turns: LoopTurns, worker: Worker | None, run: GroupRun, item: Any,
+                 follow: Follow | None) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if worker is None:                    # nothing to wait for: run it now, as a group of one
+            settle([(item, follow, future)], run_group(run, [item]))
+        else:
+            turns.add((item, follow, future))
+        return future
+
+    @staticmethod
+    def _hand_over(worker: Worker | None, turn: list[Entry]) -> None:
+        assert worker is not None
+        try:
+            worker.put(turn, wait=False)
+        except StoreUnavailable as refused:
+            settle(turn, [refused] * len(turn))
+
+    def close(self) -> None:
+        for worker in (self._writer, self._reader):
+            if worker is not None:
+                worker.close()
+        self.backend.close()
+
+
+def _versioned(change: Commit, then: Follow | None) -> Follow:
+    """The caller's profile gets its committed version (the backend wrote a keyed copy of the change)."""
+    def follow(error: BaseException | None) -> None:
+        if error is None and change.profile is not None:
+            change.profile.version = change.expected_version + 1
+        if then is not None:
+            then(error)
+    return follow
+
+
+def settle(group: list[Entry], outcomes: list[Any]) -> None:
     """Followers first (where the group ran), then the callers: thread futures at once, each loop's
-    in one call (at once when the group ran on that loop)."""
+    in one call on that loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
     for (_, follow, future), outcome in zip(group, outcomes):
         failed = outcome if isinstance(outcome, BaseException) else None
@@ -234,7 +270,7 @@ def _settle(group: list[tuple[Any, Follow | None, Future | asyncio.Future]], out
     except RuntimeError:
         running = None
     for loop, settled in by_loop.items():
-        if loop is running:                   # settled on the loop itself (``on_loop``)
+        if loop is running:
             resolve(settled)
             continue
         try:

@@ -20,8 +20,9 @@ from collections.abc import Awaitable
 from concurrent.futures import Future
 from typing import Any
 
+from riskengine.features import GlobalCount, IpActivity
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import Commit, Conflict, Follow, GlobalCount, IpActivity, ProfileStore
+from riskengine.stores.base import Commit, Conflict, Follow, ProfileStore
 
 DEFAULT_PROFILES = 100_000
 DEFAULT_COUNTS_TTL_S = 5.0        # population counts: a value a user meets once a second or less is still a hit
@@ -58,16 +59,36 @@ class CachedStore:
             self._keep(user_id, profile)
         return profile
 
+    async def get_async(self, user_id: str) -> UserProfile:
+        """``get`` for the event loop: a miss is read on the store's reader thread, never on the loop."""
+        profile = self._profiles.get(user_id)
+        if profile is None:
+            profile = await self.inner.get_async(user_id)
+            if (newer := self._profiles.get(user_id)) is not None:
+                return newer                 # an event of this user queued a newer one meanwhile
+            self._keep(user_id, profile)
+        return profile
+
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
         """Kept ``secrets_ttl_s``: this process's own erasures drop a secret at once, other processes'
         within that time, or at once where the store tells of them (Redis)."""
-        now = time.monotonic()
+        cached = self._cached_secret(user_key)
+        return cached if cached is not None else self._keep_secret(user_key, self.inner.user_secret(user_id, user_key, create))
+
+    async def user_secret_async(self, user_id: str, user_key: str, create: bool) -> bytes | None:
+        """``user_secret`` for the event loop: a miss is read on the store's reader thread."""
+        cached = self._cached_secret(user_key)
+        if cached is not None:
+            return cached
+        return self._keep_secret(user_key, await self.inner.user_secret_async(user_id, user_key, create))
+
+    def _cached_secret(self, user_key: str) -> bytes | None:
         cached = self._secrets.get(user_key)
-        if cached is not None and cached[1] >= now - self.secrets_ttl_s:
-            return cached[0]
-        secret = self.inner.user_secret(user_id, user_key, create)
+        return cached[0] if cached is not None and cached[1] >= time.monotonic() - self.secrets_ttl_s else None
+
+    def _keep_secret(self, user_key: str, secret: bytes | None) -> bytes | None:
         if secret is not None:
-            self._bounded(self._secrets)[user_key] = (secret, now)
+            self._bounded(self._secrets)[user_key] = (secret, time.monotonic())
         return secret
 
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:

@@ -1,19 +1,19 @@
-"""In-memory store: training replays and pure-logic tests, same semantics as SQLite."""
+"""In-memory backend: training replays and pure-logic tests, the same semantics as SQLite.
+Plain and synchronous: ``batching.Batched(threads=False)`` adapts it for the service."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections import defaultdict, deque
-from concurrent.futures import Future
 from typing import Any, Iterator
 
-from riskengine.audit.chain import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
+from riskengine.audit.chain import GENESIS, HEAD, START, Anchor, AuditRow, seal_records
+from riskengine.features import GlobalCount, IpActivity
+from riskengine.policy.payments import PaymentTotals, payment_totals
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
-                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent)
-from riskengine.stores.batching import done, done_async, run_inline
+from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, ContextRead, DuplicateEvent, StoredEvent,
+                                    prune_before)
 
 
 class MemoryStore:
@@ -40,18 +40,15 @@ class MemoryStore:
         with self._lock:
             return self._profiles.get(user_id) or UserProfile(user_id=user_id)
 
-    def ip_activity(self, ip: str, at: float) -> IpActivity:
+    def read_contexts(self, reads: list[ContextRead]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
+        return [(self._ip_activity(ip, at), self._global_counts(values)) for ip, at, values in reads]
+
+    def _ip_activity(self, ip: str, at: float) -> IpActivity:
         with self._lock:
             recent = [(t, u, ok) for t, u, ok in self._ips.get(ip, ()) if at - IP_WINDOW_S < t <= at]
         return IpActivity(sum(1 for _, _, ok in recent if not ok), len({u for _, u, _ in recent}))
 
-    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
-        return self.ip_activity(ip, at), self.global_counts(values)
-
-    def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
-        return done_async(self.context(ip, at, values))     # in memory: nothing to wait for
-
-    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
+    def _global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
         with self._lock:
             return {a: GlobalCount(self._counts.get((a, v), 0.0), *self._totals.get(a, (0.0, 0.0)))
                     for a, v in values.items()}
@@ -72,19 +69,10 @@ class MemoryStore:
             return [self._anchors[k] for k in sorted(self._anchors)]
 
     def payment_totals(self, actions: tuple[str, ...], currency: str, since: float, until: float) -> PaymentTotals:
-        count, amount, fraud_count, fraud_amount = 0, 0.0, 0, 0.0
         with self._lock:
             events = list(self._events.values())
-        for e in events:
-            verdict, value = e.decision.get("decision"), e.request.get("amount")
-            if not (since <= e.at < until and e.request.get("action") in actions and value is not None
-                    and e.request.get("currency") == currency):
-                continue
-            if verdict == "allow" or (verdict == "step_up" and e.outcome in EXECUTED_OUTCOMES):
-                count, amount = count + 1, amount + float(value)
-                if e.outcome == "confirmed_fraud":
-                    fraud_count, fraud_amount = fraud_count + 1, fraud_amount + float(value)
-        return PaymentTotals(count, amount, fraud_count, fraud_amount)
+        return payment_totals(((e.request, e.decision, e.outcome) for e in events if since <= e.at < until),
+                              actions, currency)
 
     def prune_audit(self, chain: str, through_seq: int, audit: dict[str, Any]) -> int:
         with self._lock:
@@ -103,7 +91,18 @@ class MemoryStore:
                 self._secrets[user_key] = os.urandom(32)
             return self._secrets.get(user_key)
 
-    def commit(self, change: Commit) -> None:
+    def commit_group(self, changes: list[Commit]) -> list[BaseException | None]:
+        """Each change on its own: nothing here can fail a whole group."""
+        outcomes: list[BaseException | None] = []
+        for change in changes:
+            try:
+                self._commit(change)
+                outcomes.append(None)
+            except (Conflict, DuplicateEvent) as refused:
+                outcomes.append(refused)
+        return outcomes
+
+    def _commit(self, change: Commit) -> None:
         with self._lock:
             if change.event is not None and change.event.event_id in self._events:
                 raise DuplicateEvent(change.event.event_id)
@@ -114,18 +113,13 @@ class MemoryStore:
                 raise Conflict("the profile's version moved")    # the decision read a profile since moved on
             window = self._ips[change.ip]
             window.append((change.at, change.user_key, change.success))
-            while window and window[0][0] < change.at - 2 * IP_WINDOW_S:
+            horizon = prune_before(change.at)
+            while window and window[0][0] < horizon:
                 window.popleft()
             if change.event is not None and self.keep_events:
                 self._events[change.event.event_id] = change.event
             if change.audit is not None:
                 self._append(change.audit)
-
-    def submit(self, change: Commit, follow: Follow | None = None) -> Future:
-        return done(run_inline(self.commit, change, follow, (Conflict, DuplicateEvent)))
-
-    def submit_async(self, change: Commit, follow: Follow | None = None) -> asyncio.Future:
-        return done_async(run_inline(self.commit, change, follow, (Conflict, DuplicateEvent)))
 
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
@@ -182,11 +176,9 @@ class MemoryStore:
         if not self.keep_audit:
             return
         head = self._anchors.get((self.chain, HEAD))
-        seq, prev = (head.seq + 1, head.hash) if head is not None else (1, GENESIS)
-        sealed = {**body, "chain": self.chain, "seq": seq}
-        digest = seal(prev, sealed, self.audit_key)
-        self._audit.append(AuditRow(self.chain, seq, canonical(sealed), prev, digest))
-        self._anchors[(self.chain, HEAD)] = Anchor.make(HEAD, self.chain, seq, digest, self.audit_key)
+        seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
+        rows, self._anchors[(self.chain, HEAD)] = seal_records([body], self.chain, seq, prev, self.audit_key)
+        self._audit.extend(rows)
 
     def ping(self) -> None:
         return None

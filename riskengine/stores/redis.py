@@ -2,12 +2,14 @@
 events and audit chains in one Redis, so no replica holds state another needs.
 
 Every write is one Lua script, so Redis runs it as a single atomic step; a profile's
-version turns a lost update into a ``Conflict`` to retry, as in the SQLite store.
+version turns a lost update into a ``Conflict`` to retry, as in the SQLite store. A group's
+scripts go in one pipeline (one round trip) from the store's writer thread (batching.py), each
+with its own reply, so one refused item fails alone. Keys and arguments are bytes-exact strings:
+two distinct ids are two distinct keys.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -15,20 +17,21 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from riskengine.audit.chain import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
+from riskengine.audit.chain import GENESIS, HEAD, START, Anchor, AuditRow, seal_records
+from riskengine.features import GlobalCount, IpActivity
+from riskengine.policy.payments import PaymentTotals, payment_totals
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
-                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
-from riskengine.stores.batching import GroupCommit, LoopBudget
+from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, ContextRead, DuplicateEvent, Refused, StoredEvent,
+                                    StoreUnavailable, dumps, prune_before)
+from riskengine.stores.redis_scripts import COMMIT_LUA, CONTEXT_LUA, ERASE_LUA, OUTCOME_LUA, PRUNE_LUA, SECRET_LUA
 
 #: errors that mean "Redis cannot answer now" (down, restarting, loading, failed over, full):
 #: the service answers 503 and a later request finds it back
@@ -38,160 +41,7 @@ _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.Busy
 _IP_TTL_S = int(2 * IP_WINDOW_S)          # an IP idle for two windows holds nothing a read could count
 _USER_IPS_TTL_S = 7 * 86400               # outlives the IP entries it points at, so erasure finds them
 _HEAD_RETRIES = 5
-_LOOP_ROUND_TRIP_S = 0.002                # pipelines slower than this go to the store's threads
-_LOOP_TIMEOUT_S = 0.25                    # the loop's longest wait for Redis before the threads take over
 _CHUNK = 500
-
-# Audit append, shared by every write script. KEYS[1..3] = chain head anchor (hash seq/hash/mac),
-# chain rows (list of "seq TAB prev TAB hash TAB body"), chain ids (set). ARGV[1..7] = has_audit,
-# expected head seq, expected head hash, new hash, row, chain id, new head mac. Python seals the
-# record and its anchor (Lua has no sha256 nor HMAC); the script checks the head is still the one
-# it sealed onto, so a refused check writes nothing.
-_AUDIT_LUA = f"""
-local function head_moved()
-  if ARGV[1] ~= '1' then return nil end
-  local head = redis.call('HMGET', KEYS[1], 'seq', 'hash')
-  local seq, hash = tonumber(head[1]) or 0, head[2] or '{GENESIS}'
-  if seq ~= tonumber(ARGV[2]) or hash ~= ARGV[3] then return {{'HEAD', tostring(seq), hash}} end
-  return nil
-end
-local function append_audit()
-  if ARGV[1] ~= '1' then return end
-  redis.call('RPUSH', KEYS[2], ARGV[5])
-  redis.call('HSET', KEYS[1], 'seq', tonumber(ARGV[2]) + 1, 'hash', ARGV[4], 'mac', ARGV[7])
-  redis.call('SADD', KEYS[3], ARGV[6])
-end
-"""
-
-# One scored event (or a profile update, or an audit record alone).
-# KEYS[4] profile, [5] event, [6] events by time, [7] the user's event ids, [8] IP entries,
-# [9] the user's IPs, [10] global totals, [11] payments by time in the event's currency,
-# [12..] global counts per learned attribute.
-# ARGV[8] event_id ('' = none), [9] has_profile, [10] expected version, [11] profile JSON,
-# [12] has_ip, [13] IP member, [14] at, [15] trim-below score, [16] IP TTL, [17] IP, [18] user-IPs TTL,
-# [19] store_event, [20] user_id, [21] request, [22] decision, [23] features, [24] currency of a
-# payment ('' = none), [25..] attribute, value pairs (one pair per KEYS[12..]).
-_COMMIT_LUA = _AUDIT_LUA + """
-if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[5]) == 1 then return {'DUP'} end
--- the decision read this version of the profile, whether or not this write changes it
-if (tonumber(redis.call('HGET', KEYS[4], 'v')) or 0) ~= tonumber(ARGV[10]) then return {'CONFLICT'} end
-local moved = head_moved()
-if moved then return moved end
-if ARGV[9] == '1' then
-  redis.call('HSET', KEYS[4], 'v', tonumber(ARGV[10]) + 1, 'd', ARGV[11])
-  for i = 12, #KEYS do
-    local attribute, value = ARGV[25 + 2 * (i - 12)], ARGV[26 + 2 * (i - 12)]
-    if redis.call('HINCRBY', KEYS[i], value, 1) == 1 then
-      redis.call('HINCRBY', KEYS[10], 'd:' .. attribute, 1)
-    end
-    redis.call('HINCRBY', KEYS[10], 't:' .. attribute, 1)
-  end
-end
-if ARGV[12] == '1' then
-  redis.call('ZADD', KEYS[8], ARGV[14], ARGV[13])
-  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', ARGV[15])
-  redis.call('EXPIRE', KEYS[8], ARGV[16])
-  redis.call('SADD', KEYS[9], ARGV[17])
-  redis.call('EXPIRE', KEYS[9], ARGV[18])
-end
-if ARGV[19] == '1' then
-  redis.call('HSET', KEYS[5], 'user_id', ARGV[20], 'at', ARGV[14], 'request', ARGV[21],
-             'decision', ARGV[22], 'features', ARGV[23])
-  redis.call('ZADD', KEYS[6], ARGV[14], ARGV[8])
-  redis.call('SADD', KEYS[7], ARGV[8])
-  if ARGV[24] ~= '' then
-    redis.call('HSET', KEYS[5], 'pay', ARGV[24])
-    redis.call('ZADD', KEYS[11], ARGV[14], ARGV[8])
-  end
-end
-append_audit()
-return {'OK'}
-"""
-
-# KEYS[4] event. ARGV[8] outcome.
-_OUTCOME_LUA = _AUDIT_LUA + """
-if redis.call('EXISTS', KEYS[4]) == 0 then return {'MISSING'} end
-local moved = head_moved()
-if moved then return moved end
-redis.call('HSET', KEYS[4], 'outcome', ARGV[8])
-append_audit()
-return {'OK'}
-"""
-
-# KEYS[4] profile, [5] secret, [6] the user's event ids, [7] the user's IPs, [8] events by time.
-# ARGV[8] key prefix, [9] user_key. Event, payment and IP keys come from the sets, so they are
-# built here: this store wants one Redis primary (not Cluster mode).
-_ERASE_LUA = _AUDIT_LUA + """
-local moved = head_moved()
-if moved then return moved end
-local found = redis.call('DEL', KEYS[4], KEYS[5])
-for _, event_id in ipairs(redis.call('SMEMBERS', KEYS[6])) do
-  local key = ARGV[8] .. 'e:' .. event_id
-  local currency = redis.call('HGET', key, 'pay')
-  if currency then redis.call('ZREM', ARGV[8] .. 'pay:' .. currency, event_id) end
-  found = found + redis.call('DEL', key)
-  redis.call('ZREM', KEYS[8], event_id)
-end
-for _, ip in ipairs(redis.call('SMEMBERS', KEYS[7])) do
-  local key = ARGV[8] .. 'ip:' .. ip
-  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-    if string.match(member, '^%d:[^:]*:(.*)$') == ARGV[9] then redis.call('ZREM', key, member) end
-  end
-end
-redis.call('DEL', KEYS[6], KEYS[7])
-append_audit()
-return {'OK', tostring(found)}
-"""
-
-# Retention: drop a chain's records up to ARGV[9] (never its last) and anchor where it now starts.
-# KEYS[4] the pruned chain's rows, [5] its start anchor. ARGV[8] index of the cut record,
-# [9] its seq, [10] its hash, [11] the start anchor's mac.
-_PRUNE_LUA = _AUDIT_LUA + """
-local function field(row, n)
-  local seq, prev, hash = string.match(row or '', '^(%d+)\\t([^\\t]*)\\t([^\\t]*)\\t')
-  return ({seq, prev, hash})[n]
-end
-local index = tonumber(ARGV[8])
-if field(redis.call('LINDEX', KEYS[4], index), 1) ~= ARGV[9]
-   or field(redis.call('LINDEX', KEYS[4], index), 3) ~= ARGV[10]
-   or tonumber(field(redis.call('LINDEX', KEYS[4], -1), 1) or 0) <= tonumber(ARGV[9]) then
-  return {'GONE'}
-end
-local moved = head_moved()
-if moved then return moved end
-redis.call('LTRIM', KEYS[4], index + 1, -1)
-redis.call('HSET', KEYS[5], 'seq', tonumber(ARGV[9]) + 1, 'hash', ARGV[10], 'mac', ARGV[11])
-append_audit()
-return {'OK', tostring(index + 1)}
-"""
-
-# The first writer's secret wins, in one round trip. KEYS[1] secret, ARGV[1] a fresh one.
-_SECRET_LUA = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
-"""
-
-# The hot path's read in one command: the IP's activity, counted on the server (a busy IP's
-# entries never cross the network), then per attribute asked its value's count, total and
-# distinct values. KEYS[1] IP entries, [2] global totals, [3..] each attribute's counts.
-# ARGV[1] since (exclusive), [2] until, [3..] attribute, value pairs (one pair per KEYS[3..]).
-_CONTEXT_LUA = """
-local failures, users, distinct = 0, {}, 0
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])) do
-  local ok, user = string.match(member, '^(%d):[^:]*:(.*)$')
-  if ok == '0' then failures = failures + 1 end
-  if user and not users[user] then users[user] = true; distinct = distinct + 1 end
-end
-local out = {failures, distinct}
-for i = 3, #KEYS do
-  local attribute, value = ARGV[2 * i - 3], ARGV[2 * i - 2]
-  local totals = redis.call('HMGET', KEYS[2], 't:' .. attribute, 'd:' .. attribute)
-  out[#out + 1] = redis.call('HGET', KEYS[i], value)
-  out[#out + 1] = totals[1]
-  out[#out + 1] = totals[2]
-end
-return out
-"""
 
 
 class RedisStore:
@@ -207,23 +57,15 @@ class RedisStore:
         self._redis = redis.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
             retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2))
-        # The event loop's own client: no retries and a short timeout, so a Redis that hangs holds
-        # the loop up once, briefly; the threads' client above then retries, as before.
-        loop_timeout = min(socket_timeout, _LOOP_TIMEOUT_S)
-        self._loop_redis = redis.Redis.from_url(url, socket_timeout=loop_timeout, socket_connect_timeout=loop_timeout,
-                                                retry=Retry(NoBackoff(), 0))
         self._lock_timeout = 4 * socket_timeout + 1
-        self._commit = self._redis.register_script(_COMMIT_LUA)
-        self._outcome = self._redis.register_script(_OUTCOME_LUA)
-        self._erase = self._redis.register_script(_ERASE_LUA)
-        self._prune = self._redis.register_script(_PRUNE_LUA)
-        self._secret = self._redis.register_script(_SECRET_LUA)
-        self._context = self._redis.register_script(_CONTEXT_LUA)
+        self._commit = self._redis.register_script(COMMIT_LUA)
+        self._outcome = self._redis.register_script(OUTCOME_LUA)
+        self._erase = self._redis.register_script(ERASE_LUA)
+        self._prune = self._redis.register_script(PRUNE_LUA)
+        self._secret = self._redis.register_script(SECRET_LUA)
+        self._context = self._redis.register_script(CONTEXT_LUA)
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
-        self._group = GroupCommit(self._commit_group, "riskengine-redis", on_loop=self._commit_on_loop)
-        self._reads = GroupCommit(self._read_group, "riskengine-redis-reads", on_loop=self._read_on_loop)
-        self._loop_budget = LoopBudget(_LOOP_ROUND_TRIP_S)
         self._watcher: Any = None                      # the erasure subscription's thread, if watched
 
     def _key(self, kind: str, name: str = "") -> str:
@@ -239,36 +81,17 @@ class RedisStore:
         profile.version = int(version)
         return profile
 
-    def ip_activity(self, ip: str, at: float) -> IpActivity:
-        return self.context(ip, at, {})[0]
-
-    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
-        return self._read_group([(None, 0.0, values)])[0][1]
-
-    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
-        """``ip_activity`` and ``global_counts`` in one round trip."""
-        return self._read_group([(ip, at, values)])[0]
-
-    def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
-        """``context`` from the event loop, in one round trip with the other reads of this turn of
-        the loop, made at its end (``_read_on_loop``, else the reader thread)."""
-        return self._reads.submit_async((ip, at, values))
-
-    def _read_on_loop(self, reads: list[tuple[str, float, dict[str, str]]]) -> list[Any] | None:
-        return self._on_loop(lambda: self._read_group(reads, self._loop_redis))
-
-    def _read_group(self, reads: list[tuple[str | None, float, dict[str, str]]],
-                    client: redis.Redis | None = None) -> list[Any]:
-        """One context script per read, all in one pipeline (ip None: the counts alone)."""
+    def read_contexts(self, reads: list[ContextRead]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
+        """One context script per read, all in one pipeline."""
         def queue(pipe: Any) -> None:
             for ip, at, values in reads:
-                ip_key = self._key("ip", ip) if ip is not None else self._key("unused")
+                ip_key = self._key("ip", ip)
                 keys = [ip_key, self._key("gt"), *(self._key("gc", a) for a in values)]
                 pipe.evalsha(self._context.sha, len(keys), *keys, f"({at - IP_WINDOW_S!r}", repr(at),
                              *(item for pair in values.items() for item in pair))
 
         answers = []
-        for (_, _, values), (failures, users, *counts) in zip(reads, self._execute(queue, client)):
+        for (_, _, values), (failures, users, *counts) in zip(reads, self._execute(queue)):
             answers.append((IpActivity(int(failures), int(users)),
                             {a: GlobalCount(*(float(n or 0) for n in counts[3 * i:3 * i + 3]))
                              for i, a in enumerate(values)}))
@@ -295,8 +118,11 @@ class RedisStore:
 
     def payment_totals(self, actions: tuple[str, ...], currency: str, since: float,
                        until: float) -> PaymentTotals:
-        """Scans only this currency's payments in the window (an index kept by ``commit``)."""
-        count, amount, fraud_count, fraud_amount = 0, 0.0, 0, 0.0
+        """Scans only this currency's payments in the window (an index kept by ``commit_group``)."""
+        return payment_totals(self._payments(currency, since, until), actions, currency)
+
+    def _payments(self, currency: str, since: float,
+                  until: float) -> Iterator[tuple[dict[str, Any], dict[str, Any], str | None]]:
         offset = 0
         while True:
             with _available():
@@ -304,18 +130,10 @@ class RedisStore:
                                                 start=offset, num=_CHUNK)
                 rows = self._events([i.decode() for i in ids], [b"request", b"decision", b"outcome"])
             for request, decision, outcome in rows:
-                if request is None:
-                    continue
-                request, verdict = json.loads(request), json.loads(decision).get("decision")
-                outcome, value = outcome.decode() if outcome else None, request.get("amount")
-                if request.get("action") not in actions or value is None or request.get("currency") != currency:
-                    continue
-                if verdict == "allow" or (verdict == "step_up" and outcome in EXECUTED_OUTCOMES):
-                    count, amount = count + 1, amount + float(value)
-                    if outcome == "confirmed_fraud":
-                        fraud_count, fraud_amount = fraud_count + 1, fraud_amount + float(value)
+                if request is not None:          # erased since the index was read
+                    yield json.loads(request), json.loads(decision), outcome.decode() if outcome else None
             if len(ids) < _CHUNK:
-                return PaymentTotals(count, amount, fraud_count, fraud_amount)
+                return
             offset += len(ids)
 
     def _events(self, ids: list[str], fields: list[bytes] | None) -> list[Any]:
@@ -364,11 +182,9 @@ class RedisStore:
             return self._secret(keys=[key], args=[os.urandom(32)]) if create else self._redis.get(key)
 
     # -- writes -------------------------------------------------------------
-    def commit(self, change: Commit) -> None:
+    def _commit_one(self, change: Commit) -> None:
         keys, args = self._commit_call(change)
         _raise_refusal(self._write(self._commit, keys, args, change.audit), change.event)
-        if change.profile is not None:
-            change.profile.version = change.expected_version + 1
 
     def _commit_call(self, change: Commit) -> tuple[list[str], list[Any]]:
         """The write script's keys and arguments for one scored event (its audit record aside)."""
@@ -384,7 +200,7 @@ class RedisStore:
         args = [event.event_id if event else "",
                 "1" if profile is not None else "0", change.expected_version,
                 profile.to_json(change.expected_version + 1) if profile is not None else "",
-                "1", member, repr(change.at), f"({change.at - 2 * IP_WINDOW_S!r}", _IP_TTL_S,
+                "1", member, repr(change.at), f"({prune_before(change.at)!r}", _IP_TTL_S,
                 change.ip, _USER_IPS_TTL_S,
                 "1" if event else "0", change.user_id,
                 dumps(event.request) if event else "", dumps(event.decision) if event else "",
@@ -392,45 +208,15 @@ class RedisStore:
                 *(item for pair in learned for item in pair)]
         return keys, args
 
-    def submit(self, change: Commit, follow: Follow | None = None) -> Future:
-        """``commit`` on the store's writer thread, grouped with what else is waiting."""
-        return self._group.submit(change, follow)
-
-    def submit_async(self, change: Commit, follow: Follow | None = None) -> asyncio.Future:
-        """``submit`` for the service's event loop: awaited without parking a thread."""
-        return self._group.submit_async(change, follow)
-
-    def _commit_on_loop(self, changes: list[Commit]) -> list[BaseException | None] | None:
-        """None while a thread holds the audit chain: the writer thread then sends the group."""
-        return self._on_loop(lambda: self._commit_group(changes, wait=False, client=self._loop_redis))
-
-    def _on_loop(self, run: Callable[[], list[Any] | None]) -> list[Any] | None:
-        """A loop turn's pipeline sent from the event loop itself while Redis answers quickly
-        (``LoopBudget``): a thread's every hand-off and its fight for the GIL with a busy loop
-        cost more than the round trip. None: the store's thread takes it, also after a failure
-        here, and retries (the write script refuses what it already did: DUP)."""
-        if not self._loop_budget.allows():
-            return None
-        started = time.perf_counter()
-        try:
-            outcomes = run()
-        except StoreUnavailable:
-            self._loop_budget.failed()
-            return None
-        self._loop_budget.spent(started)
-        return outcomes
-
-    def _commit_group(self, changes: list[Commit], wait: bool = True,
-                      client: redis.Redis | None = None) -> list[BaseException | None] | None:
+    def commit_group(self, changes: list[Commit]) -> list[BaseException | None]:
         """The group's scripts in one pipeline (one round trip), each record sealed onto the one
-        before. A refused change (DUP, CONFLICT) leaves the records after it sealed onto a head that
-        never was: the script answers HEAD for those before writing anything, and they go again alone."""
+        before. A refused change (DUP, CONFLICT, a script error) leaves the records after it sealed
+        onto a head that never was: the script answers HEAD for those before writing anything, and
+        they go again alone."""
         outcomes: list[BaseException | None] = []
         again: list[int] = []
         chain_keys = [self._key("ah", self.chain), self._key("ar", self.chain), self._key("chains")]
-        if not (self._audit_lock.acquire(timeout=self._lock_timeout) if wait else self._audit_lock.acquire(False)):
-            if not wait:
-                return None                      # a thread is appending: the loop does not wait for it
+        if not self._audit_lock.acquire(timeout=self._lock_timeout):
             raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
         try:
             calls = [self._commit_call(change) for change in changes]
@@ -448,9 +234,13 @@ class RedisStore:
                     heads.append((seq, prev))
                     pipe.evalsha(self._commit.sha, len(chain_keys) + len(keys), *chain_keys, *keys, *chain_args, *args)
 
-            replies = self._execute(queue, client)
+            replies = self._execute(queue)
             for i, (change, reply, after) in enumerate(zip(changes, replies, heads)):
                 outcomes.append(None)
+                if isinstance(reply, redis.ResponseError):    # the script failed on this one's values alone
+                    outcomes[i] = Refused(f"Redis refused this item ({type(reply).__name__})")
+                    self._head = None
+                    continue
                 if reply[0] == b"HEAD":              # sealed behind a refusal (or Redis lost data): it wrote
                     again.append(i)                  # nothing, and goes again on its own
                     self._head = None
@@ -459,8 +249,6 @@ class RedisStore:
                     _raise_refusal(reply, change.event)
                     if change.audit is not None:
                         self._head = after
-                    if change.profile is not None:
-                        change.profile.version = change.expected_version + 1
                 except (Conflict, DuplicateEvent) as refused:
                     outcomes[i] = refused
         except StoreUnavailable:
@@ -470,17 +258,15 @@ class RedisStore:
             self._audit_lock.release()
         for i in again:
             try:
-                self.commit(changes[i])
+                self._commit_one(changes[i])
             except (Conflict, DuplicateEvent, StoreUnavailable) as refused:
                 outcomes[i] = refused
         return outcomes
 
     def _sealed(self, audit: dict[str, Any], seq: int, prev: str) -> tuple[list[Any], str]:
         """The write scripts' chain arguments (ARGV[1..7]) for ``audit`` sealed onto (seq, prev), and its seal."""
-        sealed = {**audit, "chain": self.chain, "seq": seq + 1}
-        digest = seal(prev, sealed, self.audit_key)
-        mac = Anchor.make(HEAD, self.chain, seq + 1, digest, self.audit_key).mac
-        return ["1", seq, prev, digest, f"{seq + 1}\t{prev}\t{digest}\t{canonical(sealed)}", self.chain, mac], digest
+        (row,), head = seal_records([audit], self.chain, seq, prev, self.audit_key)
+        return ["1", seq, prev, row.hash, f"{row.seq}\t{prev}\t{row.hash}\t{row.body}", self.chain, head.mac], row.hash
 
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
@@ -570,24 +356,24 @@ class RedisStore:
         finally:
             self._audit_lock.release()
 
-    def _execute(self, queue: Callable[[Any], None], client: redis.Redis | None = None) -> list[Any]:
-        """One pipeline, one round trip. Scripts go by EVALSHA: redis-py's own script objects would
-        first ask SCRIPT EXISTS, a second round trip per pipeline. A Redis that lost its scripts
-        (restarted, flushed) is given them again and the pipeline sent once more; the write script
-        refuses what it already did (DUP, HEAD), so nothing is applied twice."""
-        client = client or self._redis
+    def _execute(self, queue: Callable[[Any], None]) -> list[Any]:
+        """One pipeline, one round trip; a script's error is its own reply (``raise_on_error=False``)
+        so the rest of the group keeps its outcomes. Scripts go by EVALSHA: redis-py's own script
+        objects would first ask SCRIPT EXISTS, a second round trip per pipeline. A Redis that lost
+        its scripts (restarted, flushed) is given them again and the pipeline sent once more; the
+        write script refuses what it already did (DUP, HEAD), so nothing is applied twice."""
         for attempt in range(2):
-            pipe = client.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=False)
             queue(pipe)
-            try:
-                with _available():
-                    return pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt:
-                    raise StoreUnavailable("Redis refused the store's scripts") from None
-                with _available():
-                    for script in (self._commit, self._context):
-                        client.script_load(script.script)
+            with _available():
+                replies = pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                return replies
+            if attempt:
+                raise StoreUnavailable("Redis refused the store's scripts")
+            with _available():
+                for script in (self._commit, self._context):
+                    self._redis.script_load(script.script)
         raise AssertionError("unreachable")
 
     def _read_head(self) -> tuple[int, str]:
@@ -619,11 +405,8 @@ class RedisStore:
         self._head = None
 
     def close(self) -> None:
-        self._group.close()
-        self._reads.close()
         if self._watcher is not None:
             self._watcher.stop()
-        self._loop_redis.close()
         self._redis.close()
 
 

@@ -1,32 +1,29 @@
-"""The embedded default store: one SQLite file under RISKENGINE_HOME, WAL mode.
+"""The embedded default backend: one SQLite file under RISKENGINE_HOME, WAL mode.
 
-``BEGIN IMMEDIATE`` serialises writers across threads and processes, and the
-profile row's version column turns a lost update into a ``Conflict`` to retry.
-Scored events are committed in groups (group.py): a turn of the service's event
-loop, on the loop itself while no other process holds the lock, else on the
-writer thread with what else arrived meanwhile, so a busy service pays one COMMIT
-(and, with FULL, one fsync) for many events; ``commit`` returns, and
-``submit``'s future resolves, only once its group is durable.
+``BEGIN IMMEDIATE`` serialises writers across threads and processes, and the profile row's
+version column turns a lost update into a ``Conflict`` to retry. A group of scored events is one
+transaction (batching.py runs it on the store's writer thread): one COMMIT, and with FULL one
+fsync, for many events. Ids are bound as SQL parameters, so they round-trip byte for byte (a
+JSON path cuts text at U+0000). Deleted content is overwritten (``secure_delete``) and an erasure
+checkpoints and truncates the write-ahead log, so nothing of an erased user stays in any file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
 import threading
-import time
-from concurrent.futures import Future
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from riskengine.audit.chain import GENESIS, HEAD, START, Anchor, AuditRow, canonical, seal
+from riskengine.audit.chain import GENESIS, HEAD, START, Anchor, AuditRow, seal_records
+from riskengine.features import GlobalCount, IpActivity
+from riskengine.policy.payments import EXECUTED_OUTCOMES, PaymentTotals
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import (EXECUTED_OUTCOMES, IP_WINDOW_S, Commit, Conflict, DuplicateEvent, Follow,
-                                    GlobalCount, IpActivity, PaymentTotals, StoredEvent, StoreUnavailable, dumps)
-from riskengine.stores.batching import GroupCommit, LoopBudget, LoopTurns, resolve
+from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, ContextRead, DuplicateEvent, StoredEvent,
+                                    StoreUnavailable, dumps, prune_before)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL);
@@ -55,24 +52,26 @@ CREATE TRIGGER IF NOT EXISTS global_totals_on_more AFTER UPDATE OF count ON glob
 END;
 """
 
-# A group's rows go in as one JSON parameter per table, one statement each, and reads come back as
-# one row: SQLite releases the GIL once per step, and an executemany steps once per row (taking the
-# GIL back each time from a busy event loop was most of the cost). JSON numbers parse back to the
-# same doubles (tested); ``->`` gives a nested object back as the very text orjson wrote, so
-# profiles and events go in as objects, not as JSON strings escaped again.
-_CHECK = ("SELECT (SELECT json_group_array(json_array(user_id, version)) FROM profiles"
-          "         WHERE user_id IN (SELECT value FROM json_each(?1))),"
-          "       (SELECT json_group_array(event_id) FROM events WHERE event_id IN (SELECT value FROM json_each(?2)))")
-_PUT_PROFILES = ("INSERT INTO profiles SELECT value ->> 0, value ->> 1, value -> 2 FROM json_each(?) WHERE true"
-                 " ON CONFLICT(user_id) DO UPDATE SET version=excluded.version, data=excluded.data")
-_ADD_COUNTS = ("INSERT INTO global_counts SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true"
-               " ON CONFLICT(attribute, value) DO UPDATE SET count=count+excluded.count")
-_PUT_IP_EVENTS = "INSERT INTO ip_events SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)"
-_PUT_EVENTS = ("INSERT INTO events SELECT value ->> 0, value ->> 1, value ->> 2, value -> 3, value -> 4, value -> 5,"
-               " NULL FROM json_each(?)")
-_PUT_AUDIT = "INSERT INTO audit SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)"
-# Per read (in ?1: ip, after, until) failures and distinct users, per (attribute, value) in ?2 its
-# count, then every attribute's totals; each part one JSON value, in the order given.
+_PUT_PROFILE = ("INSERT INTO profiles VALUES (?, ?, ?)"
+                " ON CONFLICT(user_id) DO UPDATE SET version=excluded.version, data=excluded.data")
+_ADD_COUNT = ("INSERT INTO global_counts VALUES (?, ?, ?)"
+              " ON CONFLICT(attribute, value) DO UPDATE SET count=count+excluded.count")
+_PUT_IP_EVENT = "INSERT INTO ip_events VALUES (?, ?, ?, ?)"
+_PUT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, NULL)"
+_PUT_AUDIT = "INSERT INTO audit VALUES (?, ?, ?, ?, ?)"
+# PSD2 executed payments (policy/payments.py's rule, in SQL for speed; the contract suite checks the two agree)
+_PAYMENTS = """
+SELECT COUNT(*), COALESCE(SUM(amount), 0), COALESCE(SUM(outcome = 'confirmed_fraud'), 0),
+       COALESCE(SUM(CASE WHEN outcome = 'confirmed_fraud' THEN amount ELSE 0 END), 0) FROM (
+  SELECT CAST(json_extract(request, '$.amount') AS REAL) AS amount, outcome,
+         json_extract(decision, '$.decision') AS verdict FROM events
+  WHERE at >= ? AND at < ? AND json_extract(request, '$.action') IN ({actions})
+    AND json_extract(request, '$.currency') = ? AND json_extract(request, '$.amount') IS NOT NULL)
+WHERE verdict = 'allow' OR (verdict = 'step_up' AND outcome IN ({outcomes}))
+"""
+# Per read (in ?1: keyed ip, after, until) failures and distinct users, per (attribute, keyed value)
+# in ?2 its count, then every attribute's totals; each part one JSON value, in the order given. The
+# keys are hex HMACs (batching.py), so reading them through JSON is exact.
 _CONTEXT = """
 SELECT
   (SELECT json_group_array(json((SELECT json_array(COALESCE(SUM(success = 0), 0), COUNT(DISTINCT user_key))
@@ -84,10 +83,8 @@ SELECT
 """
 _PRUNE_EVERY = 512
 _BUSY_MS = 30000                # how long a thread waits for another process's write lock
-_LOOP_COMMIT_S = 0.002          # commits slower than this (a slow disk's fsync) go to the writer thread
 _MMAP_BYTES = 256 << 20
 _CHECKPOINT_PAGES = 8000        # WAL up to ~32 MB between checkpoints (SQLite's default: 1000 pages)
-_GROUP_MAX = 64                 # events per transaction at most: bounds how long one COMMIT holds the lock
 
 
 class SQLiteStore:
@@ -102,11 +99,8 @@ class SQLiteStore:
         self.chain = chain
         self._local = threading.local()
         self._commits = 0
+        self._connections: list[sqlite3.Connection] = []
         self._db().executescript(_SCHEMA)     # executescript manages its own transaction
-        self._group = GroupCommit(self._commit_group, f"riskengine-sqlite-{self.path.name}", _GROUP_MAX,
-                                  on_loop=self._commit_on_loop)
-        self._loop_budget = LoopBudget(_LOOP_COMMIT_S)
-        self._reads = LoopTurns(self._read_turn)
 
     # -- connection handling ----------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -119,9 +113,11 @@ class SQLiteStore:
                 db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
                 db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")            # reads without a syscall a page
                 db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")  # hot pages copied once, not each time
+                db.execute("PRAGMA secure_delete=ON")                    # deleted rows are zeroed, not left behind
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot open SQLite store {self.path.name}: {exc}") from exc
             self._local.db = db
+            self._connections.append(db)
         return db
 
     def _tx(self) -> "_Transaction":
@@ -136,40 +132,15 @@ class SQLiteStore:
         profile.version = row[0]
         return profile
 
-    def ip_activity(self, ip: str, at: float) -> IpActivity:
-        return self.context(ip, at, {})[0]
-
-    def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
-        return self.context("", 0.0, values)[1] if values else {}
-
-    def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
-        return self._read_group([(ip, at, values)])[0]
-
-    def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
-        """``context`` on the event loop, read with every other event's of this turn of the loop
-        in one statement at its end (``_read_turn``)."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._reads.add(loop, ((ip, at, values), future))
-        return future
-
-    def _read_turn(self, turn: list[tuple[tuple[str, float, dict[str, str]], asyncio.Future]]) -> None:
-        """On the loop, not on a reader thread: one statement is one release of the GIL, and taking
-        it back from a busy loop cost a reader thread more than the read itself."""
-        try:
-            outcomes: list[Any] = self._read_group([read for read, _ in turn])
-        except sqlite3.Error as exc:
-            outcomes = [StoreUnavailable(f"SQLite read failed: {exc}")] * len(turn)
-        except StoreUnavailable as exc:
-            outcomes = [exc] * len(turn)
-        resolve([(future, outcome) for (_, future), outcome in zip(turn, outcomes)])
-
-    def _read_group(self, reads: list[tuple[str, float, dict[str, str]]]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
+    def read_contexts(self, reads: list[ContextRead]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
         """Each read's per-IP activity and counts from one statement and one row (``_CONTEXT``)."""
         pairs = [(k, a, v) for k, (_, _, values) in enumerate(reads) for a, v in values.items()]
-        activity, counts, totals = self._db().execute(_CONTEXT, (
-            dumps([(ip, at - IP_WINDOW_S, at) for ip, at, _ in reads]),
-            dumps([(a, v) for _, a, v in pairs]))).fetchone()
+        try:
+            activity, counts, totals = self._db().execute(_CONTEXT, (
+                dumps([(ip, at - IP_WINDOW_S, at) for ip, at, _ in reads]),
+                dumps([(a, v) for _, a, v in pairs]))).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
         context: list[tuple[IpActivity, dict[str, GlobalCount]]] = [
             (IpActivity(int(failures), int(users)), {}) for failures, users in json.loads(activity)]
         totals = json.loads(totals)
@@ -199,17 +170,8 @@ class SQLiteStore:
             "SELECT chain, kind, seq, hash, mac FROM audit_anchors ORDER BY chain, kind")]
 
     def payment_totals(self, actions: tuple[str, ...], currency: str, since: float, until: float) -> PaymentTotals:
-        marks = ",".join("?" * len(actions))
-        outcomes = ",".join("?" * len(EXECUTED_OUTCOMES))
-        row = self._db().execute(
-            "SELECT COUNT(*), COALESCE(SUM(amount), 0), COALESCE(SUM(outcome = 'confirmed_fraud'), 0), "
-            "COALESCE(SUM(CASE WHEN outcome = 'confirmed_fraud' THEN amount ELSE 0 END), 0) FROM ("
-            "  SELECT CAST(json_extract(request, '$.amount') AS REAL) AS amount, outcome,"
-            "         json_extract(decision, '$.decision') AS verdict FROM events"
-            f"  WHERE at >= ? AND at < ? AND json_extract(request, '$.action') IN ({marks})"
-            "   AND json_extract(request, '$.currency') = ? AND json_extract(request, '$.amount') IS NOT NULL)"
-            f" WHERE verdict = 'allow' OR (verdict = 'step_up' AND outcome IN ({outcomes}))",
-            (since, until, *actions, currency, *EXECUTED_OUTCOMES)).fetchone()
+        sql = _PAYMENTS.format(actions=",".join("?" * len(actions)), outcomes=",".join("?" * len(EXECUTED_OUTCOMES)))
+        row = self._db().execute(sql, (since, until, *actions, currency, *EXECUTED_OUTCOMES)).fetchone()
         return PaymentTotals(int(row[0]), float(row[1]), int(row[2]), float(row[3]))
 
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
@@ -222,62 +184,26 @@ class SQLiteStore:
             return tx.execute("SELECT secret FROM user_secrets WHERE user_key=?", (user_key,)).fetchone()[0]
 
     # -- writes -------------------------------------------------------------
-    def commit(self, change: Commit) -> None:
-        self._group.submit(change).result()
-
-    def submit(self, change: Commit, follow: Follow | None = None) -> Future:
-        """``commit`` without waiting: the future resolves once the change's group is durable."""
-        return self._group.submit(change, follow)
-
-    def submit_async(self, change: Commit, follow: Follow | None = None) -> asyncio.Future:
-        return self._group.submit_async(change, follow)
-
-    def _commit_on_loop(self, changes: list[Commit]) -> list[BaseException | None] | None:
-        """The group committed on the event loop itself, when that cannot wait: no lock held by
-        another process (busy_timeout 0 for this one BEGIN) and commits (fsync included) taking
-        under ``_LOOP_COMMIT_S`` lately (``LoopBudget``). Each hop to and from a writer thread, and its fight for the
-        GIL with a busy loop, cost more than the commit (a third of a /score's CPU); a slow disk
-        or a contended lock leaves the group to the thread, so the loop never waits long."""
-        if not self._loop_budget.allows():
-            return None
-        db = self._db()
-        db.execute("PRAGMA busy_timeout=0")
-        started = time.perf_counter()
-        try:
-            outcomes = self._commit_group(changes)
-            self._loop_budget.spent(started)
-            return outcomes
-        except StoreUnavailable as exc:
-            if _busy(exc.__cause__):
-                return None                  # another process is writing: the thread waits for it
-            raise
-        finally:
-            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
-
-    def _commit_group(self, changes: list[Commit]) -> list[BaseException | None]:
-        """One transaction and one statement per table for the whole group.
+    def commit_group(self, changes: list[Commit]) -> list[BaseException | None]:
+        """One transaction for the whole group, each table written by one ``executemany``.
 
         Versions and event ids are checked first, inside the transaction (the write lock is held,
-        so they cannot move); a refused change writes nothing and the rest go ahead. Few
-        statements matter more than it seems: each releases the GIL, and a thread switch per
-        statement was most of a busy service's time.
+        so they cannot move); a refused change writes nothing and the rest go ahead. A value
+        SQLite (or JSON) refuses fails the transaction: batching.py then tries each change alone.
         """
         with self._tx() as db:
             outcomes = self._check_group(db, changes)
             accepted = [c for c, refused in zip(changes, outcomes) if refused is None]
-            for c in accepted:
-                if c.profile is not None:
-                    c.profile.version = c.expected_version + 1
-            db.execute(_PUT_PROFILES, (dumps([(c.user_id, c.profile.version, c.profile.to_dict())
-                                              for c in accepted if c.profile is not None]),))
+            db.executemany(_PUT_PROFILE, [(c.user_id, c.expected_version + 1, c.profile.to_json(c.expected_version + 1))
+                                          for c in accepted if c.profile is not None])
             self._count(db, [item for c in accepted if c.profile is not None for item in c.learned_values.items()])
-            db.execute(_PUT_IP_EVENTS, (dumps([(c.ip, c.user_key, c.at, int(c.success)) for c in accepted]),))
-            db.execute(_PUT_EVENTS, (dumps([(e.event_id, e.user_id, e.at, e.request, e.decision, e.features)
-                                            for c in accepted if (e := c.event) is not None]),))
+            db.executemany(_PUT_IP_EVENT, [(c.ip, c.user_key, c.at, int(c.success)) for c in accepted])
+            db.executemany(_PUT_EVENT, [(e.event_id, e.user_id, e.at, dumps(e.request), dumps(e.decision),
+                                         dumps(e.features)) for c in accepted if (e := c.event) is not None])
             self._append_many(db, [c.audit for c in accepted if c.audit is not None])
             before, self._commits = self._commits, self._commits + len(accepted)
             if accepted and before // _PRUNE_EVERY != self._commits // _PRUNE_EVERY:
-                db.execute("DELETE FROM ip_events WHERE at < ?", (accepted[-1].at - 2 * IP_WINDOW_S,))
+                db.execute("DELETE FROM ip_events WHERE at < ?", (prune_before(accepted[-1].at),))
         return outcomes
 
     @staticmethod
@@ -285,10 +211,11 @@ class SQLiteStore:
         """Conflict where the profile is no longer at the version the decision read,
         DuplicateEvent where the event id is recorded (or comes twice in the group)."""
         users = list({c.user_id for c in changes})
-        ids = [c.event.event_id for c in changes if c.event is not None]
-        found, recorded = db.execute(_CHECK, (dumps(users), dumps(ids))).fetchone()
-        versions: dict[str, int] = dict(json.loads(found))
-        seen: set[str] = set(json.loads(recorded))
+        ids = list({c.event.event_id for c in changes if c.event is not None})
+        versions: dict[str, int] = dict(db.execute(
+            f"SELECT user_id, version FROM profiles WHERE user_id IN ({','.join('?' * len(users))})", users))
+        seen: set[str] = {row[0] for row in db.execute(
+            f"SELECT event_id FROM events WHERE event_id IN ({','.join('?' * len(ids))})", ids)}
         outcomes: list[BaseException | None] = []
         for c in changes:
             if versions.get(c.user_id, 0) != c.expected_version:
@@ -323,30 +250,42 @@ class SQLiteStore:
             self._append(db, audit)
 
     def erase_user(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
+        """Delete the user's rows (zeroed in place: ``secure_delete``), then copy the WAL into the
+        main file and truncate it, so neither file keeps the old pages."""
         with self._tx() as db:
             found = db.execute("DELETE FROM profiles WHERE user_id=?", (user_id,)).rowcount
             found += db.execute("DELETE FROM events WHERE user_id=?", (user_id,)).rowcount
             found += db.execute("DELETE FROM user_secrets WHERE user_key=?", (user_key,)).rowcount
             db.execute("DELETE FROM ip_events WHERE user_key=?", (user_key,))
             self._append(db, audit)
-            return found > 0
+        self._truncate_wal()
+        return found > 0
+
+    def _truncate_wal(self) -> None:
+        """``wal_checkpoint(TRUNCATE)`` until it completes: a reader in another process may hold an
+        old snapshot for a moment; the busy timeout waits for it."""
+        for _ in range(50):
+            busy, _, _ = self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+        raise StoreUnavailable("SQLite store busy: the write-ahead log could not be truncated after an erasure")
 
     def _put_profile(self, db: sqlite3.Connection, user_id: str, expected: int, profile: UserProfile) -> None:
-        profile.version = expected + 1
+        data = profile.to_json(expected + 1)
         if expected == 0:
-            cursor = db.execute("INSERT OR IGNORE INTO profiles VALUES (?, ?, ?)",
-                                (user_id, profile.version, profile.to_json()))
+            cursor = db.execute("INSERT OR IGNORE INTO profiles VALUES (?, ?, ?)", (user_id, 1, data))
         else:
             cursor = db.execute("UPDATE profiles SET version=?, data=? WHERE user_id=? AND version=?",
-                                (profile.version, profile.to_json(), user_id, expected))
+                                (expected + 1, data, user_id, expected))
         if cursor.rowcount != 1:
             raise Conflict("the profile's version moved")     # no user id: exceptions end up in logs
+        profile.version = expected + 1
 
     @staticmethod
     def _count(db: sqlite3.Connection, pairs: Iterable[tuple[str, str]]) -> None:
         """(attribute, value) pairs seen once more each, a group's repeats added up first (the same
         country, browser or OS comes many times in one group); the totals follow by trigger."""
-        db.execute(_ADD_COUNTS, (dumps([(attribute, value, n) for (attribute, value), n in Counter(pairs).items()]),))
+        db.executemany(_ADD_COUNT, [(attribute, value, n) for (attribute, value), n in Counter(pairs).items()])
 
     def _append(self, db: sqlite3.Connection, body: dict[str, Any]) -> None:
         self._append_many(db, [body])
@@ -361,15 +300,9 @@ class SQLiteStore:
             row = db.execute("SELECT seq, hash FROM audit WHERE chain=? ORDER BY seq DESC LIMIT 1",
                              (self.chain,)).fetchone()
         seq, prev = row if row else (0, GENESIS)
-        rows = []
-        for body in bodies:
-            seq += 1
-            sealed = {**body, "chain": self.chain, "seq": seq}
-            digest = seal(prev, sealed, self.audit_key)
-            rows.append((self.chain, seq, canonical(sealed), prev, digest))
-            prev = digest
-        db.execute(_PUT_AUDIT, (dumps(rows),))
-        self._anchor(db, Anchor.make(HEAD, self.chain, seq, prev, self.audit_key))
+        rows, head = seal_records(bodies, self.chain, seq, prev, self.audit_key)
+        db.executemany(_PUT_AUDIT, [(r.chain, r.seq, r.body, r.prev_hash, r.hash) for r in rows])
+        self._anchor(db, head)
 
     @staticmethod
     def _anchor(db: sqlite3.Connection, anchor: Anchor) -> None:
@@ -401,11 +334,11 @@ class SQLiteStore:
                 db.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
-        self._group.close()
-        db = getattr(self._local, "db", None)
-        if db is not None:
+        """Close every thread's connection (the store's threads have stopped: batching.py)."""
+        for db in self._connections:
             db.close()
-            self._local.db = None
+        self._connections.clear()
+        self._local = threading.local()
 
 
 class _Transaction:
@@ -429,14 +362,11 @@ class _Transaction:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise StoreUnavailable(f"SQLite commit failed: {error}") from error
-        elif self.db.in_transaction:
-            self.db.execute("ROLLBACK")
-
-
-def _busy(error: BaseException | None) -> bool:
-    """SQLITE_BUSY: another connection holds the write lock (``sqlite_errorcode`` is 3.11+)."""
-    return isinstance(error, sqlite3.OperationalError) and (
-        getattr(error, "sqlite_errorcode", None) == 5 or "database is locked" in str(error))
+        else:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if issubclass(exc_type, sqlite3.OperationalError):     # the disk or the lock, not the values
+                raise StoreUnavailable(f"SQLite store unavailable: {exc}") from exc
 
 
 def _stored(row: tuple) -> StoredEvent:
