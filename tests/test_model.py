@@ -16,7 +16,7 @@ from riskengine.api import create_app
 from riskengine.engine import learns
 from riskengine.features import FEATURE_NAMES
 from riskengine.scoring.model import RiskModel, TrainedScorer
-from riskengine.scoring.registry import ModelRefused, ModelRegistry
+from riskengine.scoring.registry import ModelRefused, ModelRegistry, read_key, sign
 from tests.conftest import API_KEY
 
 
@@ -95,16 +95,17 @@ def test_registry_refuses_altered_missing_and_mismatched_models(tiny_model, tmp_
     model, _ = registry.load(entry.version)
     np.testing.assert_array_equal(model.predict_proba(np.zeros((3, len(FEATURE_NAMES)))),
                                   tiny_model.predict_proba(np.zeros((3, len(FEATURE_NAMES)))))
-    blob = (entry.path / "model.joblib").read_bytes()
-    (entry.path / "model.joblib").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    blob = (entry.path / "model.npz").read_bytes()
+    (entry.path / "model.npz").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
     with pytest.raises(ModelRefused, match="checksum mismatch"):
         registry.load(entry.version)
-    (entry.path / "model.joblib").unlink()
+    (entry.path / "model.npz").unlink()
     with pytest.raises(ModelRefused, match="missing"):
         registry.load(entry.version)
     other = registry.register(tiny_model)
     meta = json.loads((other.path / "metadata.json").read_text())
     meta["feature_names"] = meta["feature_names"][:-1]
+    meta["signature"] = sign(read_key(registry.key_file), meta)   # signed, yet for other features
     (other.path / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelRefused, match="other features"):
         registry.load(other.version)
@@ -139,7 +140,7 @@ def test_service_serves_the_champion_and_refuses_a_tampered_promotion(tiny_model
         body = {"user_id": "u1", "action": "login", "ip": "129.240.2.3", "timestamp": "2026-01-05T08:00:00Z"}
         assert client.post("/score", json=body).json()["model_version"] == good.version
         bad = registry.register(tiny_model)
-        (bad.path / "model.joblib").write_bytes(b"not a model")
+        (bad.path / "model.npz").write_bytes(b"not a model")
         registry.promote(bad.version)
         health = _wait_for(client, lambda h: "model_error" in h)
         assert health["model_version"] == good.version and "checksum mismatch" in health["model_error"]

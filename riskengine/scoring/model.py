@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -18,7 +18,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from riskengine.scoring.trees import CompiledModel, UnsupportedModel, compile_model
+from riskengine.scoring.compiler import compile_model
+from riskengine.scoring.trees import CompiledModel
 from riskengine.features import FEATURE_NAMES, Signals
 from riskengine.profiles import FREEMAN_ATTRIBUTES
 
@@ -124,30 +125,34 @@ class RiskModel(ClassifierMixin, BaseEstimator):
 
 
 class TrainedScorer:
-    """Serves a registered model: compiled trees for speed, Saabas path contributions for reasons.
+    """Serves a trained model: compiled trees for speed, Saabas path contributions for reasons.
 
+    Takes the registry's ``CompiledModel`` (data, no code) or a fitted ``RiskModel`` held in
+    memory (training, notebooks), which it compiles; either way one evaluator scores.
     Saabas (tree-path) attribution splits the raw log-odds exactly into a bias plus one
     share per feature, in the same pass that finds the leaves; TreeSHAP is fairer with
     correlated features but costs far more per event and another dependency.
     """
 
-    def __init__(self, model: RiskModel, version: str) -> None:
-        self.model, self.version = model, version
-        try:
-            self._compiled: CompiledModel | None = compile_model(model.calibrated_)
-        except UnsupportedModel:
-            self._compiled = None
+    def __init__(self, model: CompiledModel | RiskModel, version: str) -> None:
+        self.version = version
+        self.compiled = as_compiled(model)
 
     def score(self, signals: Signals) -> Score:
-        row = signals.row()
-        if self._compiled is None:
-            risk = float(self.model.predict_proba(np.asarray([row], dtype=float))[0, 1])
-            return Score(risk, {}, self.version)
-        risk, contributions = self._compiled.score_one(row)
+        risk, contributions = self.compiled.score_one(signals.row())
         return Score(risk, {n: c for n, c in zip(FEATURE_NAMES, contributions) if c > 0}, self.version)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Batch risks, for evaluation and champion comparison."""
-        if self._compiled is not None:
-            return self._compiled.predict_proba(X)[:, 1]
-        return self.model.predict_proba(X)[:, 1]
+        return self.compiled.predict_proba(X)[:, 1]
+
+
+def as_compiled(model: Any) -> CompiledModel:
+    """The one evaluator's form of a model: a ``CompiledModel`` as it is, a fitted ``RiskModel``'s
+    calibrated trees (or any estimator ``compile_model`` supports) compiled."""
+    if isinstance(model, CompiledModel):
+        return model
+    if isinstance(model, RiskModel):
+        check_is_fitted(model)
+        model = model.calibrated_
+    return compile_model(model)

@@ -1,5 +1,6 @@
 import functools
-import pickle
+import io
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-from riskengine.scoring.trees import CompiledModel, UnsupportedModel, compile_model
+from riskengine.scoring.compiler import UnsupportedModel, compile_model
+from riskengine.scoring.trees import CompiledModel, Sigmoid
 
 N_FEATURES = 12
 
@@ -105,8 +107,19 @@ def test_probabilities_equal_sklearn(fitted):
     np.testing.assert_allclose(one_by_one, expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(compiled.predict_proba(X), fitted.predict_proba(X),
                                rtol=0, atol=1e-9)
-    restored = pickle.loads(pickle.dumps(compiled))
-    assert restored.predict_proba_one(X[0]) == compiled.predict_proba_one(X[0])
+    restored = _through_npz(compiled)
+    np.testing.assert_array_equal(restored.predict_proba(X), compiled.predict_proba(X))
+    assert [restored.score_one(row) for row in X[:20]] == [compiled.score_one(row) for row in X[:20]]
+
+
+def _through_npz(compiled: CompiledModel) -> CompiledModel:
+    """The registry's round trip: JSON for the spec, an .npz read back without pickle."""
+    spec, arrays = compiled.to_data()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as archive:
+        return CompiledModel.from_data(json.loads(json.dumps(spec)), dict(archive))
 
 
 def test_raw_is_mean_of_member_decision_functions(fitted):
@@ -239,8 +252,6 @@ def test_unsupported_models_raise_with_a_clear_message(factory, message):
 def test_the_single_row_sigmoid_matches_scipy_without_overflowing() -> None:
     from scipy.special import expit
 
-    from riskengine.scoring.trees import _sigmoid_one
-
     for raw in (-1e6, -800.0, -36.5, -1.0, 0.0, 1e-12, 2.5, 40.0, 800.0, 1e6):
-        assert _sigmoid_one(raw, a=-1.7, b=0.3) == pytest.approx(float(expit(-(-1.7 * raw + 0.3))), rel=1e-15,
+        assert Sigmoid(a=-1.7, b=0.3).one(raw) == pytest.approx(float(expit(-(-1.7 * raw + 0.3))), rel=1e-15,
                                                                   abs=1e-300)
