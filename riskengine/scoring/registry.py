@@ -225,7 +225,11 @@ class ModelRegistry:
             legacy = " (a pickled model.joblib from an earlier riskengine: retrain it)" if (
                 entry.path / "model.joblib").exists() else ""
             raise ModelRefused(f"model {version}: unsigned{legacy}")
-        if not hmac.compare_digest(signature.encode(), sign(read_key(self.key_file), meta).encode()):
+        try:
+            key = read_key(self.key_file)
+        except ModelRefused as exc:
+            raise ModelRefused(f"model {version}: {exc}") from None
+        if not hmac.compare_digest(signature.encode(), sign(key, meta).encode()):
             raise ModelRefused(f"model {version}: signature does not match; {METADATA_FILE} was altered "
                                "or signed with another registry key")
         if meta.get("format") != FORMAT or meta.get("model_file") != MODEL_FILE:
