@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-from riskengine.scoring.compiler import UnsupportedModel, compile_model
+from riskengine.scoring.compiler import SKLEARN_VERSIONS, UnsupportedModel, compile_model
 from riskengine.scoring.trees import CompiledModel, Sigmoid
 
 N_FEATURES = 12
@@ -69,6 +69,8 @@ MODELS = {
     "pipeline": lambda: make_pipeline(SimpleImputer(strategy="median"), "passthrough",
                                       StandardScaler(), _calibrated("isotonic", ensemble=True)),
     "prefit-sigmoid": _prefit_sigmoid,
+    "monotonic": lambda: CalibratedClassifierCV(_hgb(monotonic_cst=[1, -1] + [0] * (N_FEATURES - 2)),
+                                                method="sigmoid", cv=3),
 }
 
 
@@ -255,3 +257,38 @@ def test_the_single_row_sigmoid_matches_scipy_without_overflowing() -> None:
     for raw in (-1e6, -800.0, -36.5, -1.0, 0.0, 1e-12, 2.5, 40.0, 800.0, 1e6):
         assert Sigmoid(a=-1.7, b=0.3).one(raw) == pytest.approx(float(expit(-(-1.7 * raw + 0.3))), rel=1e-15,
                                                                   abs=1e-300)
+
+
+@pytest.mark.parametrize("version", ["1.5.2", "1.10.0", "1.10.dev0", "2.0.0", "0.24.2", "nightly"])
+def test_a_scikit_learn_the_compiler_does_not_know_is_refused_not_misread(version, monkeypatch):
+    """The compiler reads private tree attributes: outside the checked versions it says so."""
+    import sklearn
+
+    model = _fitted("sigmoid-single")
+    monkeypatch.setattr(sklearn, "__version__", version)
+    with pytest.raises(UnsupportedModel, match=rf"scikit-learn {version} is outside .* \(1\.6 to 1\.9\)"):
+        compile_model(model)
+    monkeypatch.undo()
+    assert compile_model(model).predict_proba_one(X_TEST[0]) == pytest.approx(model.predict_proba(X_TEST[:1])[0, 1])
+
+
+def test_pyproject_allows_exactly_the_scikit_learn_versions_the_compiler_knows():
+    import re
+    from pathlib import Path
+
+    import sklearn
+
+    (lo_major, lo_minor), (hi_major, hi_minor) = SKLEARN_VERSIONS
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.findall(r'"scikit-learn([^"]*)"', pyproject) == [f">={lo_major}.{lo_minor},<{hi_major}.{hi_minor + 1}"]
+    installed = tuple(int(p) for p in sklearn.__version__.split(".")[:2])
+    assert SKLEARN_VERSIONS[0] <= installed <= SKLEARN_VERSIONS[1]
+
+
+def test_monotonic_constraints_hold_in_the_compiled_model():
+    """A constrained model compiles like any other, and the constraint survives compilation."""
+    model = _fitted("monotonic")
+    compiled, rows = compile_model(model), np.repeat(X_TEST[:20], 9, axis=0)
+    rows[:, 0] = np.tile(np.linspace(-3, 3, 9), 20)
+    risk = compiled.predict_proba(rows)[:, 1].reshape(20, 9)
+    assert (np.diff(risk, axis=1) >= -1e-12).all() and (risk[:, -1] > risk[:, 0]).any()
