@@ -58,14 +58,6 @@ def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "scikit-learn": sklearn.__version__, "numpy": numpy.__version__}
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sign(key: bytes, metadata: dict[str, Any]) -> str:
     """HMAC-SHA256 of the metadata (all of it but the signature) as canonical JSON."""
     body = {k: v for k, v in metadata.items() if k != "signature"}
