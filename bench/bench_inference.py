@@ -15,7 +15,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-from riskengine.scoring.trees import compile_model
+from riskengine.scoring.compiler import compile_model
 
 
 def synthetic(n: int, n_features: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

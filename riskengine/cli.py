@@ -47,7 +47,7 @@ def _bootstrap(settings: Settings) -> None:
     """A fresh home gets a first model trained on generated data, so one command gives a real service."""
     from riskengine.scoring.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.models)
+    registry = ModelRegistry.open(settings)
     if registry.champion_version() is not None:
         return
     print(f"no trained model in {settings.models}: generating {settings.bootstrap_users} users x "
@@ -82,7 +82,7 @@ def _train_from(data: Path, settings: Settings, promote: bool) -> int:
     started = time.perf_counter()
     dataset = training.replay_file(data)
     print(f"\nfeatures for {len(dataset.y):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    report = training.train(dataset, ModelRegistry(settings.models), promote=promote, source=str(data))
+    report = training.train(dataset, ModelRegistry.open(settings), promote=promote, source=str(data))
     print(report.text())
     return 0
 
@@ -103,7 +103,7 @@ def _train_from_service(settings: Settings, promote: bool) -> int:
     with Engine.for_audit(settings) as engine:                # reads the store; records nothing
         dataset = training.from_store(engine.store)
     print(f"{len(dataset.y):,} recorded events, {int(dataset.y.sum()):,} labelled as attacks", file=sys.stderr)
-    report = training.train(dataset, ModelRegistry(settings.models), promote=promote, source="service")
+    report = training.train(dataset, ModelRegistry.open(settings), promote=promote, source="service")
     print(report.text())
     return 0
 
@@ -111,7 +111,7 @@ def _train_from_service(settings: Settings, promote: bool) -> int:
 def _models(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.scoring.registry import ModelRefused, ModelRegistry
 
-    registry = ModelRegistry(settings.models)
+    registry = ModelRegistry.open(settings)
     try:
         if args.models_command == "promote":
             registry.load(args.version)               # refuse a model the service would refuse
@@ -180,7 +180,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.lab import report
     from riskengine.scoring.registry import ModelRefused, ModelRegistry
 
-    registry = ModelRegistry(settings.models)
+    registry = ModelRegistry.open(settings)
     try:
         version = report.pick_model(registry, args.model)
         result = report.evaluate_dataset(_replay(Path(args.data)), registry, version, window=args.window)

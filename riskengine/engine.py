@@ -124,7 +124,7 @@ class Engine:
         if settings.audit_retention_days is not None:
             engine.prune_audit(settings.audit_retention_days)
         if scorer is None:
-            engine.watch_models(ModelRegistry(settings.models))
+            engine.watch_models(ModelRegistry.open(settings))
         return engine
 
     @classmethod

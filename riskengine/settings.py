@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     worker_threads: int = 2                     # threads running the engine per process (bench/README.md); 0: anyio's 40
     pseudonym_key_file: Path | None = None      # default: <home>/var/pseudonym.key
     signals: Path | None = None                 # webhooks and CAEP receivers (riskengine/signals/config.py)
+    registry_key_file: Path | None = None       # signs model artefacts; default: <home>/var/registry.key
     bootstrap_model: bool = True                # serve trains a first model on generated data when none exists
     bootstrap_users: int = 1000
     bootstrap_days: int = 30

@@ -9,6 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from riskengine.datasets import synth
 from riskengine.lab import training
@@ -16,7 +17,7 @@ from riskengine.api import create_app
 from riskengine.engine import learns
 from riskengine.features import FEATURE_NAMES
 from riskengine.scoring.model import RiskModel, TrainedScorer
-from riskengine.scoring.registry import ModelRefused, ModelRegistry
+from riskengine.scoring.registry import ModelRefused, ModelRegistry, read_key, sign
 from tests.conftest import API_KEY
 
 
@@ -95,16 +96,17 @@ def test_registry_refuses_altered_missing_and_mismatched_models(tiny_model, tmp_
     model, _ = registry.load(entry.version)
     np.testing.assert_array_equal(model.predict_proba(np.zeros((3, len(FEATURE_NAMES)))),
                                   tiny_model.predict_proba(np.zeros((3, len(FEATURE_NAMES)))))
-    blob = (entry.path / "model.joblib").read_bytes()
-    (entry.path / "model.joblib").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    blob = (entry.path / "model.npz").read_bytes()
+    (entry.path / "model.npz").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
     with pytest.raises(ModelRefused, match="checksum mismatch"):
         registry.load(entry.version)
-    (entry.path / "model.joblib").unlink()
+    (entry.path / "model.npz").unlink()
     with pytest.raises(ModelRefused, match="missing"):
         registry.load(entry.version)
     other = registry.register(tiny_model)
     meta = json.loads((other.path / "metadata.json").read_text())
     meta["feature_names"] = meta["feature_names"][:-1]
+    meta["signature"] = sign(read_key(registry.key_file), meta)   # signed, yet for other features
     (other.path / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelRefused, match="other features"):
         registry.load(other.version)
@@ -139,7 +141,7 @@ def test_service_serves_the_champion_and_refuses_a_tampered_promotion(tiny_model
         body = {"user_id": "u1", "action": "login", "ip": "129.240.2.3", "timestamp": "2026-01-05T08:00:00Z"}
         assert client.post("/score", json=body).json()["model_version"] == good.version
         bad = registry.register(tiny_model)
-        (bad.path / "model.joblib").write_bytes(b"not a model")
+        (bad.path / "model.npz").write_bytes(b"not a model")
         registry.promote(bad.version)
         health = _wait_for(client, lambda h: "model_error" in h)
         assert health["model_version"] == good.version and "checksum mismatch" in health["model_error"]
@@ -194,3 +196,29 @@ def test_train_from_service_learns_from_feedback_labels(frame, settings, monkeyp
     entry = ModelRegistry(settings.models).versions()[0]
     assert entry.metadata["source"] == "service"
     assert entry.metadata["metrics"]["n_train"] + entry.metadata["metrics"]["n_eval"] == len(part)
+
+
+def _expected_failed_checks(estimator) -> dict[str, str]:
+    """Checks RiskModel fails by design, each with the reason; every other check must pass."""
+    one_class_tail = ("the check's rows are sorted by class, so the latest rows RiskModel calibrates on hold one "
+                      "class; RiskModel refuses that with a ValueError (its rows are in time order)")
+    return {"check_positive_only_tag_during_fit": one_class_tail,
+            "check_classifier_data_not_an_array": one_class_tail,
+            "check_non_transformer_estimators_n_iter": one_class_tail,
+            "check_array_api_input": "RiskModel declares no array API support; sklearn runs this check only "
+                                     "when SCIPY_ARRAY_API=1 is set before scipy is imported"}
+
+
+@parametrize_with_checks([RiskModel(max_iter=10)], expected_failed_checks=_expected_failed_checks)
+def test_risk_model_passes_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_predict_before_fit_raises_not_fitted():
+    from sklearn.exceptions import NotFittedError
+
+    for method in ("predict", "predict_proba"):
+        with pytest.raises(NotFittedError):
+            getattr(RiskModel(), method)(np.zeros((2, len(FEATURE_NAMES))))
+    with pytest.raises(NotFittedError):
+        TrainedScorer(RiskModel(), "unfitted")

@@ -192,7 +192,7 @@ def setups(settings: Any, policy: str | Path, version: str | None = None) -> tup
     from riskengine.policy.file import load_policy, resolve
     from riskengine.scoring.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.models)
+    registry = ModelRegistry.open(settings)
     champion = registry.champion_version()
     current_scorer: Scorer = (TrainedScorer(registry.load(champion)[0], champion) if champion
                               else StatisticalScorer())

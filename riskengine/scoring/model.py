@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.frozen import FrozenEstimator
+from sklearn.utils import Tags
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from riskengine.scoring.trees import CompiledModel, UnsupportedModel, compile_model
+from riskengine.scoring.compiler import compile_model
+from riskengine.scoring.trees import CompiledModel
 from riskengine.features import FEATURE_NAMES, Signals
 from riskengine.profiles import FREEMAN_ATTRIBUTES
 
@@ -97,6 +100,11 @@ class RiskModel(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> "RiskModel":
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan")
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if len(classes) != 2:
+            raise ValueError(f"Only binary classification is supported: RiskModel scores attack or not, "
+                             f"and y has {len(classes)} class(es)")
         empty = np.isnan(X).all(axis=0)
         if empty.any():
             # a signal the data never has (amounts in a logins-only set) would break the binning;
@@ -104,50 +112,70 @@ class RiskModel(ClassifierMixin, BaseEstimator):
             X = X.copy()
             X[:, empty] = 0.0
         n_cal = max(int(len(y) * self.calibration_share), 1)
+        for part, labels in (("the training rows", y[:-n_cal]), (f"the calibration rows (latest {n_cal})", y[-n_cal:])):
+            if len(np.unique(labels)) != 2:
+                raise ValueError(f"{part} hold one class: RiskModel trains on earlier rows and calibrates on "
+                                 "the latest, so both need attacks and non-attacks; pass rows in time order")
         trees = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
             l2_regularization=self.l2_regularization, class_weight=self.class_weight, early_stopping=False,
             random_state=self.random_state).fit(X[:-n_cal], y[:-n_cal])
         method = self.calibration
         if method == "auto":
-            method = "isotonic" if int(np.sum(y[-n_cal:])) >= ISOTONIC_MIN_POSITIVES else "sigmoid"
-        self.calibrated_ = CalibratedClassifierCV(FrozenEstimator(trees), method=method).fit(X[-n_cal:], y[-n_cal:])
+            positives = int(np.sum(y[-n_cal:] == classes[1]))
+            method = "isotonic" if positives >= ISOTONIC_MIN_POSITIVES else "sigmoid"
+        # frozen trees predict the same in every fold, so one split over the whole slice gives the
+        # calibrator the same scores as k folds, in one pass, and works on a slice of a few rows
+        one_split = [(np.arange(n_cal), np.arange(n_cal))]
+        self.calibrated_ = CalibratedClassifierCV(FrozenEstimator(trees), method=method, cv=one_split).fit(
+            X[-n_cal:], y[-n_cal:])
         self.classes_ = self.calibrated_.classes_
         return self
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True          # a missing signal is NaN, as HistGradientBoosting reads it
+        tags.classifier_tags.multi_class = False
+        return tags
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
         return self.calibrated_.predict_proba(validate_data(self, X, reset=False, ensure_all_finite="allow-nan"))
 
     def predict(self, X) -> np.ndarray:
+        check_is_fitted(self)
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
 class TrainedScorer:
-    """Serves a registered model: compiled trees for speed, Saabas path contributions for reasons.
+    """Serves a trained model: compiled trees for speed, Saabas path contributions for reasons.
 
+    Takes the registry's ``CompiledModel`` (data, no code) or a fitted ``RiskModel`` held in
+    memory (training, notebooks), which it compiles; either way one evaluator scores.
     Saabas (tree-path) attribution splits the raw log-odds exactly into a bias plus one
     share per feature, in the same pass that finds the leaves; TreeSHAP is fairer with
     correlated features but costs far more per event and another dependency.
     """
 
-    def __init__(self, model: RiskModel, version: str) -> None:
-        self.model, self.version = model, version
-        try:
-            self._compiled: CompiledModel | None = compile_model(model.calibrated_)
-        except UnsupportedModel:
-            self._compiled = None
+    def __init__(self, model: CompiledModel | RiskModel, version: str) -> None:
+        self.version = version
+        self.compiled = as_compiled(model)
 
     def score(self, signals: Signals) -> Score:
-        row = signals.row()
-        if self._compiled is None:
-            risk = float(self.model.predict_proba(np.asarray([row], dtype=float))[0, 1])
-            return Score(risk, {}, self.version)
-        risk, contributions = self._compiled.score_one(row)
+        risk, contributions = self.compiled.score_one(signals.row())
         return Score(risk, {n: c for n, c in zip(FEATURE_NAMES, contributions) if c > 0}, self.version)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Batch risks, for evaluation and champion comparison."""
-        if self._compiled is not None:
-            return self._compiled.predict_proba(X)[:, 1]
-        return self.model.predict_proba(X)[:, 1]
+        return self.compiled.predict_proba(X)[:, 1]
+
+
+def as_compiled(model: Any) -> CompiledModel:
+    """The one evaluator's form of a model: a ``CompiledModel`` as it is, a fitted ``RiskModel``'s
+    calibrated trees (or any estimator ``compile_model`` supports) compiled."""
+    if isinstance(model, CompiledModel):
+        return model
+    if isinstance(model, RiskModel):
+        check_is_fitted(model)
+        model = model.calibrated_
+    return compile_model(model)

@@ -1,12 +1,17 @@
 """The model registry: one folder per version under ``models/``, plus a champion pointer.
 
-A model file is loaded only after its sha256, feature list and library
-versions match its ``metadata.json``; anything else is refused with a reason.
+A version is data, never code: ``model.npz`` (the compiled trees, read with
+``allow_pickle=False``) and ``metadata.json`` (feature names, calibrator parameters, the
+archive's sha256, library versions, metrics), signed with HMAC-SHA256 under a registry key
+kept outside ``models/`` (default ``var/registry.key``). Whoever can write ``models/`` but
+not read the key cannot get a model served; anything refused is refused with a reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import io
 import json
 import os
 import platform
@@ -17,22 +22,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy
 import sklearn
 
 from riskengine.features import FEATURE_NAMES
+from riskengine.scoring.model import as_compiled
+from riskengine.scoring.trees import FORMAT, CompiledModel, InvalidModelData
 
-MODEL_FILE = "model.joblib"
+if TYPE_CHECKING:
+    from riskengine.settings import Settings
+
+MODEL_FILE = "model.npz"
 METADATA_FILE = "metadata.json"
 CHAMPION_FILE = "champion"
 HISTORY_FILE = "champion.history"
+KEY_FILE = "registry.key"
+_SIGNATURE = "hmac-sha256:"
+_KEY_BYTES = 32
 
 
 class ModelRefused(Exception):
-    """The file is missing, altered, or was built for other features or library versions."""
+    """The artefact is missing, unsigned, altered, not a model, or built for other features."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +55,41 @@ class ModelVersion:
 
 
 def library_versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "scikit-learn": sklearn.__version__, "numpy": numpy.__version__,
-            "joblib": joblib.__version__}
+    return {"python": platform.python_version(), "scikit-learn": sklearn.__version__, "numpy": numpy.__version__}
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def sign(key: bytes, metadata: dict[str, Any]) -> str:
+    """HMAC-SHA256 of the metadata (all of it but the signature) as canonical JSON."""
+    body = {k: v for k, v in metadata.items() if k != "signature"}
+    message = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _SIGNATURE + hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def read_key(path: Path, *, create: bool = False) -> bytes:
+    """The registry key: made once (0600) when a model is first registered; a missing, short or
+    shared key refuses loading rather than trusting an unsigned model."""
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:                       # another process made it first: use theirs
+            pass
+        else:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(_KEY_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+    try:
+        mode, key = path.stat().st_mode, path.read_bytes()
+    except FileNotFoundError:
+        raise ModelRefused(f"the registry key ({path.name}) is missing: models cannot be verified; restore it, "
+                           "or retrain so that a new key signs the new model") from None
+    if mode & 0o077:
+        raise ModelRefused(f"the registry key ({path.name}) is readable by others (mode {mode & 0o777:o}): "
+                           "chmod 600 it")
+    if len(key) < _KEY_BYTES:
+        raise ModelRefused(f"the registry key ({path.name}) is {len(key)} bytes; at least {_KEY_BYTES} expected")
+    return key
 
 
 def _git_commit() -> str | None:
@@ -64,36 +101,52 @@ def _git_commit() -> str | None:
         return None
 
 
-def _minor(version: str) -> str:
-    return ".".join(version.split(".")[:2])
-
-
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, data: str | bytes) -> None:
     """Readers never see half a file: write beside it, fsync, rename over it."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
+    with open(tmp, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
 class ModelRegistry:
-    def __init__(self, root: Path) -> None:
+    """Versions under ``root``; ``key_file`` signs and verifies them (default: ``../var/registry.key``,
+    beside the audit key, so a copy of ``models/`` never carries the key)."""
+
+    def __init__(self, root: Path, key_file: Path | None = None) -> None:
         self.root = Path(root)
+        self.key_file = Path(key_file) if key_file is not None else self.root.parent / "var" / KEY_FILE
+
+    @classmethod
+    def open(cls, settings: Settings) -> "ModelRegistry":
+        """The home's registry, with ``RISKENGINE_REGISTRY_KEY_FILE`` when set."""
+        return cls(settings.models, settings.registry_key_file or settings.var / KEY_FILE)
 
     # -- writing ------------------------------------------------------------
     def register(self, model: Any, metadata: dict[str, Any] | None = None, promote: bool = False) -> ModelVersion:
-        """Save a fitted model with its metadata; optionally make it the champion."""
+        """Compile a fitted model to arrays, save them with signed metadata; optionally promote.
+
+        A model the compiler cannot reproduce exactly raises ``UnsupportedModel`` and nothing is written.
+        """
+        spec, arrays = as_compiled(model).to_data()
+        key = read_key(self.key_file, create=True)
+        buffer = io.BytesIO()
+        numpy.savez(buffer, allow_pickle=False, **arrays)
+        blob = buffer.getvalue()
         created = datetime.now(timezone.utc)
         version = f"{created:%Y-%m-%dT%H-%M-%SZ}-{secrets.token_hex(2)}"
         folder = self.root / version
         folder.mkdir(parents=True)
-        joblib.dump(model, folder / MODEL_FILE)
+        _write_atomically(folder / MODEL_FILE, blob)
         meta = {**(metadata or {}), "version": version, "created_at": created.isoformat().replace("+00:00", "Z"),
-                "feature_names": list(FEATURE_NAMES), "libraries": library_versions(),
-                "sha256": sha256_file(folder / MODEL_FILE), "git_commit": _git_commit()}
-        _write_atomically(folder / METADATA_FILE, json.dumps(meta, indent=2, default=float))
+                "feature_names": list(FEATURE_NAMES), "libraries": library_versions(), "format": FORMAT,
+                "model_file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "trees": spec,
+                "git_commit": _git_commit()}
+        meta = json.loads(json.dumps(meta, default=float))   # what is signed is what is read back
+        meta["signature"] = sign(key, meta)
+        _write_atomically(folder / METADATA_FILE, json.dumps(meta, indent=2))
         registered = ModelVersion(version, folder, meta)
         if promote:
             self.promote(version)
@@ -139,9 +192,11 @@ class ModelRegistry:
         try:
             metadata = json.loads((folder / METADATA_FILE).read_text())
         except FileNotFoundError:
-            raise ModelRefused(f"model {version}: no {METADATA_FILE} in {folder}") from None
+            raise ModelRefused(f"model {version}: no {METADATA_FILE}") from None
         except ValueError as exc:
             raise ModelRefused(f"model {version}: {METADATA_FILE} is not valid JSON ({exc})") from None
+        if not isinstance(metadata, dict):
+            raise ModelRefused(f"model {version}: {METADATA_FILE} is not a JSON object")
         return ModelVersion(version, folder, metadata)
 
     def versions(self) -> list[ModelVersion]:
@@ -153,25 +208,46 @@ class ModelRegistry:
                 found.append(self.get(folder.name))
         return found
 
-    def load(self, version: str) -> tuple[Any, ModelVersion]:
-        """Checksum, feature list and library versions first; only then unpickle."""
+    def load(self, version: str) -> tuple[CompiledModel, ModelVersion]:
+        """Signature, format, features and checksum first; then the arrays, read without pickle."""
         entry = self.get(version)
-        meta, file = entry.metadata, entry.path / MODEL_FILE
-        if not file.is_file():
-            raise ModelRefused(f"model {version}: {MODEL_FILE} is missing")
-        actual = sha256_file(file)
-        if actual != meta.get("sha256"):
-            raise ModelRefused(f"model {version}: checksum mismatch (file {actual[:12]}…, "
-                               f"registry {str(meta.get('sha256'))[:12]}…); the file was altered")
+        meta = entry.metadata
+        signature = meta.get("signature")
+        if not isinstance(signature, str):
+            legacy = " (a pickled model.joblib from an earlier riskengine: retrain it)" if (
+                entry.path / "model.joblib").exists() else ""
+            raise ModelRefused(f"model {version}: unsigned{legacy}")
+        try:
+            key = read_key(self.key_file)
+        except ModelRefused as exc:
+            raise ModelRefused(f"model {version}: {exc}") from None
+        if not hmac.compare_digest(signature.encode(), sign(key, meta).encode()):
+            raise ModelRefused(f"model {version}: signature does not match; {METADATA_FILE} was altered "
+                               "or signed with another registry key")
+        if meta.get("format") != FORMAT or meta.get("model_file") != MODEL_FILE:
+            raise ModelRefused(f"model {version}: artefact format {meta.get('format')!r:.40}; "
+                               f"this engine reads {FORMAT!r}")
         if meta.get("feature_names") != list(FEATURE_NAMES):
             raise ModelRefused(f"model {version}: trained on other features than this engine computes "
                                f"({len(meta.get('feature_names') or [])} vs {len(FEATURE_NAMES)}); retrain it")
-        built = meta.get("libraries", {})
-        for name in ("scikit-learn", "numpy"):
-            if _minor(built.get(name, "?")) != _minor(library_versions()[name]):
-                raise ModelRefused(f"model {version}: built with {name} {built.get(name)}, "
-                                   f"running {library_versions()[name]}; retrain it")
-        return joblib.load(file), entry
+        try:
+            blob = (entry.path / MODEL_FILE).read_bytes()   # read once: what is checked is what is parsed
+        except FileNotFoundError:
+            raise ModelRefused(f"model {version}: {MODEL_FILE} is missing") from None
+        actual = hashlib.sha256(blob).hexdigest()
+        if not hmac.compare_digest(actual, str(meta.get("sha256"))):
+            raise ModelRefused(f"model {version}: checksum mismatch (file {actual[:12]}…, "
+                               f"registry {str(meta.get('sha256'))[:12]}…); the file was altered")
+        try:
+            with numpy.load(io.BytesIO(blob), allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except Exception as exc:                           # any parse failure of untrusted bytes: refuse
+            raise ModelRefused(f"model {version}: {MODEL_FILE} is not an array archive "
+                               f"({type(exc).__name__}: {str(exc)[:120]})") from None
+        try:
+            return CompiledModel.from_data(meta.get("trees"), arrays), entry
+        except InvalidModelData as exc:
+            raise ModelRefused(f"model {version}: {exc}") from None
 
 
 class ChampionWatcher:
@@ -189,20 +265,18 @@ class ChampionWatcher:
         self._thread: threading.Thread | None = None
 
     def check(self) -> None:
-        """Load the champion if the pointer changed since the last look."""
-        stamp = self.registry.champion_stamp()
-        if stamp == self._seen or stamp[0] is None:
-            return
-        self._seen = stamp
+        """Load the champion if the pointer changed since the last look; never raises."""
         try:
+            stamp = self.registry.champion_stamp()
+            if stamp == self._seen or stamp[0] is None:
+                return
+            self._seen = stamp
             model, entry = self.registry.load(stamp[0])
+            self.on_load(model, entry)
         except ModelRefused as refused:
             self.on_error(str(refused))
-            return
-        except Exception as exc:                      # a corrupt pickle must not kill the watcher
-            self.on_error(f"model {stamp[0]}: could not be loaded ({type(exc).__name__}: {exc})")
-            return
-        self.on_load(model, entry)
+        except Exception as exc:                      # whatever a file holds, the watcher lives on
+            self.on_error(f"model {self._seen[0]}: could not be loaded ({type(exc).__name__}: {str(exc)[:200]})")
 
     def start(self) -> "ChampionWatcher":
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)

@@ -1,36 +1,33 @@
-"""Step 5, score, fast path: the trained model compiled to flat numpy arrays, so one event gets
-its risk and per-feature contributions (for reasons) in tens of µs instead of sklearn's ~1 ms.
-Same probabilities as sklearn; ``UnsupportedModel`` for anything it cannot reproduce exactly.
+"""Step 5, score, fast path: the trained model as flat numpy arrays, so one event gets its risk
+and per-feature contributions (for reasons) in tens of µs instead of sklearn's ~1 ms.
+
+A ``CompiledModel`` is data only: ``to_data()`` gives JSON parameters and named arrays, and
+``from_data`` rebuilds one after checking every array's type, shape and bounds, so the registry
+stores it as ``.npz`` + JSON and nothing read from disk runs code. ``scoring.compiler`` makes
+one from a fitted scikit-learn model, with the same probabilities.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import expit
-from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.isotonic import IsotonicRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.utils._missing import is_scalar_nan
 
-__all__ = ["CompiledModel", "UnsupportedModel", "compile_model"]
+__all__ = ["FORMAT", "CompiledModel", "InvalidModelData", "Impute", "Isotonic", "Logistic", "Sigmoid",
+           "Standardize", "model_data"]
 
+FORMAT = "riskengine-trees/1"  # bump when the arrays below change meaning
 _FMAX = np.finfo(np.float64).max
 _MAX_LEAVES = 64  # one uint64 bitmask per tree (uint32 when every tree fits)
 _BATCH_CELLS = 1 << 21  # rows x splits evaluated at once by predict_proba(X): bounds memory
 
-_Transform = Callable[[np.ndarray], np.ndarray]  # preprocessing step, or raw -> P(class 1)
 
-
-class UnsupportedModel(ValueError):
-    """The estimator has a part the compiler cannot reproduce exactly: score it with sklearn."""
+class InvalidModelData(ValueError):
+    """Arrays or parameters that do not describe a model this evaluator can run exactly."""
 
 
 # Why this formulation (bench/bench_inference.py: 200 trees x 31 leaves, 30 features, one row):
@@ -45,38 +42,278 @@ class UnsupportedModel(ValueError):
 # to it, so they still compare as in sklearn.
 
 
+# -- preprocessing steps and calibrators: small, typed, and nothing but numbers ---------------
+@dataclass(frozen=True, eq=False)
+class Standardize:
+    """StandardScaler's arithmetic: X -= mean_; X /= scale_."""
+
+    kind: ClassVar[str] = "standardize"
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean) / self.scale
+
+
+@dataclass(frozen=True, eq=False)
+class Impute:
+    """SimpleImputer with missing_values=NaN: each column's fitted statistic fills its NaN."""
+
+    kind: ClassVar[str] = "impute"
+    fill: np.ndarray
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(X), self.fill, X)
+
+
+@dataclass(frozen=True)
+class Logistic:
+    """An uncalibrated classifier's own link: P = expit(raw)."""
+
+    kind: ClassVar[str] = "logistic"
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return expit(raw)
+
+    def one(self, raw: float) -> float:
+        return _expit_one(raw)
+
+
+@dataclass(frozen=True)
+class Sigmoid:
+    """Platt scaling, sklearn's expression: P = expit(-(a * raw + b))."""
+
+    kind: ClassVar[str] = "sigmoid"
+    a: float
+    b: float
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return expit(-(self.a * raw + self.b))
+
+    def one(self, raw: float) -> float:
+        return _expit_one(-(self.a * raw + self.b))
+
+
+@dataclass(frozen=True, eq=False)
+class Isotonic:
+    """Isotonic regression with out_of_bounds="clip": its interpolation, clamped at the ends."""
+
+    kind: ClassVar[str] = "isotonic"
+    x: np.ndarray
+    y: np.ndarray
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return np.interp(raw, self.x, self.y)
+
+    def one(self, raw: float) -> float:
+        return float(np.interp(raw, self.x, self.y))
+
+
+Step = Standardize | Impute
+Calibrator = Logistic | Sigmoid | Isotonic
+_STEPS: dict[str, type] = {c.kind: c for c in (Standardize, Impute)}
+_CALIBRATORS: dict[str, type] = {c.kind: c for c in (Logistic, Sigmoid, Isotonic)}
+
+
+def _expit_one(z: float) -> float:
+    """scipy's expit on a Python float (numpy's per-call cost is most of a scalar's time),
+    without overflow either side."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+# -- the forest ------------------------------------------------------------------------------
+#: the stored arrays: name -> (dtype kinds accepted, ndim). Everything else is derived on load.
+_ARRAYS: dict[str, tuple[str, int]] = {
+    "feature": ("iu", 1),  # per split: column of the doubled row (f, or f + n_features if NaN->right)
+    "threshold": ("f", 1),  # per split: num_threshold, +inf replaced by the largest float
+    "left_leaves": ("u", 1),  # per split: bitmask of the leaves in its left subtree
+    "tree_starts": ("iu", 1),  # first split of each tree (a leaf-only tree gets a no-op split)
+    "leaf_starts": ("iu", 1),  # first leaf of each tree in leaf_value
+    "leaf_value": ("f", 1),  # leaves left to right, learning rate already applied by sklearn
+    "member_starts": ("iu", 1),  # first tree of each calibrated member
+    "baseline": ("f", 1),  # per member: HGB's baseline prediction
+    "leaf_contributions": ("f", 2),  # (leaf, feature): Saabas credit of its path / n members
+    "bias": ("f", 0),  # mean over members of baseline + root values: the Saabas bias
+}
+
+
 @dataclass(frozen=True)
 class _Forest:
     """Every tree of every calibrated member, packed; member m owns trees member_starts[m]:."""
 
-    feature: np.ndarray  # per split: column of the doubled row (f, or f + n_features if NaN->right)
-    threshold: np.ndarray  # per split: num_threshold, +inf replaced by the largest float
-    left_leaves: np.ndarray  # per split: bitmask (uint32/64) of the leaves in its left subtree
-    tree_starts: np.ndarray  # first split of each tree (a leaf-only tree gets a no-op split)
+    feature: np.ndarray
+    threshold: np.ndarray
+    left_leaves: np.ndarray  # uint32 when every tree has <= 32 leaves: ~20% faster bit ops
+    tree_starts: np.ndarray
     padded: tuple[np.ndarray, np.ndarray, np.ndarray]  # the 3 above as (tree, split) for batches
-    leaf_offset: np.ndarray  # first leaf of each tree in leaf_value
+    leaf_offset: np.ndarray  # = leaf_starts
     exponent_offset: np.ndarray  # leaf_offset - 1023: a power of two's exponent bits -> its leaf
-    leaf_value: np.ndarray  # leaves left to right, learning rate already applied by sklearn
-    member_starts: np.ndarray  # first tree of each member
-    baseline: np.ndarray  # per member: HGB's baseline_prediction
-    leaf_contributions: np.ndarray  # (leaf, feature): Saabas credit of its path / n members
-    bias: float  # mean over members of baseline + root values: the Saabas bias
+    leaf_value: np.ndarray
+    member_starts: np.ndarray
+    baseline: np.ndarray
+    leaf_contributions: np.ndarray
+    bias: float
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"feature": self.feature, "threshold": self.threshold,
+                "left_leaves": self.left_leaves.astype(np.uint64), "tree_starts": self.tree_starts,
+                "leaf_starts": self.leaf_offset, "leaf_value": self.leaf_value,
+                "member_starts": self.member_starts, "baseline": self.baseline,
+                "leaf_contributions": self.leaf_contributions, "bias": np.array(self.bias)}
+
+
+_KIND_NAMES = {"f": "floating-point", "iu": "integer", "u": "unsigned integer"}
+
+
+def _array(arrays: Mapping[str, Any], name: str, kinds: str, ndim: int) -> np.ndarray:
+    value = arrays.get(name)
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds or value.ndim != ndim:
+        found = (f"{value.dtype} with {value.ndim} dimension(s)" if isinstance(value, np.ndarray)
+                 else type(value).__name__)
+        raise InvalidModelData(f"array {name!r}: expected {_KIND_NAMES[kinds]} numbers in {ndim} dimension(s), "
+                               f"found {found}")
+    if value.dtype.kind == "f" and not np.isfinite(value).all() and name != "threshold":
+        raise InvalidModelData(f"array {name!r}: not finite")
+    return value
+
+
+def _starts(name: str, starts: np.ndarray, total: int) -> np.ndarray:
+    """Offsets into an array of ``total`` items: from 0, strictly increasing, each in range."""
+    if len(starts) == 0 or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= total:
+        raise InvalidModelData(f"array {name!r}: not increasing offsets from 0 into {total} items")
+    return starts.astype(np.intp)
+
+
+def _forest(arrays: Mapping[str, Any], n_features: int) -> _Forest:
+    """Check the stored arrays against each other, then derive what evaluation uses."""
+    a = {name: _array(arrays, name, kinds, ndim) for name, (kinds, ndim) in _ARRAYS.items()}
+    n_splits, n_leaves = len(a["feature"]), len(a["leaf_value"])
+    if n_splits == 0 or len(a["threshold"]) != n_splits or len(a["left_leaves"]) != n_splits:
+        raise InvalidModelData("arrays 'feature', 'threshold', 'left_leaves': lengths differ or are 0")
+    if np.isnan(a["threshold"]).any() or not ((a["feature"] >= 0) & (a["feature"] < 2 * n_features)).all():
+        raise InvalidModelData(f"arrays 'feature'/'threshold': NaN threshold or column outside 0..{2 * n_features - 1}")
+    tree_starts = _starts("tree_starts", a["tree_starts"], n_splits)
+    leaf_starts = _starts("leaf_starts", a["leaf_starts"], n_leaves)
+    member_starts = _starts("member_starts", a["member_starts"], len(tree_starts))
+    if len(leaf_starts) != len(tree_starts) or len(a["baseline"]) != len(member_starts):
+        raise InvalidModelData("arrays 'leaf_starts'/'baseline': one entry per tree/member expected")
+    if a["leaf_contributions"].shape != (n_leaves, n_features):
+        raise InvalidModelData(f"array 'leaf_contributions': shape {a['leaf_contributions'].shape}, "
+                               f"expected {(n_leaves, n_features)}")
+    leaves_per_tree = np.diff(np.append(leaf_starts, n_leaves))
+    splits_per_tree = np.diff(np.append(tree_starts, n_splits))
+    if leaves_per_tree.max() > _MAX_LEAVES:
+        raise InvalidModelData(f"a tree has {leaves_per_tree.max()} leaves; at most {_MAX_LEAVES} are supported")
+    # the rightmost leaf is in no left subtree, so the lowest surviving bit is always a leaf of the tree
+    ceiling = np.left_shift(np.uint64(1), np.repeat(leaves_per_tree - 1, splits_per_tree).astype(np.uint64))
+    if (a["left_leaves"].astype(np.uint64) >= ceiling).any():
+        raise InvalidModelData("array 'left_leaves': a bitmask names a leaf its tree does not have")
+    dtype = np.uint32 if leaves_per_tree.max() <= 32 else np.uint64
+    left_leaves = a["left_leaves"].astype(dtype)
+    feature, threshold = a["feature"].astype(np.intp), a["threshold"].astype(np.float64)
+    width = int(splits_per_tree.max())
+    padded = (np.zeros((len(tree_starts), width), dtype=np.intp),  # padding: never goes right
+              np.full((len(tree_starts), width), np.inf), np.zeros((len(tree_starts), width), dtype=dtype))
+    for k, (start, count) in enumerate(zip(tree_starts, splits_per_tree)):
+        for array, flat in zip(padded, (feature, threshold, left_leaves)):
+            array[k, :count] = flat[start : start + count]
+    return _Forest(feature=feature, threshold=threshold, left_leaves=left_leaves, tree_starts=tree_starts,
+                   padded=padded, leaf_offset=leaf_starts, exponent_offset=leaf_starts - 1023,
+                   leaf_value=a["leaf_value"].astype(np.float64), member_starts=member_starts,
+                   baseline=a["baseline"].astype(np.float64),
+                   leaf_contributions=a["leaf_contributions"].astype(np.float64), bias=float(a["bias"]))
+
+
+def _parts(prefix: str, specs: Any, kinds: dict[str, type], arrays: Mapping[str, Any], n_features: int | None) -> list:
+    """Steps or calibrators from their JSON specs: scalars from JSON, arrays from the archive."""
+    if not isinstance(specs, list) or not all(isinstance(s, dict) and s.get("kind") in kinds for s in specs):
+        raise InvalidModelData(f"{prefix}: expected a list of {{'kind': {' | '.join(kinds)}, ...}}, found {specs!r:.80}")
+    parts = []
+    for i, spec in enumerate(specs):
+        cls, values = kinds[spec["kind"]], {}
+        for f in fields(cls):
+            where = f"{prefix}[{i}].{f.name}"
+            if f.type == "float":
+                value = spec.get(f.name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise InvalidModelData(f"{where}: expected a finite number, found {value!r:.40}")
+                values[f.name] = float(value)
+            else:
+                value = _array(arrays, f"{prefix}.{i}.{f.name}", "f", 1).astype(np.float64)
+                if n_features is not None and len(value) != n_features:
+                    raise InvalidModelData(f"{where}: {len(value)} values for {n_features} features")
+                values[f.name] = value
+        part = cls(**values)
+        if isinstance(part, Isotonic) and (len(part.x) < 1 or len(part.x) != len(part.y)
+                                           or (np.diff(part.x) < 0).any()):
+            raise InvalidModelData(f"{prefix}[{i}]: isotonic x and y must be equally long, x non-decreasing")
+        parts.append(part)
+    return parts
+
+
+def model_data(n_features: int, steps: Sequence[Step], calibrators: Sequence[Calibrator],
+               forest: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A model's data form: a JSON spec (format, steps, calibrators' scalars) and named arrays."""
+    step_specs, step_arrays = _part_data("steps", steps)
+    cal_specs, cal_arrays = _part_data("calibrators", calibrators)
+    spec = {"format": FORMAT, "n_features": n_features, "steps": step_specs, "calibrators": cal_specs}
+    return spec, {**forest, **step_arrays, **cal_arrays}
+
+
+def _part_data(prefix: str, parts: Sequence[Any]) -> tuple[list[dict], dict[str, np.ndarray]]:
+    specs, arrays = [], {}
+    for i, part in enumerate(parts):
+        spec: dict[str, Any] = {"kind": part.kind}
+        for f in fields(part):
+            value = getattr(part, f.name)
+            if isinstance(value, np.ndarray):
+                arrays[f"{prefix}.{i}.{f.name}"] = value
+            else:
+                spec[f.name] = value
+        specs.append(spec)
+    return specs, arrays
 
 
 class CompiledModel:
     """A fitted model as flat arrays; probabilities equal sklearn's ``predict_proba[:, 1]``.
 
-    Immutable after compile and allocating per call, so threads may share one instance;
-    picklable, though compiling at model load (~0.1 s) is simpler than storing it.
+    Immutable and allocating per call, so threads may share one instance. Built only through
+    ``from_data``, which checks what it is given whether it comes from the compiler or a file.
     """
 
-    def __init__(self, n_features: int, steps: list[_Transform], forest: _Forest,
-                 calibrators: list[_Transform]) -> None:
+    def __init__(self, n_features: int, steps: list[Step], forest: _Forest, calibrators: list[Calibrator]) -> None:
         self.n_features = n_features
         self._steps = steps  # Pipeline preprocessing, applied to the row in order
         self._forest = forest
         self._calibrators = calibrators  # per member: raw log-odds -> P(class 1)
-        self._scalar_calibrators = [_scalar(c) for c in calibrators]  # the same on a Python float
+        self._scalar_calibrators: list[Callable[[float], float]] = [c.one for c in calibrators]
+
+    @classmethod
+    def from_data(cls, spec: Mapping[str, Any], arrays: Mapping[str, Any]) -> "CompiledModel":
+        """Rebuild from ``to_data()``'s output; ``InvalidModelData`` names what does not fit."""
+        if not isinstance(spec, Mapping) or spec.get("format") != FORMAT:
+            found = spec.get("format") if isinstance(spec, Mapping) else type(spec).__name__
+            raise InvalidModelData(f"format {found!r:.60}; this engine reads {FORMAT!r}")
+        n_features = spec.get("n_features")
+        if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+            raise InvalidModelData(f"n_features: expected a positive integer, found {n_features!r:.40}")
+        forest = _forest(arrays, n_features)
+        steps = _parts("steps", spec.get("steps"), _STEPS, arrays, n_features)
+        calibrators = _parts("calibrators", spec.get("calibrators"), _CALIBRATORS, arrays, None)
+        if len(calibrators) != len(forest.member_starts):
+            raise InvalidModelData(f"{len(calibrators)} calibrators for {len(forest.member_starts)} members")
+        used = {f"{p}.{i}.{f.name}" for p, parts in (("steps", steps), ("calibrators", calibrators))
+                for i, part in enumerate(parts) for f in fields(part) if f.type != "float"}
+        if unknown := set(arrays) - set(_ARRAYS) - used:
+            raise InvalidModelData(f"unexpected arrays: {', '.join(sorted(unknown))[:120]}")
+        return cls(n_features, steps, forest, calibrators)
+
+    def to_data(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-able spec, named arrays): everything ``from_data`` needs, and nothing that runs."""
+        return model_data(self.n_features, self._steps, self._calibrators, self._forest.arrays())
 
     def predict_proba_one(self, row: Sequence[float]) -> float:
         """P(class 1) for one row in training column order; NaN means missing."""
@@ -156,198 +393,3 @@ class CompiledModel:
         return total / len(self._calibrators)
 
 
-def compile_model(estimator) -> CompiledModel:
-    """Compile a fitted estimator, or raise ``UnsupportedModel`` naming the part that is not.
-
-    Supported: a binary ``HistGradientBoostingClassifier`` on numerical features with at most
-    64 leaves per tree, optionally inside ``CalibratedClassifierCV`` (sigmoid or isotonic, any
-    ``ensemble``, prefit via ``FrozenEstimator``), optionally the last step of a ``Pipeline``
-    whose earlier steps are fitted ``SimpleImputer`` / ``StandardScaler`` or ``"passthrough"``.
-    """
-    steps, est = [], estimator
-    while isinstance(est, Pipeline):
-        for name, step in est.steps[:-1]:
-            if step is not None and step != "passthrough":
-                steps.append(_compile_step(name, step))
-        est = est.steps[-1][1]
-    if isinstance(est, CalibratedClassifierCV):
-        if not hasattr(est, "calibrated_classifiers_"):
-            raise UnsupportedModel("CalibratedClassifierCV is not fitted; fit it before compiling")
-        if est.method not in ("sigmoid", "isotonic"):
-            raise UnsupportedModel(f"CalibratedClassifierCV method={est.method!r}; "
-                                   "supported: 'sigmoid', 'isotonic'")
-        members = [(_unfrozen(c.estimator), _compile_calibrator(c.calibrators))
-                   for c in est.calibrated_classifiers_]
-        if any(isinstance(hgb, Pipeline) for hgb, _ in members):
-            raise UnsupportedModel("CalibratedClassifierCV wraps a Pipeline; put the "
-                                   "preprocessing in a Pipeline around the calibrator instead")
-    else:
-        members = [(est, expit)]
-    hgbs = [_checked_hgb(hgb) for hgb, _ in members]
-    n_features = hgbs[0].n_features_in_
-    if any(h.n_features_in_ != n_features for h in hgbs):
-        raise UnsupportedModel("calibrated members disagree on n_features_in_")
-    return CompiledModel(n_features, steps, _pack(hgbs, n_features), [c for _, c in members])
-
-
-def _unfrozen(est):
-    return getattr(est, "estimator", est) if type(est).__name__ == "FrozenEstimator" else est
-
-
-def _checked_hgb(est) -> HistGradientBoostingClassifier:
-    name = type(est).__name__
-    if not isinstance(est, HistGradientBoostingClassifier):
-        raise UnsupportedModel(f"{name} is not supported; supported: HistGradientBoostingClassifier"
-                               ", optionally in CalibratedClassifierCV and/or a Pipeline")
-    if not hasattr(est, "_predictors"):
-        raise UnsupportedModel(f"{name} is not fitted; fit it before compiling")
-    if len(est.classes_) != 2:
-        raise UnsupportedModel(f"{name} has {len(est.classes_)} classes; only binary is supported")
-    if est.is_categorical_ is not None or getattr(est, "_preprocessor", None) is not None:
-        raise UnsupportedModel(f"{name} uses categorical features; only numerical are supported")
-    return est
-
-
-def _compile_calibrator(calibrators: list) -> _Transform:
-    if len(calibrators) != 1:
-        raise UnsupportedModel(f"{len(calibrators)} calibrators per member; only binary "
-                               "is supported")
-    cal = calibrators[0]
-    if isinstance(cal, _SigmoidCalibration):
-        return partial(_sigmoid, a=cal.a_, b=cal.b_)
-    if isinstance(cal, IsotonicRegression) and cal.out_of_bounds == "clip":
-        lo, hi, xs, ys = cal.X_min_, cal.X_max_, cal.X_thresholds_, cal.y_thresholds_
-        if xs[0] != lo or xs[-1] != hi:  # never seen: fitted thresholds span [X_min_, X_max_]
-            raise UnsupportedModel("IsotonicRegression thresholds do not span its X range")
-        return partial(np.interp, xp=xs, fp=ys)  # = its interp1d; clamps as clipping would
-    raise UnsupportedModel(f"calibrator {type(cal).__name__} is not supported")
-
-
-def _compile_step(name: str, step) -> _Transform:
-    kind = type(step).__name__
-    if isinstance(step, (StandardScaler, SimpleImputer)) and not hasattr(step, "n_features_in_"):
-        raise UnsupportedModel(f"Pipeline step {name!r} ({kind}) is not fitted")
-    if isinstance(step, StandardScaler):
-        mean = step.mean_ if step.with_mean else 0.0
-        scale = step.scale_ if step.with_std and step.scale_ is not None else 1.0
-        return partial(_standardize, mean=mean, scale=scale)
-    if isinstance(step, SimpleImputer):
-        fill = np.asarray(step.statistics_, dtype=np.float64)
-        if not is_scalar_nan(step.missing_values) or step.add_indicator:
-            raise UnsupportedModel(f"Pipeline step {name!r}: SimpleImputer needs "
-                                   "missing_values=np.nan and add_indicator=False")
-        if not step.keep_empty_features and np.isnan(fill).any():
-            raise UnsupportedModel(f"Pipeline step {name!r}: SimpleImputer drops all-missing "
-                                   "columns; refit with keep_empty_features=True")
-        return partial(_impute, fill=fill)
-    raise UnsupportedModel(f"Pipeline step {name!r} ({kind}) is not supported; supported: "
-                           "SimpleImputer, StandardScaler, 'passthrough'")
-
-
-def _sigmoid(raw: np.ndarray, a: float, b: float) -> np.ndarray:
-    return expit(-(a * raw + b))  # _SigmoidCalibration.predict, same expression
-
-
-def _scalar(calibrator: _Transform) -> Callable[[float], float]:
-    """A calibrator for one raw value: numpy's per-call cost is most of a scalar's time."""
-    if isinstance(calibrator, partial) and calibrator.func is _sigmoid:
-        return partial(_sigmoid_one, a=float(calibrator.keywords["a"]), b=float(calibrator.keywords["b"]))
-    return partial(_on_float, calibrator)   # partials, not lambdas: a CompiledModel stays picklable
-
-
-def _on_float(calibrator: _Transform, raw: float) -> float:
-    return float(calibrator(np.float64(raw)))
-
-
-def _sigmoid_one(raw: float, a: float, b: float) -> float:
-    """``_sigmoid`` on a float: scipy's expit, without overflow either side."""
-    z = -(a * raw + b)
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
-def _standardize(X: np.ndarray, mean: np.ndarray | float, scale: np.ndarray | float) -> np.ndarray:
-    return (X - mean) / scale  # StandardScaler's arithmetic: X -= mean_; X /= scale_
-
-
-def _impute(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    return np.where(np.isnan(X), fill, X)
-
-
-def _pack(hgbs: list[HistGradientBoostingClassifier], n_features: int) -> _Forest:
-    trees = [_compile_tree(p.nodes, n_features) for h in hgbs for (p,) in h._predictors]
-    n_trees = [len(h._predictors) for h in hgbs]
-    splits = [len(t["threshold"]) for t in trees]
-    width = max(splits)
-    padded = (np.zeros((len(trees), width), dtype=np.intp),  # padding: never goes right
-              np.full((len(trees), width), np.inf), np.zeros((len(trees), width), dtype=np.uint64))
-    for k, tree in enumerate(trees):
-        for array, key in zip(padded, ("feature", "threshold", "left_leaves")):
-            array[k, : splits[k]] = tree[key]
-    if max(len(t["leaf_value"]) for t in trees) <= 32:  # the default max_leaf_nodes=31
-        padded = (padded[0], padded[1], padded[2].astype(np.uint32))  # ~20% faster bit ops
-    member_starts = np.cumsum([0] + n_trees[:-1])
-    leaf_offset = np.cumsum([0] + [len(t["leaf_value"]) for t in trees[:-1]])
-    baseline = np.array([float(np.ravel(h._baseline_prediction)[0]) for h in hgbs])
-    roots = np.add.reduceat([t["root_value"] for t in trees], member_starts)
-    return _Forest(
-        feature=np.concatenate([t["feature"] for t in trees]),
-        threshold=np.concatenate([t["threshold"] for t in trees]),
-        left_leaves=np.concatenate([t["left_leaves"] for t in trees]).astype(padded[2].dtype),
-        tree_starts=np.cumsum([0] + splits[:-1]),
-        padded=padded,
-        leaf_offset=leaf_offset,
-        exponent_offset=leaf_offset - 1023,
-        leaf_value=np.concatenate([t["leaf_value"] for t in trees]),
-        member_starts=member_starts,
-        baseline=baseline,
-        # (leaves x features) float64: ~1.5 MB for 200 trees x 31 leaves x 30 features
-        leaf_contributions=np.concatenate([t["contributions"] for t in trees]) / len(hgbs),
-        bias=float(np.mean(baseline + roots)),
-    )
-
-
-def _compile_tree(nodes: np.ndarray, n_features: int) -> dict:
-    """One TreePredictor's node table -> split arrays, leaf values and Saabas credits."""
-    if nodes["is_categorical"].any():
-        raise UnsupportedModel("a tree splits on a categorical feature; only numerical supported")
-    is_leaf, left, right = nodes["is_leaf"].astype(bool), nodes["left"], nodes["right"]
-    order, parent, stack = [], {0: -1}, [0]
-    while stack:  # preorder, left child first: leaves come out left to right
-        i = stack.pop()
-        order.append(i)
-        if not is_leaf[i]:
-            parent[int(left[i])] = parent[int(right[i])] = i
-            stack += [int(right[i]), int(left[i])]
-    leaf_ids = [i for i in order if is_leaf[i]]
-    if len(leaf_ids) > _MAX_LEAVES:
-        raise UnsupportedModel(f"a tree has {len(leaf_ids)} leaves; the compiled path supports "
-                               f"up to {_MAX_LEAVES} (max_leaf_nodes <= {_MAX_LEAVES})")
-    value, count = nodes["value"].astype(np.float64), nodes["count"].astype(np.float64)
-    mask = {leaf: 1 << rank for rank, leaf in enumerate(leaf_ids)}
-    for i in reversed(order):  # children before parents
-        if not is_leaf[i]:
-            lo, hi = int(left[i]), int(right[i])
-            mask[i] = mask[lo] | mask[hi]
-            value[i] = (count[lo] * value[lo] + count[hi] * value[hi]) / (count[lo] + count[hi])
-    splits = [i for i in order if not is_leaf[i]] or [None]  # a leaf-only tree: one no-op split
-    contributions = np.zeros((len(leaf_ids), n_features))
-    for k, leaf in enumerate(leaf_ids):
-        child = leaf
-        while (node := parent[child]) >= 0:
-            contributions[k, nodes["feature_idx"][node]] += value[child] - value[node]
-            child = node
-    return {
-        "feature": np.array([0 if i is None else int(nodes["feature_idx"][i])
-                             + (0 if nodes["missing_go_to_left"][i] else n_features)
-                             for i in splits], dtype=np.intp),
-        "threshold": np.array([np.inf if i is None else min(float(nodes["num_threshold"][i]), _FMAX)
-                               for i in splits]),
-        "left_leaves": np.array([0 if i is None else mask[int(left[i])] for i in splits],
-                                dtype=np.uint64),
-        "leaf_value": nodes["value"][leaf_ids].astype(np.float64),
-        "root_value": value[0],
-        "contributions": contributions,
-    }

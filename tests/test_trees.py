@@ -1,5 +1,6 @@
 import functools
-import pickle
+import io
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-from riskengine.scoring.trees import CompiledModel, UnsupportedModel, compile_model
+from riskengine.scoring.compiler import SKLEARN_VERSIONS, UnsupportedModel, compile_model
+from riskengine.scoring.trees import CompiledModel, Sigmoid
 
 N_FEATURES = 12
 
@@ -67,6 +69,8 @@ MODELS = {
     "pipeline": lambda: make_pipeline(SimpleImputer(strategy="median"), "passthrough",
                                       StandardScaler(), _calibrated("isotonic", ensemble=True)),
     "prefit-sigmoid": _prefit_sigmoid,
+    "monotonic": lambda: CalibratedClassifierCV(_hgb(monotonic_cst=[1, -1] + [0] * (N_FEATURES - 2)),
+                                                method="sigmoid", cv=3),
 }
 
 
@@ -105,8 +109,19 @@ def test_probabilities_equal_sklearn(fitted):
     np.testing.assert_allclose(one_by_one, expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(compiled.predict_proba(X), fitted.predict_proba(X),
                                rtol=0, atol=1e-9)
-    restored = pickle.loads(pickle.dumps(compiled))
-    assert restored.predict_proba_one(X[0]) == compiled.predict_proba_one(X[0])
+    restored = _through_npz(compiled)
+    np.testing.assert_array_equal(restored.predict_proba(X), compiled.predict_proba(X))
+    assert [restored.score_one(row) for row in X[:20]] == [compiled.score_one(row) for row in X[:20]]
+
+
+def _through_npz(compiled: CompiledModel) -> CompiledModel:
+    """The registry's round trip: JSON for the spec, an .npz read back without pickle."""
+    spec, arrays = compiled.to_data()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as archive:
+        return CompiledModel.from_data(json.loads(json.dumps(spec)), dict(archive))
 
 
 def test_raw_is_mean_of_member_decision_functions(fitted):
@@ -239,8 +254,41 @@ def test_unsupported_models_raise_with_a_clear_message(factory, message):
 def test_the_single_row_sigmoid_matches_scipy_without_overflowing() -> None:
     from scipy.special import expit
 
-    from riskengine.scoring.trees import _sigmoid_one
-
     for raw in (-1e6, -800.0, -36.5, -1.0, 0.0, 1e-12, 2.5, 40.0, 800.0, 1e6):
-        assert _sigmoid_one(raw, a=-1.7, b=0.3) == pytest.approx(float(expit(-(-1.7 * raw + 0.3))), rel=1e-15,
+        assert Sigmoid(a=-1.7, b=0.3).one(raw) == pytest.approx(float(expit(-(-1.7 * raw + 0.3))), rel=1e-15,
                                                                   abs=1e-300)
+
+
+@pytest.mark.parametrize("version", ["1.5.2", "1.10.0", "1.10.dev0", "2.0.0", "0.24.2", "nightly"])
+def test_a_scikit_learn_the_compiler_does_not_know_is_refused_not_misread(version, monkeypatch):
+    """The compiler reads private tree attributes: outside the checked versions it says so."""
+    import sklearn
+
+    model = _fitted("sigmoid-single")
+    monkeypatch.setattr(sklearn, "__version__", version)
+    with pytest.raises(UnsupportedModel, match=rf"scikit-learn {version} is outside .* \(1\.6 to 1\.9\)"):
+        compile_model(model)
+    monkeypatch.undo()
+    assert compile_model(model).predict_proba_one(X_TEST[0]) == pytest.approx(model.predict_proba(X_TEST[:1])[0, 1])
+
+
+def test_pyproject_allows_exactly_the_scikit_learn_versions_the_compiler_knows():
+    import re
+    from pathlib import Path
+
+    import sklearn
+
+    (lo_major, lo_minor), (hi_major, hi_minor) = SKLEARN_VERSIONS
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.findall(r'"scikit-learn([^"]*)"', pyproject) == [f">={lo_major}.{lo_minor},<{hi_major}.{hi_minor + 1}"]
+    installed = tuple(int(p) for p in sklearn.__version__.split(".")[:2])
+    assert SKLEARN_VERSIONS[0] <= installed <= SKLEARN_VERSIONS[1]
+
+
+def test_monotonic_constraints_hold_in_the_compiled_model():
+    """A constrained model compiles like any other, and the constraint survives compilation."""
+    model = _fitted("monotonic")
+    compiled, rows = compile_model(model), np.repeat(X_TEST[:20], 9, axis=0)
+    rows[:, 0] = np.tile(np.linspace(-3, 3, 9), 20)
+    risk = compiled.predict_proba(rows)[:, 1].reshape(20, 9)
+    assert (np.diff(risk, axis=1) >= -1e-12).all() and (risk[:, -1] > risk[:, 0]).any()
