@@ -180,18 +180,23 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.lab import report
     from riskengine.scoring.registry import ModelRefused, ModelRegistry
 
+    from riskengine.policy.file import PolicyError, load_policy, resolve
+
     registry = ModelRegistry(settings.models)
     try:
         version = report.pick_model(registry, args.model)
-        result = report.evaluate_dataset(_replay(Path(args.data)), registry, version, window=args.window)
-    except (ModelRefused, ValueError) as refused:
+        policy = load_policy(resolve(settings.policy))
+        result = report.evaluate_dataset(_replay(Path(args.data)), registry, version, window=args.window,
+                                         policy=policy, data_name=Path(args.data).name)
+    except (ModelRefused, PolicyError, ValueError) as refused:
         print(f"riskengine evaluate: {refused}", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else (
         settings.home / "reports" / f"{result.model_version}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
     result.write(out)
     print(result.text())
-    print(f"report: {out / 'report.md'} (plots and metrics.json beside it)", file=sys.stderr)
+    print(f"report: {out / 'report.html'} (one file, plots inline; report.md, plots and metrics.json beside it)",
+          file=sys.stderr)
     return 0
 
 

@@ -73,12 +73,21 @@ def test_generate_train_evaluate_figures_match_a_direct_computation(env, capsys)
     registry = ModelRegistry(env / "models")
     version = registry.champion_version()
     model, _ = registry.load(version)
-    _, later = training.split_by_time(training.backfill(synth.read_events(data).to_dict("records")))
+    events = synth.read_events(data)
+    _, later = training.split_by_time(training.backfill(events.to_dict("records")))
+    # failed-password logins are reported on their own, not as legitimate or attack rows
+    success = events.set_index("event_id").loc[later.meta["event_id"], "success"].to_numpy(dtype=bool)
+    failed = (later.meta["action"].to_numpy() == "login") & ~success
+    assert failed.sum() > 10
+    later = later.window(~failed)
     y, s, freeman = later.y, TrainedScorer(model, version).predict(later.X), later.meta["freeman"].to_numpy()
     assert 0 < y.sum() < y.size
 
     markdown = (out / "report.md").read_text()
-    assert f"{y.size:,} events, {int(y.sum()):,} attacks" in markdown and "held-out later window" in markdown
+    assert f"{y.size:,} events from events.parquet, {int(y.sum()):,} attacks" in markdown
+    assert "held-out later window" in markdown
+    assert f"on their own: {int(failed.sum()):,} failed-password logins" in markdown
+    assert int(markdown_section(markdown, "Reported on their own")["failed_login"]["n"]) == failed.sum()
     comparison = markdown_section(markdown, "Comparison")
     for name, scores in (("model", s), ("freeman", freeman)):
         assert float(comparison[name]["roc_auc"]) == pytest.approx(roc_auc_score(y, scores), abs=6e-5)
@@ -129,8 +138,10 @@ def test_evaluate_new_data_on_all_rows_into_the_default_folder(env, capsys):
     version = ModelRegistry(env / "models").champion_version()
     assert main(["evaluate", "--data", str(data), "--model", version]) == 0
     stdout = capsys.readouterr().out
-    assert f"{len(frame):,} events, {int(frame['label'].sum()):,} attacks" in stdout
+    failed = (frame["action"] == "login") & ~frame["success"]
+    kept = frame[~failed]
+    assert f"{len(kept):,} events from fresh.parquet, {int(kept['label'].sum()):,} attacks" in stdout
     assert "held-out" not in stdout
     (folder,) = (env / "reports").glob(f"{version}-*")
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["n"] == len(frame) and set(metrics["comparison"]) == {"model", "freeman"}
+    assert metrics["n"] == len(kept) and set(metrics["comparison"]) == {"model", "freeman"}
