@@ -60,12 +60,13 @@ def of_dataset(data: Any) -> np.ndarray:
 
 
 def of_frame(frame: pd.DataFrame) -> np.ndarray:
-    """Groups of a table with ``action``, ``success``, ``label`` and ``attack_class`` columns (a what-if replay)."""
-    missing = [c for c in ("action", "success", "label", "attack_class") if c not in frame]
+    """Groups of a table with ``action``, ``success``, ``label`` and (optional) ``attack_class`` columns."""
+    missing = [c for c in ("action", "success", "label") if c not in frame]
     if missing:
         raise ValueError(f"the table lacks the column(s) {', '.join(missing)}")
+    classes = frame["attack_class"].fillna(LEGIT) if "attack_class" in frame else pd.Series(LEGIT, index=frame.index)
     return assign(frame["action"].to_numpy(), frame["success"].fillna(True).astype(bool).to_numpy(),
-                  frame["label"].fillna(0).to_numpy(), frame["attack_class"].fillna(LEGIT).to_numpy())
+                  frame["label"].fillna(0).to_numpy(), classes.to_numpy())
 
 
 def evaluated(groups: np.ndarray) -> np.ndarray:
