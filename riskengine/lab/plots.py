@@ -94,6 +94,7 @@ def plot_budget_curve(
             ax.axvline(budget, ls="--", color="grey")
         ax.set(title=str(name), xlim=(0, xmax), ylim=(0, 1.02))
         ax.xaxis.set_major_formatter(_percent_formatter())
+        ax.tick_params(labelbottom=True)              # every panel keeps its own x labels
     for ax in axes[len(blocks):]:
         ax.set_axis_off()
     fig.supxlabel("legit events stepped up" + (f" (dashed: budget {_pct(budget)})" if budget is not None else ""))
