@@ -8,9 +8,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from riskengine.audit import commands as audit_commands
-from riskengine.settings import Settings
+
+if TYPE_CHECKING:                      # imported in main(): `riskengine --help` stays light (no pydantic)
+    from riskengine.settings import Settings
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,9 +82,12 @@ def _train_from(data: Path, settings: Settings, promote: bool) -> int:
     from riskengine.lab import training
     from riskengine.scoring.registry import ModelRegistry
 
+    from riskengine.lab import datafiles
+
+    datafiles.require(data, ("label",))                # before a replay that may take minutes
     started = time.perf_counter()
     dataset = training.replay_file(data)
-    print(f"\nfeatures for {len(dataset.y):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    print(f"features for {len(dataset.y):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     report = training.train(dataset, ModelRegistry(settings.models), promote=promote, source=str(data))
     print(report.text())
     return 0
@@ -169,8 +175,9 @@ def _policy_schema(args: argparse.Namespace, settings: Settings) -> int:
 
 def _replay(data: Path):
     """A labelled data file -> the point-in-time feature rows, with a progress bar on stderr."""
-    from riskengine.lab import training
+    from riskengine.lab import datafiles, training
 
+    datafiles.require(data, ("label",))                # before a replay that may take minutes
     return training.replay_file(data)
 
 
@@ -271,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from riskengine.settings import Settings
+
     try:
         return args.run(args, Settings())
     except (ValueError, FileNotFoundError) as exc:          # bad data or paths: a sentence, not a traceback

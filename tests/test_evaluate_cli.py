@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +148,61 @@ def test_evaluate_new_data_on_all_rows_into_the_default_folder(env, capsys):
     (folder,) = (env / "reports").glob(f"{version}-*")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["n"] == len(kept) and set(metrics["comparison"]) == {"model", "freeman"}
+
+
+# --- rough edges: each answers in one sentence, before any slow replay -------------------------
+
+
+def test_help_imports_nothing_heavy():
+    """`riskengine --help` stays fast because nothing heavy is imported (checked by module, not by clock)."""
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "riskengine", "--help"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert "evaluate" in run.stdout and "whatif" in run.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in run.stderr.splitlines() if "|" in line}
+    assert "riskengine" in imported and "argparse" in imported
+    assert not imported & {"sklearn", "pandas", "numpy", "scipy", "pyarrow", "matplotlib", "pydantic"}
+
+
+def test_a_missing_label_column_is_named_in_one_line(env, tmp_path, capsys):
+    frame = synth.generate_events(users=10, days=2, seed=3)
+    for name in ("nolabel.parquet", "nolabel.jsonl"):
+        path = tmp_path / name
+        if name.endswith(".parquet"):
+            frame.drop(columns="label").to_parquet(path)
+        else:
+            frame.drop(columns="label").to_json(path, orient="records", lines=True)
+        for command in ("evaluate", "train"):
+            assert main([command, "--data", str(path)]) in (1, 2)
+            err = capsys.readouterr().err
+            assert err.startswith(f"riskengine {command}: {name} has no 'label' column (1 = attack, 0 = legitimate)")
+            assert err.count("\n") == 1 and "__" not in err
+
+
+def test_file_types_accepted_and_refused(env, tmp_path, capsys):
+    (tmp_path / "events.txt").write_text("not events\n")
+    assert main(["evaluate", "--data", str(tmp_path / "events.txt")]) == 1
+    err = capsys.readouterr().err
+    assert ".parquet" in err and ".jsonl" in err and ".csv" in err and err.count("\n") == 1
+    sample = Path(__file__).parent / "data" / "rba-dataset-sample.csv"
+    packed = tmp_path / "rba.csv.gz"
+    packed.write_bytes(gzip.compress(sample.read_bytes()))
+    assert training.load_frame(packed).equals(training.load_frame(sample))     # the RBA loader reads .csv.gz
+
+
+def test_an_unsorted_file_is_named_and_the_progress_line_ends(env, tmp_path, capsys):
+    frame = synth.generate_events(users=60, days=7, seed=5)
+    swapped = frame.iloc[[*range(0, 100), 101, 100, *range(102, len(frame))]]
+    data = tmp_path / "unsorted.parquet"
+    synth.write_events(swapped, data)
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(data), "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: unsorted.parquet is not in time order (row 102 is earlier than the row before it); "
+            "the replay assumes time order, so sort the file by timestamp first") in err
+    progress = [line for line in err.split("\n") if "replaying events" in line]
+    assert progress and all(line.rstrip().endswith(f"{len(frame):,}/{len(frame):,}") for line in progress[-1:])
+    assert not any("report:" in line for line in progress)                 # the next message starts its own line
+    sorted_data = tmp_path / "sorted.parquet"
+    synth.write_events(frame, sorted_data)
+    assert main(["evaluate", "--data", str(sorted_data), "--out", str(tmp_path / "report2")]) == 0
+    assert "not in time order" not in capsys.readouterr().err

@@ -178,14 +178,17 @@ def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy:
 
 def terminal_progress(total: int | None, label: str) -> Progress:
     """A plain progress bar on stderr (a count when the total is unknown): no dependency for one line."""
-    def show(done: int) -> None:
-        if total is None:
-            print(f"\r{label}: {done:,}", end="", file=sys.stderr, flush=True)
+    ended = False
+
+    def show(done: int, final: bool = False) -> None:
+        """``final``: the last call, which ends the line (once) so the next output starts on its own."""
+        nonlocal ended
+        if ended:
             return
-        share = min(done / max(total, 1), 1.0)
-        bar = "#" * int(share * 30)
-        print(f"\r{label} [{bar:<30}] {done:,}/{total:,}", end="" if share < 1 else "\n", file=sys.stderr,
-              flush=True)
+        share = 1.0 if total is None else min(done / max(total, 1), 1.0)
+        ended = final or share >= 1 and total is not None
+        shown = f": {done:,}" if total is None else f" [{'#' * int(share * 30):<30}] {done:,}/{total:,}"
+        print(f"\r{label}{shown}", end="\n" if ended else "", file=sys.stderr, flush=True)
     return show
 
 
@@ -195,13 +198,22 @@ def load_frame(path: Path) -> pd.DataFrame:
 
 
 def _frames(path: Path, chunk: int = 50_000) -> Iterator[pd.DataFrame]:
-    if path.suffix == ".csv":
+    from riskengine.lab import datafiles
+
+    yield from datafiles.in_time_order(_read(path, chunk), path.name)
+
+
+def _read(path: Path, chunk: int) -> Iterator[pd.DataFrame]:
+    from riskengine.lab import datafiles
+
+    if datafiles.kind(path) == "csv":
         from riskengine.datasets import rba
 
         yield from rba.iter_rba_events(path, chunksize=chunk)       # never the whole file
         return
     from riskengine.datasets import synth
 
+    datafiles.require(path, synth.EVENT_COLUMNS)                    # a sentence, not a pyarrow schema dump
     frame = synth.read_events(path)                                 # columnar: ~25 MB a million events
     for start in range(0, len(frame), chunk):
         yield frame.iloc[start:start + chunk]
@@ -221,7 +233,10 @@ def replay_file(path: Path) -> Dataset:
         import pyarrow.parquet as pq
 
         total = pq.ParquetFile(path).metadata.num_rows
-    return backfill(iter_rows(path), progress=terminal_progress(total, "replaying events"))
+    show = terminal_progress(total, "replaying events")
+    data = backfill(iter_rows(path), progress=show)
+    show(len(data.y), final=True)
+    return data
 
 
 ATTACK_OUTCOMES = {"confirmed_fraud": 1, "step_up_failed": 1, "confirmed_legit": 0, "step_up_passed": 0}
