@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from riskengine.lab import evaluation
+from riskengine.lab import evaluation, population, promotion
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
 from riskengine.events import event_from_request, row_to_request
@@ -133,10 +133,12 @@ def fingerprint(data: Dataset) -> str:
 
 
 def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy: Policy | None = None,
-          model: RiskModel | None = None, source: str = "") -> Report:
-    """Fit on earlier weeks, evaluate on later ones next to the Freeman baseline, register."""
+          model: RiskModel | None = None, source: str = "", force: bool = False) -> Report:
+    """Fit on earlier weeks, evaluate on later ones next to the Freeman baseline, register; promote
+    when asked and when the gate (``promotion.py``) passes, or ``force``s past unscored actions."""
     policy = policy or Policy()
     train_set, eval_set = split_by_time(data)
+    eval_set = eval_set.window(population.evaluated(population.of_dataset(eval_set)))   # population.py
     if len(np.unique(train_set.y)) < 2 or len(np.unique(eval_set.y)) < 2:
         raise ValueError("training needs attacks and legitimate events in both the earlier and the later window")
     fitted = (model or RiskModel()).fit(train_set.X, train_set.y)
@@ -154,24 +156,24 @@ def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy:
                "freeman": {k: float(v) for k, v in table.loc["freeman"].items()},
                "catch_at_1pct": {k: float(v) for k, v in by_class["model"].items()},
                "legit_step_up": {k: float(v) for k, v in step_up["model"].items()}}
-    better = True
-    notes = []
-    if champion_entry is not None:
-        champ = table.loc["champion"]
-        better = bool(table.loc["model", "pr_auc"] >= champ["pr_auc"] - 0.002
-                      and table.loc["model", "roc_auc"] >= champ["roc_auc"] - 0.002)
-        notes.append(f"champion {champion_entry.version}: pr_auc {champ['pr_auc']:.4f} vs new "
-                     f"{table.loc['model', 'pr_auc']:.4f} on the same window -> "
-                     f"{'not worse' if better else 'WORSE: not promoted'}")
+    actions = sorted(map(str, pd.unique(train_set.meta["action"])))
+    verdict = None if champion_entry is None else promotion.judge(
+        eval_set.y, scores["champion"], scores["model"], eval_set.meta["action"], eval_set.meta["attack_class"],
+        population.of_dataset(eval_set), policy, names=(champion_entry.version, "new model"),
+        window=tuple(metrics["eval_window"]), champion_actions=champion_entry.metadata.get("actions"),
+        challenger_actions=actions, force=force)
+    better = verdict is None or verdict.passed
+    notes = [] if verdict is None else [verdict.text()]
     entry = registry.register(fitted, {"metrics": metrics, "data_fingerprint": fingerprint(data), "source": source,
-                                       "params": fitted.get_params()})
+                                       "params": fitted.get_params(), "actions": actions,
+                                       **({"promotion": verdict.to_dict()} if verdict else {})})
     promoted = False
     if promote and better:
         registry.promote(entry.version)
         promoted = True
         notes.append(f"promoted {entry.version} to champion")
     elif promote:
-        notes.append("kept the current champion")
+        notes.append(f"{entry.version} not promoted (the gate failed): kept the current champion")
     return Report(metrics, table, by_class, step_up, dict(champion_entry.metadata) if champion_entry else None,
                   promoted, entry.version, notes)
 
