@@ -206,3 +206,13 @@ def test_an_unsorted_file_is_named_and_the_progress_line_ends(env, tmp_path, cap
     synth.write_events(frame, sorted_data)
     assert main(["evaluate", "--data", str(sorted_data), "--out", str(tmp_path / "report2")]) == 0
     assert "not in time order" not in capsys.readouterr().err
+
+
+def test_data_and_models_folders_keep_only_their_readme_in_git():
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("data", "models"):
+        assert "riskengine" in (root / folder / "README.md").read_text()
+        ignored = subprocess.run(["git", "check-ignore", "--no-index", f"{folder}/README.md",
+                                  f"{folder}/raw/events.parquet", f"{folder}/2026-12-06T00-00-00Z-abcd/model.joblib"],
+                                 cwd=root, capture_output=True, text=True)
+        assert ignored.stdout.split() == [f"{folder}/raw/events.parquet", f"{folder}/2026-12-06T00-00-00Z-abcd/model.joblib"]
