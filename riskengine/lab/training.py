@@ -138,7 +138,8 @@ def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy:
     when asked and when the gate (``promotion.py``) passes, or ``force``s past unscored actions."""
     policy = policy or Policy()
     train_set, eval_set = split_by_time(data)
-    eval_set = eval_set.window(population.evaluated(population.of_dataset(eval_set)))   # population.py
+    kept = population.evaluated(population.of_dataset(eval_set))      # population.py: failed logins apart
+    eval_set = eval_set.window(kept)
     if len(np.unique(train_set.y)) < 2 or len(np.unique(eval_set.y)) < 2:
         raise ValueError("training needs attacks and legitimate events in both the earlier and the later window")
     fitted = (model or RiskModel()).fit(train_set.X, train_set.y)
@@ -149,7 +150,7 @@ def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy:
         champ_model, champion_entry = registry.load(current)
         scores["champion"] = TrainedScorer(champ_model, current).predict(eval_set.X)
     table, by_class, step_up = evaluate(scores, eval_set, policy)
-    metrics = {"n_train": int(len(train_set.y)), "n_eval": int(len(eval_set.y)),
+    metrics = {"n_train": int(len(train_set.y)), "n_eval": int(len(eval_set.y)), "n_eval_apart": int((~kept).sum()),
                "eval_attacks": int(eval_set.y.sum()),
                "eval_window": [str(eval_set.meta["timestamp"].min()), str(eval_set.meta["timestamp"].max())],
                **{k: float(v) for k, v in table.loc["model"].items()},
