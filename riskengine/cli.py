@@ -8,9 +8,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from riskengine.audit import commands as audit_commands
-from riskengine.settings import Settings
+
+if TYPE_CHECKING:                      # imported in main(): `riskengine --help` stays light (no pydantic)
+    from riskengine.settings import Settings
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -75,27 +78,30 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _train_from(data: Path, settings: Settings, promote: bool) -> int:
+def _train_from(data: Path, settings: Settings, promote: bool, force: bool = False) -> int:
     from riskengine.lab import training
     from riskengine.scoring.registry import ModelRegistry
 
+    from riskengine.lab import datafiles
+
+    datafiles.require(data, ("label",))                # before a replay that may take minutes
     started = time.perf_counter()
     dataset = training.replay_file(data)
-    print(f"\nfeatures for {len(dataset.y):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    report = training.train(dataset, ModelRegistry.open(settings), promote=promote, source=str(data))
+    print(f"features for {len(dataset.y):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    report = training.train(dataset, ModelRegistry.open(settings), promote=promote, source=str(data), force=force)
     print(report.text())
     return 0
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_service:
-        return _train_from_service(settings, args.promote)
+        return _train_from_service(settings, args.promote, args.force)
     if not args.data:
         raise SystemExit("riskengine train: give --data PATH (generated Parquet/JSONL or the RBA CSV) or --from-service")
-    return _train_from(Path(args.data), settings, args.promote)
+    return _train_from(Path(args.data), settings, args.promote, args.force)
 
 
-def _train_from_service(settings: Settings, promote: bool) -> int:
+def _train_from_service(settings: Settings, promote: bool, force: bool = False) -> int:
     from riskengine.lab import training
     from riskengine.engine import Engine
     from riskengine.scoring.registry import ModelRegistry
@@ -103,7 +109,7 @@ def _train_from_service(settings: Settings, promote: bool) -> int:
     with Engine.for_audit(settings) as engine:                # reads the store; records nothing
         dataset = training.from_store(engine.store)
     print(f"{len(dataset.y):,} recorded events, {int(dataset.y.sum()):,} labelled as attacks", file=sys.stderr)
-    report = training.train(dataset, ModelRegistry.open(settings), promote=promote, source="service")
+    report = training.train(dataset, ModelRegistry.open(settings), promote=promote, source="service", force=force)
     print(report.text())
     return 0
 
@@ -120,12 +126,9 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
         elif args.models_command == "rollback":
             print(f"champion is now {registry.rollback()}")
         else:
-            champion = registry.champion_version()
-            for entry in registry.versions():
-                m = entry.metadata.get("metrics", {})
-                mark = "*" if entry.version == champion else " "
-                print(f"{mark} {entry.version}  roc_auc={m.get('roc_auc', float('nan')):.4f} "
-                      f"pr_auc={m.get('pr_auc', float('nan')):.4f} tpr@1%={m.get('tpr@1%', float('nan')):.4f}")
+            from riskengine.lab.promotion import listing
+
+            print("\n".join(listing(registry.versions(), registry.champion_version())))
     except ModelRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 1
@@ -169,8 +172,9 @@ def _policy_schema(args: argparse.Namespace, settings: Settings) -> int:
 
 def _replay(data: Path):
     """A labelled data file -> the point-in-time feature rows, with a progress bar on stderr."""
-    from riskengine.lab import training
+    from riskengine.lab import datafiles, training
 
+    datafiles.require(data, ("label",))                # before a replay that may take minutes
     return training.replay_file(data)
 
 
@@ -180,18 +184,23 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.lab import report
     from riskengine.scoring.registry import ModelRefused, ModelRegistry
 
+    from riskengine.policy.file import PolicyError, load_policy, resolve
+
     registry = ModelRegistry.open(settings)
     try:
         version = report.pick_model(registry, args.model)
-        result = report.evaluate_dataset(_replay(Path(args.data)), registry, version, window=args.window)
-    except (ModelRefused, ValueError) as refused:
+        policy = load_policy(resolve(settings.policy))
+        result = report.evaluate_dataset(_replay(Path(args.data)), registry, version, window=args.window,
+                                         policy=policy, data_name=Path(args.data).name)
+    except (ModelRefused, PolicyError, ValueError) as refused:
         print(f"riskengine evaluate: {refused}", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else (
         settings.home / "reports" / f"{result.model_version}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
     result.write(out)
     print(result.text())
-    print(f"report: {out / 'report.md'} (plots and metrics.json beside it)", file=sys.stderr)
+    print(f"report: {out / 'report.html'} (one file, plots inline; report.md, plots and metrics.json beside it)",
+          file=sys.stderr)
     return 0
 
 
@@ -230,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="replay, fit, evaluate against the champion, register")
     train.add_argument("--data", help="generated Parquet/JSONL, or the public RBA CSV")
     train.add_argument("--from-service", action="store_true", help="train on the service's recorded, labelled events")
-    train.add_argument("--promote", action="store_true", help="make it the champion if not worse")
+    train.add_argument("--promote", action="store_true",
+                       help="make it the champion if the promotion gate passes (no regression beyond tolerance)")
+    train.add_argument("--force", action="store_true",
+                       help="with --promote: promote even if it cannot score actions the champion scores")
     train.set_defaults(run=_train)
     models = commands.add_parser("models", help="the model registry")
     models_commands = models.add_subparsers(dest="models_command", required=True)
@@ -266,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from riskengine.settings import Settings
+
     try:
         return args.run(args, Settings())
     except (ValueError, FileNotFoundError) as exc:          # bad data or paths: a sentence, not a traceback

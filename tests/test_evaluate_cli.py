@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +76,21 @@ def test_generate_train_evaluate_figures_match_a_direct_computation(env, capsys)
     registry = ModelRegistry(env / "models")
     version = registry.champion_version()
     model, _ = registry.load(version)
-    _, later = training.split_by_time(training.backfill(synth.read_events(data).to_dict("records")))
+    events = synth.read_events(data)
+    _, later = training.split_by_time(training.backfill(events.to_dict("records")))
+    # failed-password logins are reported on their own, not as legitimate or attack rows
+    success = events.set_index("event_id").loc[later.meta["event_id"], "success"].to_numpy(dtype=bool)
+    failed = (later.meta["action"].to_numpy() == "login") & ~success
+    assert failed.sum() > 10
+    later = later.window(~failed)
     y, s, freeman = later.y, TrainedScorer(model, version).predict(later.X), later.meta["freeman"].to_numpy()
     assert 0 < y.sum() < y.size
 
     markdown = (out / "report.md").read_text()
-    assert f"{y.size:,} events, {int(y.sum()):,} attacks" in markdown and "held-out later window" in markdown
+    assert f"{y.size:,} events from events.parquet, {int(y.sum()):,} attacks" in markdown
+    assert "held-out later window" in markdown
+    assert f"on their own: {int(failed.sum()):,} failed-password logins" in markdown
+    assert int(markdown_section(markdown, "Reported on their own")["failed_login"]["n"]) == failed.sum()
     comparison = markdown_section(markdown, "Comparison")
     for name, scores in (("model", s), ("freeman", freeman)):
         assert float(comparison[name]["roc_auc"]) == pytest.approx(roc_auc_score(y, scores), abs=6e-5)
@@ -129,8 +141,78 @@ def test_evaluate_new_data_on_all_rows_into_the_default_folder(env, capsys):
     version = ModelRegistry(env / "models").champion_version()
     assert main(["evaluate", "--data", str(data), "--model", version]) == 0
     stdout = capsys.readouterr().out
-    assert f"{len(frame):,} events, {int(frame['label'].sum()):,} attacks" in stdout
+    failed = (frame["action"] == "login") & ~frame["success"]
+    kept = frame[~failed]
+    assert f"{len(kept):,} events from fresh.parquet, {int(kept['label'].sum()):,} attacks" in stdout
     assert "held-out" not in stdout
     (folder,) = (env / "reports").glob(f"{version}-*")
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["n"] == len(frame) and set(metrics["comparison"]) == {"model", "freeman"}
+    assert metrics["n"] == len(kept) and set(metrics["comparison"]) == {"model", "freeman"}
+
+
+# --- rough edges: each answers in one sentence, before any slow replay -------------------------
+
+
+def test_help_imports_nothing_heavy():
+    """`riskengine --help` stays fast because nothing heavy is imported (checked by module, not by clock)."""
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "riskengine", "--help"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert "evaluate" in run.stdout and "whatif" in run.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in run.stderr.splitlines() if "|" in line}
+    assert "riskengine" in imported and "argparse" in imported
+    assert not imported & {"sklearn", "pandas", "numpy", "scipy", "pyarrow", "matplotlib", "pydantic"}
+
+
+def test_a_missing_label_column_is_named_in_one_line(env, tmp_path, capsys):
+    frame = synth.generate_events(users=10, days=2, seed=3)
+    for name in ("nolabel.parquet", "nolabel.jsonl"):
+        path = tmp_path / name
+        if name.endswith(".parquet"):
+            frame.drop(columns="label").to_parquet(path)
+        else:
+            frame.drop(columns="label").to_json(path, orient="records", lines=True)
+        for command in ("evaluate", "train"):
+            assert main([command, "--data", str(path)]) in (1, 2)
+            err = capsys.readouterr().err
+            assert err.startswith(f"riskengine {command}: {name} has no 'label' column (1 = attack, 0 = legitimate)")
+            assert err.count("\n") == 1 and "__" not in err
+
+
+def test_file_types_accepted_and_refused(env, tmp_path, capsys):
+    (tmp_path / "events.txt").write_text("not events\n")
+    assert main(["evaluate", "--data", str(tmp_path / "events.txt")]) == 1
+    err = capsys.readouterr().err
+    assert ".parquet" in err and ".jsonl" in err and ".csv" in err and err.count("\n") == 1
+    sample = Path(__file__).parent / "data" / "rba-dataset-sample.csv"
+    packed = tmp_path / "rba.csv.gz"
+    packed.write_bytes(gzip.compress(sample.read_bytes()))
+    assert training.load_frame(packed).equals(training.load_frame(sample))     # the RBA loader reads .csv.gz
+
+
+def test_an_unsorted_file_is_named_and_the_progress_line_ends(env, tmp_path, capsys):
+    frame = synth.generate_events(users=60, days=7, seed=5)
+    swapped = frame.iloc[[*range(0, 100), 101, 100, *range(102, len(frame))]]
+    data = tmp_path / "unsorted.parquet"
+    synth.write_events(swapped, data)
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(data), "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: unsorted.parquet is not in time order (row 102 is earlier than the row before it); "
+            "the replay assumes time order, so sort the file by timestamp first") in err
+    progress = [line for line in err.split("\n") if "replaying events" in line]
+    assert progress and all(line.rstrip().endswith(f"{len(frame):,}/{len(frame):,}") for line in progress[-1:])
+    assert not any("report:" in line for line in progress)                 # the next message starts its own line
+    sorted_data = tmp_path / "sorted.parquet"
+    synth.write_events(frame, sorted_data)
+    assert main(["evaluate", "--data", str(sorted_data), "--out", str(tmp_path / "report2")]) == 0
+    assert "not in time order" not in capsys.readouterr().err
+
+
+def test_data_and_models_folders_keep_only_their_readme_in_git():
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("data", "models"):
+        assert "riskengine" in (root / folder / "README.md").read_text()
+        ignored = subprocess.run(["git", "check-ignore", "--no-index", f"{folder}/README.md",
+                                  f"{folder}/raw/events.parquet", f"{folder}/2026-12-06T00-00-00Z-abcd/model.joblib"],
+                                 cwd=root, capture_output=True, text=True)
+        assert ignored.stdout.split() == [f"{folder}/raw/events.parquet", f"{folder}/2026-12-06T00-00-00Z-abcd/model.joblib"]

@@ -12,6 +12,9 @@ import nbformat
 import pytest
 from ipykernel.kernelspec import install
 from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell
+
+from riskengine.cli import main
 
 from riskengine.features import FEATURE_NAMES
 from riskengine.policy.file import load_policy
@@ -33,12 +36,36 @@ def kernel_dir(tmp_path_factory) -> Path:
     return prefix / "share" / "jupyter"
 
 
-def execute(path: Path, workdir: Path, out: Path, kernel_dir: Path, monkeypatch) -> tuple[nbformat.NotebookNode, float]:
+@pytest.fixture(scope="module")
+def registry_home(tmp_path_factory) -> dict[str, str]:
+    """A user's own data file and registry: generated events and a model trained on them by the CLI."""
+    home = tmp_path_factory.mktemp("home")
+    data = home / "data" / "raw" / "events-u200-d21-s7.parquet"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RISKENGINE_HOME", str(home))
+        assert main(["generate", "--out", str(data), "--users", "200", "--days", "21", "--seed", "7"]) == 0
+        assert main(["train", "--data", str(data), "--promote"]) == 0
+    from riskengine.scoring.registry import ModelRegistry
+
+    return {"DATA": str(data), "MODEL": ModelRegistry(home / "models").champion_version(), "MODELS": str(home / "models")}
+
+
+def inject(nb: nbformat.NotebookNode, parameters: dict[str, object]) -> None:
+    """papermill's convention: a cell tagged ``injected-parameters`` right after the ``parameters`` cell."""
+    at = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
+    source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+    nb.cells.insert(at + 1, new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+
+
+def execute(path: Path, workdir: Path, out: Path, kernel_dir: Path, monkeypatch,
+            parameters: dict[str, object] | None = None) -> tuple[nbformat.NotebookNode, float]:
     monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))                 # the kernel imports this checkout's riskengine
     monkeypatch.setenv("RISKENGINE_NOTEBOOK_OUT", str(out))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
+    if parameters:
+        inject(nb, parameters)
     started, cpu = time.perf_counter(), _children_cpu()
     NotebookClient(nb, kernel_name=KERNEL, timeout=240, resources={"metadata": {"path": str(workdir)}}).execute()
     seconds, cpu = time.perf_counter() - started, _children_cpu() - cpu
@@ -66,27 +93,35 @@ def test_notebook_is_stored_without_outputs(path):
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code), \
         f"{path.name} holds outputs: clear them before committing"
     assert any("import riskengine" in c.source or "from riskengine" in c.source for c in code)
+    (parameters,) = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert "DATA = None" in parameters.source and "MODEL = None" in parameters.source
 
 
-def test_01_model_evaluation(tmp_path, kernel_dir, monkeypatch):
-    _, cpu = execute(ROOT / "notebooks" / "01-model-evaluation.ipynb", tmp_path, tmp_path / "out",
-                         kernel_dir, monkeypatch)
+def test_01_model_evaluation_on_a_data_file_and_registered_model(tmp_path, kernel_dir, monkeypatch, registry_home):
+    nb, cpu = execute(ROOT / "notebooks" / "01-model-evaluation.ipynb", tmp_path, tmp_path / "out",
+                      kernel_dir, monkeypatch, registry_home)
     assert 1.0 < cpu < BUDGET_S
     folder = tmp_path / "out" / "01-model-evaluation"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["comparison"]) == {"model", "freeman"}
+    assert registry_home["MODEL"] in metrics["title"] and "events-u200-d21-s7.parquet" in metrics["title"]
+    printed = "".join(o.get("text", "") for o in nb.cells[3].outputs)
+    assert "failed-password logins" in printed and f"model {registry_home['MODEL']}" in printed
     assert 0.5 < metrics["comparison"]["model"]["roc_auc"] <= 1
     for png in ("roc", "budget", "catch_rates", "reliability"):
         assert (folder / f"{png}.png").stat().st_size > 5000
 
 
-def test_02_threshold_tuning_writes_a_loadable_candidate_policy(tmp_path, kernel_dir, monkeypatch):
+def test_02_bands_hold_their_budget_on_a_later_window(tmp_path, kernel_dir, monkeypatch, registry_home):
     nb, cpu = execute(ROOT / "notebooks" / "02-threshold-tuning.ipynb", tmp_path, tmp_path / "out",
-                          kernel_dir, monkeypatch)
+                      kernel_dir, monkeypatch, registry_home)
     assert 1.0 < cpu < BUDGET_S
     folder = tmp_path / "out" / "02-threshold-tuning"
     bands = json.loads((folder / "bands.json").read_text())
-    assert bands["login_legit_stepped_up"] <= 0.02 and bands["login_legit_denied"] <= 0.001
+    assert bands["login_legit_stepped_up"] <= 0.015 and bands["login_legit_denied"] <= 0.00075
+    # the window the bands never saw: the candidate policy's own decisions in the replay
+    assert bands["later_logins"] > 300
+    assert bands["later_login_legit_stepped_up"] <= 0.02 and bands["later_login_legit_denied"] <= 0.002
     policy = load_policy(folder / "suggested-policy.yaml")
     assert policy.version == "default-suggested@1"
     assert bands["medium"] <= policy.medium_at < bands["medium"] + 1e-4    # rounded up to 4 decimals, no lower

@@ -1,8 +1,12 @@
+import base64
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from bs4 import BeautifulSoup
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from riskengine.lab.evaluation import psi, suggest_bands, threshold_at_fpr
@@ -77,3 +81,44 @@ def test_report_notes_when_bands_are_impossible():
     y, score, _ = scored(n=400, seed=1)
     report = build(y, score, action=np.full(y.size, "payment"))
     assert report.bands is None and any("no bands" in note for note in report.notes)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def rendered_dom(page: Path, profile: Path) -> str:
+    """The page as a real headless Chromium lays it out (``--dump-dom``: the DOM after loading)."""
+    run = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run",
+                          f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return run.stdout
+
+
+def test_html_report_in_a_headless_browser(tmp_path):
+    y, score, action = scored(n=3000, seed=4)
+    classes = np.where(y == 1, "stuffing", "legit")
+    report = build(y, {"model": score, "freeman": score ** 2}, action=action, attack_class=classes,
+                   title="riskengine offline evaluation: 2026-12-01T00-00-00Z-abcd on events.parquet",
+                   data_name="events.parquet")
+    report.model_version = "2026-12-01T00-00-00Z-abcd"
+    report.write(tmp_path / "out")
+    page = tmp_path / "out" / "report.html"
+    for png in tmp_path.glob("out/*.png"):
+        png.unlink()                                          # self-contained: nothing beside it is needed
+    dom = BeautifulSoup(rendered_dom(page, tmp_path / "chromium"), "html.parser")
+
+    assert dom.title.string == "riskengine offline evaluation: 2026-12-01T00-00-00Z-abcd on events.parquet"
+    assert "2026-12-01T00-00-00Z-abcd" in dom.find(id="subject").text and "events.parquet" in dom.find(id="subject").text
+    images = dom.find_all("img")
+    assert {img["alt"].split(":")[0] for img in images} == {"ROC", "Reliability", "Step-up budget",
+                                                            "Catch rate per attacker class"}
+    for img in images:
+        assert img["src"].startswith("data:image/png;base64,")
+        assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    budget = dom.find(id="table-by_action")
+    rows = {tr.th.text: [td.text for td in tr.find_all("td")] for tr in budget.tbody.find_all("tr")}
+    assert set(rows) == set(np.unique(action))
+    login = report.by_action.loc["login"]
+    assert rows["login"][list(report.by_action.columns).index("legit_stepped_up")] == f"{login['legit_stepped_up']:.4f}"
+    assert len(dom.find(id="table-comparison").tbody.find_all("tr")) == 2

@@ -11,9 +11,10 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from riskengine.settings import Settings
+if TYPE_CHECKING:                      # annotations only: `riskengine --help` imports no pydantic
+    from riskengine.settings import Settings
 
 
 def _signing_key_path(settings: Settings) -> Path:

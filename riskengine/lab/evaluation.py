@@ -242,16 +242,20 @@ def calibration(y: Any, score: Any, bins: int = 10, strategy: str = "uniform") -
     """Reliability curve and Brier score: can a score of 0.8 be read as an 80% risk?
 
     >>> c = calibration([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], bins=2)
-    >>> c["prob_true"].tolist(), c["prob_pred"].round(2).tolist(), round(c["brier"], 4)
-    ([0.0, 1.0], [0.15, 0.85], 0.025)
+    >>> c["prob_true"].tolist(), c["prob_pred"].round(2).tolist(), round(c["brier"], 4), c["counts"].tolist()
+    ([0.0, 1.0], [0.15, 0.85], 0.025, [2, 2])
     """
     y, score = _arrays(y, score)
     if score.size and (score.min() < 0 or score.max() > 1):
         raise ValueError("calibration needs probability-like scores in [0, 1]")
     prob_true, prob_pred = calibration_curve(y, score, n_bins=bins, strategy=strategy)
+    edges = (np.percentile(score, np.linspace(0, 100, bins + 1)) if strategy == "quantile"
+             else np.linspace(0.0, 1.0, bins + 1))
+    per_bin = np.bincount(np.searchsorted(edges[1:-1], score), minlength=bins)   # sklearn's binning
     return {
         "prob_true": prob_true,
         "prob_pred": prob_pred,
+        "counts": per_bin[per_bin > 0],                 # events behind each point of the curve
         "brier": float(brier_score_loss(y, score, pos_label=1)),
         "bins": bins,
         "strategy": strategy,
@@ -285,16 +289,7 @@ def suggest_bands(
                          "pass login_action=... to pick one")
     medium = threshold_at_fpr(y[logins], score[logins], login_budget)
     high = max(threshold_at_fpr(y[logins], score[logins], deny_budget), medium)
-
-    rows = []
-    for name in sorted(pd.unique(actions), key=str):
-        mask = actions == name
-        legit, attacks = np.sort(score[mask & (y == 0)]), np.sort(score[mask & (y == 1)])
-        step, deny = _share_at_or_above(legit, [medium, high])
-        caught, denied = _share_at_or_above(attacks, [medium, high])
-        rows.append({"action": str(name), "n": int(mask.sum()), "legit_stepped_up": step,
-                     "legit_denied": deny, "attacks_caught": caught, "attacks_denied": denied})
-    by_action = pd.DataFrame(rows).set_index("action")
+    by_action = cost_at(y, score, actions, medium, high)
     login = by_action.loc[str(login_action)]
     return {
         "medium": medium,
@@ -307,6 +302,31 @@ def suggest_bands(
         "login_attacks_denied": float(login["attacks_denied"]),
         "by_action": by_action,
     }
+
+
+def cost_at(y: Any, score: Any, action: Any, step_up_at: float, deny_at: float) -> pd.DataFrame:
+    """Per action: legit shares stepped up / denied and attack shares caught / denied at two thresholds.
+
+    The thresholds may be suggested ones or a policy's bands (``medium_at``, ``deny_at``).
+
+    >>> cost_at([0, 0, 1], [0.1, 0.5, 0.9], ["login"] * 3, 0.4, 0.95)[["legit", "legit_stepped_up", "attacks_caught"]]
+    ... # doctest: +NORMALIZE_WHITESPACE
+            legit  legit_stepped_up  attacks_caught
+    action
+    login       2               0.5             1.0
+    """
+    y, score = _arrays(y, score)
+    actions = _groups(action, y.size, "action")
+    rows = []
+    for name in sorted(pd.unique(actions), key=str):
+        mask = actions == name
+        legit, attacks = np.sort(score[mask & (y == 0)]), np.sort(score[mask & (y == 1)])
+        step, deny = _share_at_or_above(legit, [step_up_at, deny_at])
+        caught, denied = _share_at_or_above(attacks, [step_up_at, deny_at])
+        rows.append({"action": str(name), "n": int(mask.sum()), "legit": int(legit.size), "attacks": int(attacks.size),
+                     "legit_stepped_up": step, "legit_denied": deny, "attacks_caught": caught,
+                     "attacks_denied": denied})
+    return pd.DataFrame(rows).set_index("action")
 
 
 # --- drift ------------------------------------------------------------------------------------

@@ -24,12 +24,14 @@ from riskengine.lab.evaluation import (
     calibration,
     catch_rate_by_class,
     compare,
+    cost_at,
     drift,
     score_shift,
     second_half,
     suggest_bands,
     threshold_at_fpr,
 )
+from riskengine.lab import population
 from riskengine.lab.plots import named_scores, plot_budget_curve, plot_catch_rates, plot_reliability, plot_roc
 
 FIGURES = {"roc": "ROC", "budget": "Step-up budget", "catch_rates": "Catch rate per attacker class",
@@ -70,6 +72,10 @@ class Report:
     fprs: tuple[float, ...] = DEFAULT_FPRS
     notes: list[str] = field(default_factory=list)
     model_version: str | None = None                 # the registered model behind ``main``, when there is one
+    data_name: str | None = None                     # the data file (or "generated data") the events came from
+    at_policy: pd.DataFrame | None = None            # main scorer's cost and catch at the policy's bands
+    policy_bands: tuple[str, float, float] | None = None   # (policy version, step-up from, deny from)
+    apart: pd.DataFrame | None = None                # rows kept out of the evaluated population (population.py)
 
     @property
     def main(self) -> str:
@@ -81,6 +87,12 @@ class Report:
         parts = [Section("comparison", "Comparison",
                          "ranking (ROC/PR AUC), attacks caught at a legit false-positive rate, Brier",
                          self.comparison, ("roc", "reliability"))]
+        if self.at_policy is not None and self.policy_bands is not None:
+            version, medium, deny = self.policy_bands
+            parts.append(Section("at_policy", f"At the policy's bands ({version}: step-up from {medium:g}, "
+                                 f"deny from {deny:g})",
+                                 f"{self.main}'s risk against the bands in force; `riskengine whatif` replays "
+                                 "the full decisions", self.at_policy))
         if self.bands is not None:
             parts.append(Section("bands", f"Suggested bands (legit logins stepped up <= "
                                  f"{_pct(self.login_budget)}, denied <= {_pct(self.deny_budget)})",
@@ -96,6 +108,10 @@ class Report:
         if self.history is not None:
             parts.append(Section("history", f"By login history (earlier logins), {first} legit FPR",
                                  "new users are where risk-based authentication struggles", self.history))
+        if self.apart is not None and len(self.apart):
+            parts.append(Section("apart", "Reported on their own (not in the figures above)",
+                                 "failed-password logins and attack traffic that is not a takeover; flagged = "
+                                 f"{self.main}'s risk at or above its step-up threshold", self.apart))
         parts.append(Section("calibration", "Calibration",
                              "Brier: lower is better; a score of 0.8 should mean an 80% attack share",
                              self.calibration))
@@ -109,7 +125,8 @@ class Report:
         return parts
 
     def _header(self) -> str:
-        return f"{self.y.size:,} events, {int(self.y.sum()):,} attacks; model under review: {self.main}"
+        data = f" from {self.data_name}" if self.data_name else ""
+        return f"{self.y.size:,} events{data}, {int(self.y.sum()):,} attacks; model under review: {self.main}"
 
     def text(self, max_rows: int = 12) -> str:
         """The report for a terminal: every table, long ones cut to their top ``max_rows``."""
@@ -129,32 +146,41 @@ class Report:
             parts += [f"![{FIGURES[name]}]({name}.png)\n" for name in part.figures]
         return "\n".join(parts)
 
+    @property
+    def subject(self) -> str:
+        """What the plots are of: model and data, for their titles."""
+        return " on ".join(x for x in (self.model_version or self.main, self.data_name) if x)
+
     def plot(self, out_dir: str | Path) -> list[Path]:
         out = Path(out_dir)
         in_unit = {k: s for k, s in self.scores.items() if s.size and s.min() >= 0 and s.max() <= 1}
-        paths = [plot_roc(self.y, self.scores, out / "roc.png"),
-                 plot_reliability(self.y, in_unit, out / "reliability.png")]
+        paths = [plot_roc(self.y, self.scores, out / "roc.png", subject=self.subject),
+                 plot_reliability(self.y, in_unit, out / "reliability.png", subject=self.subject)]
         if self.bands is not None:
             paths.append(plot_budget_curve(self.y, self.scores[self.main], out / "budget.png",
-                                           action=self.action, budget=self.login_budget))
+                                           action=self.action, budget=self.login_budget, subject=self.subject))
         if self.classes is not None:
             paths.append(plot_catch_rates(self.y, self.scores, self.attack_class, self.thresholds,
-                                          out / "catch_rates.png"))
+                                          out / "catch_rates.png", subject=self.subject))
         return paths
 
     def metrics(self) -> dict[str, Any]:
         """Every table as plain JSON-ready dicts, for CI checks and dashboards."""
         return {"title": self.title, "n": int(self.y.size), "attacks": int(self.y.sum()), "model": self.main,
-                "notes": self.notes, **{part.key: json.loads(part.table.to_json(orient="index"))
+                "model_version": self.model_version, "data": self.data_name, "notes": self.notes, **{part.key: json.loads(part.table.to_json(orient="index"))
                                         for part in self.sections()}}
 
     def write(self, out_dir: str | Path) -> str:
-        """``report.md``, ``report.txt``, ``metrics.json`` and the PNGs into ``out_dir``; returns the Markdown."""
+        """``report.md``, ``report.html`` (self-contained), ``report.txt``, ``metrics.json`` and the PNGs
+        into ``out_dir``; returns the Markdown."""
+        from riskengine.lab.htmlreport import render_html
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.plot(out)
         text = self.markdown()
         (out / "report.md").write_text(text, encoding="utf-8")
+        (out / "report.html").write_text(render_html(self, out), encoding="utf-8")
         (out / "report.txt").write_text(self.text(), encoding="utf-8")
         (out / "metrics.json").write_text(json.dumps(self.metrics(), indent=2), encoding="utf-8")
         return text
@@ -185,23 +211,45 @@ def build(
     deny_budget: float = 0.001,
     title: str = "riskengine offline evaluation",
     notes: Sequence[str] = (),
+    groups: Any = None,
+    policy: Any = None,
+    data_name: str | None = None,
 ) -> Report:
     """Compute every table; the first entry of ``scores`` is the model under review.
 
     Optional inputs switch sections on: ``action`` the bands and budget curve, ``attack_class`` the
     per-class catch rates, ``history`` the login-history buckets, ``timestamp`` the drift between
-    the window's halves (of ``features`` columns too, when given).
+    the window's halves (of ``features`` columns too, when given). ``groups`` (``population.assign``)
+    keeps failed logins and non-takeover attack traffic out of the figures and reports them on their
+    own; ``policy`` (with ``action``) adds cost and catch at that policy's bands.
     """
     raw = named_scores(scores)
     y = _arrays(y, next(iter(raw.values())))[0]
     scores = {name: _arrays(y, s)[1] for name, s in raw.items()}
+    notes = list(notes)
+    everyone = None
+    if groups is not None:
+        groups = np.asarray(groups, dtype=object)
+        keep = population.evaluated(groups)
+        everyone = (groups, y, next(iter(scores.values())))
+        notes.append(population.describe(groups))
+        y, scores = y[keep], {name: s[keep] for name, s in scores.items()}
+        action, attack_class, history, timestamp = (None if v is None else np.asarray(v, dtype=object)[keep]
+                                                    for v in (action, attack_class, history, timestamp))
+        features = None if features is None else features.reset_index(drop=True)[keep]
     fprs = tuple(fprs)
     report = Report(title, y, scores, compare(y, scores, fprs).rename_axis("scorer"), _calibration_table(y, scores),
                     {name: threshold_at_fpr(y, s, fprs[0]) for name, s in scores.items()},
-                    login_budget=login_budget, deny_budget=deny_budget, fprs=fprs, notes=list(notes))
+                    login_budget=login_budget, deny_budget=deny_budget, fprs=fprs, notes=notes, data_name=data_name)
     if action is not None:
         report.action = np.asarray(action, dtype=object)
         _add_bands(report)
+        if policy is not None:
+            report.policy_bands = (policy.version, policy.medium_at, policy.deny_at)
+            report.at_policy = cost_at(y, scores[report.main], report.action, policy.medium_at, policy.deny_at)
+    if everyone is not None:
+        all_groups, all_y, main_score = everyone
+        report.apart = population.apart_table(all_groups, all_y, main_score >= report.thresholds[report.main])
     if attack_class is not None:
         report.attack_class = np.asarray(attack_class, dtype=object).astype(str)
         report.classes = _classes_table(report)
@@ -304,14 +352,18 @@ def pick_model(registry: Any, version: str | None = None) -> str:
 
 
 def evaluate_dataset(
-    data: Any, registry: Any, version: str | None = None, window: str = "auto", **options: Any
+    data: Any, registry: Any, version: str | None = None, window: str = "auto", policy: Any = None,
+    data_name: str | None = None, **options: Any
 ) -> Report:
     """Score a backfilled ``training.Dataset`` with a registered model and the Freeman baseline.
 
     ``window="auto"`` evaluates only the later quarter when the model was trained on this very
     data (its ``metadata.json`` fingerprint matches), since the earlier rows are its training set;
     ``"later"`` always does, ``"all"`` never. The champion joins the table when it is not the model.
+    Failed logins and non-takeover attack traffic are reported apart (``population.py``); ``policy``
+    (default: the built-in default policy) adds cost and catch at its bands.
     """
+    from riskengine.policy.decide import Policy
     from riskengine.lab import training
     from riskengine.features import FEATURE_NAMES
     from riskengine.scoring.model import TrainedScorer
@@ -330,9 +382,12 @@ def evaluate_dataset(
                      f"{data.meta['timestamp'].max()}")
     elif seen:
         notes.append("WARNING: the model was trained on this data; figures on all rows are optimistic")
-    if len(np.unique(data.y)) < 2:
-        raise ValueError(f"the evaluated window holds {len(data.y)} events of one class only; "
-                         "evaluation needs labelled attacks and legitimate events")
+    groups = population.of_dataset(data)
+    kept = data.y[population.evaluated(groups)]
+    if len(np.unique(kept)) < 2:
+        raise ValueError(f"the evaluated window holds {len(kept)} events of one class only "
+                         f"({population.describe(groups)}); evaluation needs labelled takeovers and "
+                         "legitimate events")
     scores = {"model": TrainedScorer(model, version).predict(data.X), "freeman": data.meta["freeman"].to_numpy()}
     if champion is not None and champion != version:
         scores["champion"] = TrainedScorer(registry.load(champion)[0], champion).predict(data.X)
@@ -340,7 +395,8 @@ def evaluate_dataset(
     meta = data.meta
     report = build(data.y, scores, action=meta["action"].to_numpy(), attack_class=meta["attack_class"].to_numpy(),
                  history=meta["history"].to_numpy(), features=pd.DataFrame(data.X, columns=list(FEATURE_NAMES)),
-                 timestamp=meta["timestamp"].to_numpy(), title=f"riskengine offline evaluation: {version}",
-                 notes=notes, **options)
+                 timestamp=meta["timestamp"].to_numpy(),
+                 title=f"riskengine offline evaluation: {version}" + (f" on {data_name}" if data_name else ""),
+                 notes=notes, groups=groups, policy=policy or Policy(), data_name=data_name, **options)
     report.model_version = version
     return report

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from riskengine.lab import evaluation
+from riskengine.lab import evaluation, population, promotion
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
 from riskengine.events import event_from_request, row_to_request
@@ -133,10 +133,13 @@ def fingerprint(data: Dataset) -> str:
 
 
 def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy: Policy | None = None,
-          model: RiskModel | None = None, source: str = "") -> Report:
-    """Fit on earlier weeks, evaluate on later ones next to the Freeman baseline, register."""
+          model: RiskModel | None = None, source: str = "", force: bool = False) -> Report:
+    """Fit on earlier weeks, evaluate on later ones next to the Freeman baseline, register; promote
+    when asked and when the gate (``promotion.py``) passes, or ``force``s past unscored actions."""
     policy = policy or Policy()
     train_set, eval_set = split_by_time(data)
+    kept = population.evaluated(population.of_dataset(eval_set))      # population.py: failed logins apart
+    eval_set = eval_set.window(kept)
     if len(np.unique(train_set.y)) < 2 or len(np.unique(eval_set.y)) < 2:
         raise ValueError("training needs attacks and legitimate events in both the earlier and the later window")
     fitted = (model or RiskModel()).fit(train_set.X, train_set.y)
@@ -147,45 +150,48 @@ def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy:
         champ_model, champion_entry = registry.load(current)
         scores["champion"] = TrainedScorer(champ_model, current).predict(eval_set.X)
     table, by_class, step_up = evaluate(scores, eval_set, policy)
-    metrics = {"n_train": int(len(train_set.y)), "n_eval": int(len(eval_set.y)),
+    metrics = {"n_train": int(len(train_set.y)), "n_eval": int(len(eval_set.y)), "n_eval_apart": int((~kept).sum()),
                "eval_attacks": int(eval_set.y.sum()),
                "eval_window": [str(eval_set.meta["timestamp"].min()), str(eval_set.meta["timestamp"].max())],
                **{k: float(v) for k, v in table.loc["model"].items()},
                "freeman": {k: float(v) for k, v in table.loc["freeman"].items()},
                "catch_at_1pct": {k: float(v) for k, v in by_class["model"].items()},
                "legit_step_up": {k: float(v) for k, v in step_up["model"].items()}}
-    better = True
-    notes = []
-    if champion_entry is not None:
-        champ = table.loc["champion"]
-        better = bool(table.loc["model", "pr_auc"] >= champ["pr_auc"] - 0.002
-                      and table.loc["model", "roc_auc"] >= champ["roc_auc"] - 0.002)
-        notes.append(f"champion {champion_entry.version}: pr_auc {champ['pr_auc']:.4f} vs new "
-                     f"{table.loc['model', 'pr_auc']:.4f} on the same window -> "
-                     f"{'not worse' if better else 'WORSE: not promoted'}")
+    actions = sorted(map(str, pd.unique(train_set.meta["action"])))
+    verdict = None if champion_entry is None else promotion.judge(
+        eval_set.y, scores["champion"], scores["model"], eval_set.meta["action"], eval_set.meta["attack_class"],
+        population.of_dataset(eval_set), policy, names=(champion_entry.version, "new model"),
+        window=tuple(metrics["eval_window"]), champion_actions=champion_entry.metadata.get("actions"),
+        challenger_actions=actions, force=force)
+    better = verdict is None or verdict.passed
+    notes = [] if verdict is None else [verdict.text()]
     entry = registry.register(fitted, {"metrics": metrics, "data_fingerprint": fingerprint(data), "source": source,
-                                       "params": fitted.get_params()})
+                                       "params": fitted.get_params(), "actions": actions,
+                                       **({"promotion": verdict.to_dict()} if verdict else {})})
     promoted = False
     if promote and better:
         registry.promote(entry.version)
         promoted = True
         notes.append(f"promoted {entry.version} to champion")
     elif promote:
-        notes.append("kept the current champion")
+        notes.append(f"{entry.version} not promoted (the gate failed): kept the current champion")
     return Report(metrics, table, by_class, step_up, dict(champion_entry.metadata) if champion_entry else None,
                   promoted, entry.version, notes)
 
 
 def terminal_progress(total: int | None, label: str) -> Progress:
     """A plain progress bar on stderr (a count when the total is unknown): no dependency for one line."""
-    def show(done: int) -> None:
-        if total is None:
-            print(f"\r{label}: {done:,}", end="", file=sys.stderr, flush=True)
+    ended = False
+
+    def show(done: int, final: bool = False) -> None:
+        """``final``: the last call, which ends the line (once) so the next output starts on its own."""
+        nonlocal ended
+        if ended:
             return
-        share = min(done / max(total, 1), 1.0)
-        bar = "#" * int(share * 30)
-        print(f"\r{label} [{bar:<30}] {done:,}/{total:,}", end="" if share < 1 else "\n", file=sys.stderr,
-              flush=True)
+        share = 1.0 if total is None else min(done / max(total, 1), 1.0)
+        ended = final or share >= 1 and total is not None
+        shown = f": {done:,}" if total is None else f" [{'#' * int(share * 30):<30}] {done:,}/{total:,}"
+        print(f"\r{label}{shown}", end="\n" if ended else "", file=sys.stderr, flush=True)
     return show
 
 
@@ -195,13 +201,22 @@ def load_frame(path: Path) -> pd.DataFrame:
 
 
 def _frames(path: Path, chunk: int = 50_000) -> Iterator[pd.DataFrame]:
-    if path.suffix == ".csv":
+    from riskengine.lab import datafiles
+
+    yield from datafiles.in_time_order(_read(path, chunk), path.name)
+
+
+def _read(path: Path, chunk: int) -> Iterator[pd.DataFrame]:
+    from riskengine.lab import datafiles
+
+    if datafiles.kind(path) == "csv":
         from riskengine.datasets import rba
 
         yield from rba.iter_rba_events(path, chunksize=chunk)       # never the whole file
         return
     from riskengine.datasets import synth
 
+    datafiles.require(path, synth.EVENT_COLUMNS)                    # a sentence, not a pyarrow schema dump
     frame = synth.read_events(path)                                 # columnar: ~25 MB a million events
     for start in range(0, len(frame), chunk):
         yield frame.iloc[start:start + chunk]
@@ -221,7 +236,10 @@ def replay_file(path: Path) -> Dataset:
         import pyarrow.parquet as pq
 
         total = pq.ParquetFile(path).metadata.num_rows
-    return backfill(iter_rows(path), progress=terminal_progress(total, "replaying events"))
+    show = terminal_progress(total, "replaying events")
+    data = backfill(iter_rows(path), progress=show)
+    show(len(data.y), final=True)
+    return data
 
 
 ATTACK_OUTCOMES = {"confirmed_fraud": 1, "step_up_failed": 1, "confirmed_legit": 0, "step_up_passed": 0}

@@ -18,6 +18,7 @@ import yaml
 
 from riskengine.engine import Engine
 from riskengine.enrich import Enricher
+from riskengine.lab import population
 from riskengine.lab.evaluation import wilson_interval
 from riskengine.events import event_from_request, row_to_request
 from riskengine.scoring.model import Scorer
@@ -99,8 +100,9 @@ def _drive(rows: list[Mapping[str, Any]], driver: Setup, shadows: list[Setup], e
 
 
 def decided(replayed: pd.DataFrame) -> pd.Series:
-    """Events the policy decides: a failed password is denied by every policy, so it is left out."""
-    return ~((replayed["action"] == "login") & ~replayed["success"].astype(bool))
+    """Events in the evaluated population (``population.py``, as in ``evaluate``): failed-password
+    logins (denied by every policy) and non-takeover attack traffic are counted apart."""
+    return pd.Series(population.evaluated(population.of_frame(replayed)), index=replayed.index)
 
 
 def summarize(replayed: pd.DataFrame, setup: str, confidence: float = 0.95) -> pd.DataFrame:
@@ -171,14 +173,19 @@ def format_comparison(table: pd.DataFrame, confidence: float = 0.95) -> str:
 def render(replayed: pd.DataFrame, current: Setup, candidate: Setup, mode: str = "shadow",
            confidence: float = 0.95) -> str:
     """The whole what-if answer for a terminal: who is compared, how, and the table."""
-    left_out = int((~decided(replayed)).sum())
+    groups = population.of_frame(replayed)
     lines = [f"what-if over {len(replayed):,} events ({int(replayed['label'].sum()):,} labelled attacks), "
              f"{mode} replay",
              f"  {current.name:<10} policy {current.policy.version}, model {current.scorer.version}",
              f"  {candidate.name:<10} policy {candidate.policy.version}, model {candidate.scorer.version}",
-             f"caught = stepped up or denied (attackers fail step-ups); {left_out:,} failed-password logins "
-             "left out (every policy denies them); changed = events decided differently", "",
+             population.describe(groups),
+             "caught = stepped up or denied (attackers fail step-ups); changed = events decided differently", "",
              format_comparison(compare(replayed, current.name, candidate.name, confidence), confidence)]
+    apart = population.apart_table(groups, replayed["label"],
+                                   replayed[f"{candidate.name}_decision"].isin(CAUGHT).to_numpy())
+    if len(apart):
+        lines += ["", f"reported on their own (flagged = stepped up or denied by {candidate.name}):",
+                  apart.round(4).to_string()]
     if mode == "shadow":
         lines += ["", "shadow: history follows the current setup's decisions, as recorded; "
                   "--counterfactual lets the candidate's own step-ups shape it (labelled data only)"]
@@ -200,7 +207,7 @@ def setups(settings: Any, policy: str | Path, version: str | None = None) -> tup
     if version is not None and version != champion:
         candidate_scorer = TrainedScorer(registry.load(version)[0], version)
     return (Setup("current", current_scorer, load_policy(resolve(settings.policy))),
-            Setup("candidate", candidate_scorer, load_policy(policy)))
+            Setup("candidate", candidate_scorer, load_policy(resolve(policy))))   # a file or a preset name
 
 
 # --- candidate policies -------------------------------------------------------------------------
