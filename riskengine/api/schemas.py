@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 
 from riskengine.engine import OUTCOMES
-from riskengine.events import Event, SessionInfo, new_event_id, normalize_ip, parse_timestamp
+from riskengine.events import (DEFAULT_TENANT, Event, SessionInfo, new_event_id, normalize_ip, parse_timestamp,
+                               tenant_key, untenanted)
 from riskengine.policy.decide import Decision
 
 MAX_ATTRIBUTES = 32
@@ -74,11 +76,12 @@ class ScoreRequest(_Strict):
                 raise ValueError("numbers must be finite")
         return value
 
-    def to_event(self, received_at) -> Event:
+    def to_event(self, received_at: datetime, tenant: str = DEFAULT_TENANT) -> Event:
+        """The core event, its ids made the tenant's own (``tenant_key``)."""
         session = self.session or SessionIn()
         return Event(
-            event_id=self.event_id or new_event_id(),
-            user_id=self.user_id,
+            event_id=tenant_key(tenant, self.event_id or new_event_id()),
+            user_id=tenant_key(tenant, self.user_id),
             action=self.action,
             timestamp=parse_timestamp(self.timestamp) if self.timestamp else received_at,
             ip=self.ip,
@@ -118,8 +121,10 @@ class ScoreResponse(BaseModel):
     failure: str | None = None                   # set when no risk could be computed: the policy's on_failure answer
 
     @classmethod
-    def from_decision(cls, decision: Decision) -> "ScoreResponse":
-        return cls(**decision.to_dict())
+    def from_decision(cls, decision: Decision, tenant: str = DEFAULT_TENANT) -> "ScoreResponse":
+        """The one place a Decision becomes an answer (with the event id as the client sent it)."""
+        answer = decision.to_dict()
+        return cls(**{**answer, "event_id": untenanted(tenant, answer["event_id"])})
 
 
 class FeedbackRequest(_Strict):
