@@ -99,9 +99,10 @@ def erase_user(user_id: str, engine: EngineDep, client: Annotated[Client, Depend
         raise field_error(422, "user_id", "1 to 256 characters")
     key = tenant_key(client.tenant, user_id)
     # every scored event creates the user's secret: none means this tenant never saw the user
-    if engine.store.user_secret(key, engine.user_key(key), create=False) is None:
+    known = engine.store.user_secret(key, engine.user_key(key), create=False) is not None
+    engine.erase(key, client.name)          # the trail records every erasure request, even of no one
+    if not known:
         raise field_error(404, "user_id", "unknown user_id")
-    engine.erase(key, client.name)
     return Response(status_code=204)
 
 
