@@ -33,6 +33,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
                   RISKENGINE_MAX_IN_FLIGHT=str(CONCURRENCY), RISKENGINE_SQLITE_SYNCHRONOUS="NORMAL")
     try:
         svc.wait(60)
+        assert normal_request(svc, 0)[0] == 200          # the first /score warms the process up
         yield svc
     finally:
         svc.stop()
@@ -123,11 +124,14 @@ def test_stalled_requests_at_the_in_flight_cap_give_a_quick_503_then_recover(ser
     stalled = [connect(service.port) for _ in range(CONCURRENCY)]
     for sock in stalled:
         sock.sendall(head(service.port, len(body)) + body[:5])    # in flight: a body that never completes
-    time.sleep(0.3)
     try:
         with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=5) as fresh:
-            started = time.monotonic()
-            refused = fresh.post("/score", content=score_body(11), headers={"Content-Type": "application/json"})
+            for _ in range(20):                                # until the server has read every stalled head
+                started = time.monotonic()
+                refused = fresh.post("/score", content=score_body(11), headers={"Content-Type": "application/json"})
+                if refused.status_code == 503:
+                    break
+                time.sleep(0.1)
             assert refused.status_code == 503 and time.monotonic() - started < 1.0
             assert refused.headers["retry-after"] == "1"
             assert fresh.get("/livez").status_code == 200 and fresh.get("/readyz").status_code == 200
