@@ -200,7 +200,11 @@ class Engine:
         return value if self.share_ip_stats else tenant_key(event.tenant, value)
 
     def _values(self, event: Event, enriched: EnrichedEvent) -> dict[str, str]:
-        return {name: self._stats(event, value) for name, value in profiles.attribute_values(enriched).items()}
+        values = profiles.attribute_values(enriched)
+        tenant = event.tenant
+        if self.share_ip_stats or tenant == DEFAULT_TENANT:
+            return values
+        return {name: tenant_key(tenant, value) for name, value in values.items()}
 
     def _decide(self, event: Event, read: _Read, context: Context) -> Scored:
         policy, enriched, profile, values = read

@@ -1,22 +1,24 @@
 """Thin HTTP handlers over the Engine, served at ``/...`` and ``/v1/...`` (the same functions).
 
-Every body is read as bytes and validated once, in pydantic's JSON mode (``json_body``), whatever
-its content type; the caller comes from the gate (api/middleware.py) and each route states the
-scope it needs (``allowed``). ``/score`` runs on the event loop: scoring is CPU work a thread would
-only make wait for the GIL, and the store's commit is awaited. The rest, rare and blocking, run in
-FastAPI's threadpool (plain ``def``).
+Every body is read as bytes and validated once, in pydantic's JSON mode (``parsed``), whatever its
+content type; the caller comes from the gate (api/middleware.py) and each route states the scope
+it needs (``allowed``). Both are plain calls in the handler rather than FastAPI dependencies:
+dependency solving cost more CPU per ``/score`` than scoring the event (bench/README.md), and the
+OpenAPI document gets the bodies and the bearer scheme from api/openapi.py instead. ``/score``
+runs on the event loop: scoring is CPU work a thread would only make wait for the GIL, and the
+store's commit is awaited. The blocking rest goes to the threadpool (``run_in_threadpool``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from riskengine.api import metrics
 from riskengine.api.auth import Client
@@ -31,46 +33,39 @@ router = APIRouter()
 Model = TypeVar("Model", bound=BaseModel)
 
 
-async def get_engine(request: Request) -> Engine:
-    """``async``: a plain ``def`` dependency would cost a threadpool hop per request."""
-    return request.state.engine
-
-
-def json_body(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
+async def parsed(request: Request, model: type[Model]) -> Model:
     """The one parser: the raw bytes through ``model.model_validate_json`` (400 not JSON, 422 a field)."""
-    async def parsed(request: Request) -> Model:
-        try:
-            return model.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise invalid_body(exc) from None
-    return parsed
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
 
 
-def allowed(scope: str) -> Callable[[Request], Awaitable[Client]]:
+def allowed(request: Request, scope: str) -> Client:
     """The gate's client, if its key carries ``scope`` (else 403)."""
-    async def client(request: Request) -> Client:
-        found: Client = request.state.client
-        if scope not in found.scopes:
-            raise HTTPException(403, detail=f"this API key lacks the {scope!r} scope")
-        return found
+    client: Client = request.scope["state"]["client"]
+    if scope not in client.scopes:
+        raise HTTPException(403, detail=f"this API key lacks the {scope!r} scope")
     return client
 
 
+def engine_of(request: Request) -> Engine:
+    return request.scope["state"]["engine"]
+
+
 def body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` declaring the JSON body ``json_body`` reads (api/openapi.py adds the schema)."""
+    """``openapi_extra`` declaring the JSON body ``parsed`` reads (api/openapi.py adds the schema)."""
     return {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 @router.post("/score", response_model=ScoreResponse, openapi_extra=body_doc(ScoreRequest),
              responses={**WITH_BODY, 503: {"model": ScoreResponse | ErrorResponse, "description":
                         "nothing was recorded: the store is unreachable (the body carries the policy's fail-closed "
                         "answer for the action), the score could not be computed, or the service is overloaded"}})
-async def score(body: Annotated[ScoreRequest, Depends(json_body(ScoreRequest))], engine: EngineDep,
-                client: Annotated[Client, Depends(allowed("score"))]) -> Response:
+async def score(request: Request) -> Response:
+    client, engine = allowed(request, "score"), engine_of(request)
+    body = await parsed(request, ScoreRequest)
     decision = await engine.score_async(body.to_event(datetime.now(timezone.utc), client.tenant), client.name)
     metrics.DECISIONS.labels(decision=decision.decision, action=metrics.action_label(body.action)).inc()
     content = ScoreResponse.from_decision(decision, client.tenant).model_dump_json()
@@ -84,9 +79,11 @@ async def score(body: Annotated[ScoreRequest, Depends(json_body(ScoreRequest))],
 
 @router.post("/feedback", response_model=FeedbackResponse, openapi_extra=body_doc(FeedbackRequest),
              responses={**WITH_BODY, 404: {"model": ErrorResponse, "description": "unknown event_id"}})
-def feedback(body: Annotated[FeedbackRequest, Depends(json_body(FeedbackRequest))], engine: EngineDep,
-             client: Annotated[Client, Depends(allowed("feedback"))]) -> FeedbackResponse:
-    if not engine.feedback(tenant_key(client.tenant, body.event_id), body.outcome, client.name):
+async def feedback(request: Request) -> FeedbackResponse:
+    client, engine = allowed(request, "feedback"), engine_of(request)
+    body = await parsed(request, FeedbackRequest)
+    if not await run_in_threadpool(engine.feedback, tenant_key(client.tenant, body.event_id), body.outcome,
+                                   client.name):
         raise field_error(404, "event_id", "unknown event_id")
     return FeedbackResponse(event_id=body.event_id, recorded=True)
 
@@ -94,23 +91,28 @@ def feedback(body: Annotated[FeedbackRequest, Depends(json_body(FeedbackRequest)
 @router.delete("/users/{user_id:path}", status_code=204,
                responses={**COMMON, 404: {"model": ErrorResponse, "description": "unknown user_id"},
                           422: {"model": ErrorResponse, "description": "user_id out of bounds"}})
-def erase_user(user_id: str, engine: EngineDep, client: Annotated[Client, Depends(allowed("erase"))]) -> Response:
+async def erase_user(request: Request, user_id: str) -> Response:
+    client, engine = allowed(request, "erase"), engine_of(request)
     if not 1 <= len(user_id) <= 256:
         raise field_error(422, "user_id", "1 to 256 characters")
-    key = tenant_key(client.tenant, user_id)
-    # every scored event creates the user's secret: none means this tenant never saw the user
-    known = engine.store.user_secret(key, engine.user_key(key), create=False) is not None
-    engine.erase(key, client.name)          # the trail records every erasure request, even of no one
-    if not known:
+    if not await run_in_threadpool(_erase, engine, tenant_key(client.tenant, user_id), client.name):
         raise field_error(404, "user_id", "unknown user_id")
     return Response(status_code=204)
 
 
+def _erase(engine: Engine, user_id: str, client: str) -> bool:
+    """Whether this tenant knew the user (every scored event creates the user's secret); the trail
+    records every erasure request, even of no one."""
+    known = engine.store.user_secret(user_id, engine.user_key(user_id), create=False) is not None
+    engine.erase(user_id, client)
+    return known
+
+
 @router.get("/health", response_model=HealthResponse, response_model_exclude_none=True,
             responses={503: {"model": ErrorResponse, "description": "the store is not answering"}})
-def health(engine: EngineDep) -> HealthResponse | JSONResponse:
+def health(request: Request) -> HealthResponse | JSONResponse:
     try:
-        state = engine.health()
+        state = engine_of(request).health()
     except StoreUnavailable:                # a load balancer takes this replica out until its store answers
         return JSONResponse({"status": "unavailable", "reason": "profile store not answering"},
                             status_code=503, headers={"Retry-After": "1"})
@@ -133,8 +135,9 @@ async def livez() -> Liveness:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-def readyz(engine: EngineDep) -> Readiness | JSONResponse:
+def readyz(request: Request) -> Readiness | JSONResponse:
     """Store answering, a model and a policy loaded; else 503 naming which is not."""
+    engine = engine_of(request)
     not_ready = [name for name, ready in (("store", _store_answers(engine)), ("model", engine.scorer is not None),
                                           ("policy", engine.policy is not None)) if not ready]
     if not_ready:
@@ -153,8 +156,9 @@ def _store_answers(engine: Engine) -> bool:
 
 @router.get("/metrics", response_class=Response, responses={**COMMON, 200: {
     "content": {"text/plain": {}}, "description": "Prometheus text format"}})
-def prometheus(engine: EngineDep, client: Annotated[Client, Depends(allowed("metrics"))]) -> Response:
-    body, content_type = metrics.render(engine)
+def prometheus(request: Request) -> Response:
+    allowed(request, "metrics")
+    body, content_type = metrics.render(engine_of(request))
     return Response(body, media_type=content_type)
 
 
