@@ -30,6 +30,14 @@ def tenant_key(tenant: str, value: str) -> str:
     return value if tenant == DEFAULT_TENANT else f"{tenant}{_TENANT_SEPARATOR}{value}"
 
 
+def check_id(field: str, value: str) -> str:
+    """Refuse the separator ``tenant_key`` uses (ValueError naming ``field``): with it, an id could
+    name another tenant's user or event."""
+    if _TENANT_SEPARATOR in value:
+        raise ValueError(f"{field}: control character U+001F not allowed")
+    return value
+
+
 def untenanted(tenant: str, value: str) -> str:
     """The inverse of ``tenant_key``: the id as the client sent it.
 

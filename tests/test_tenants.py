@@ -126,3 +126,16 @@ def test_audit_records_carry_the_tenant(service) -> None:
     scores = [body for body in bodies if body["kind"] == "score"]
     assert [(r["client"], r.get("tenant")) for r in scores] == [("acme-app", "acme"), ("plain-app", None)]
     assert not any("alice" in str(r) or "audited" in str(r) for r in scores)
+
+
+def test_an_id_holding_the_tenant_separator_is_refused(service) -> None:
+    client, engine = service
+    login(client, ACME, "acme-1", user="alice")
+    forged = {"event_id": "f-1", "user_id": "acme\x1falice", "action": "login", "ip": OSLO_IP}
+    refused = client.post("/score", json=forged, headers=PLAIN)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["field"] == "user_id"
+    label = client.post("/feedback", json={"event_id": "acme\x1facme-1", "outcome": "confirmed_fraud"}, headers=PLAIN)
+    assert label.status_code == 422 and label.json()["detail"][0]["field"] == "event_id"
+    assert client.delete("/users/acme%1Falice", headers=PLAIN).status_code == 422
+    assert engine.store.get(tenant_key("acme", "alice")).version == 1
+    assert engine.store.find_event(tenant_key("acme", "acme-1")).outcome is None

@@ -26,7 +26,7 @@ from riskengine.api.errors import COMMON, WITH_BODY, ErrorResponse, field_error,
 from riskengine.api.schemas import (FeedbackRequest, FeedbackResponse, HealthResponse, ScoreRequest,
                                     ScoreResponse)
 from riskengine.engine import Engine
-from riskengine.events import tenant_key
+from riskengine.events import check_id, tenant_key
 from riskengine.stores import StoreUnavailable
 
 router = APIRouter()
@@ -36,9 +36,21 @@ Model = TypeVar("Model", bound=BaseModel)
 async def parsed(request: Request, model: type[Model]) -> Model:
     """The one parser: the raw bytes through ``model.model_validate_json`` (400 not JSON, 422 a field)."""
     try:
-        return model.model_validate_json(await request.body())
+        body = model.model_validate_json(await request.body())
     except ValidationError as exc:
         raise invalid_body(exc) from None
+    for field in ("user_id", "event_id"):
+        if isinstance(value := getattr(body, field, None), str):
+            _checked(field, value)
+    return body
+
+
+def _checked(field: str, value: str) -> str:
+    """422 for an id holding ``tenant_key``'s separator (it could name another tenant's id)."""
+    try:
+        return check_id(field, value)
+    except ValueError as exc:
+        raise field_error(422, field, str(exc).partition(": ")[2]) from None
 
 
 def allowed(request: Request, scope: str) -> Client:
@@ -95,6 +107,7 @@ async def erase_user(request: Request, user_id: str) -> Response:
     client, engine = allowed(request, "erase"), engine_of(request)
     if not 1 <= len(user_id) <= 256:
         raise field_error(422, "user_id", "1 to 256 characters")
+    _checked("user_id", user_id)
     if not await run_in_threadpool(_erase, engine, tenant_key(client.tenant, user_id), client.name):
         raise field_error(404, "user_id", "unknown user_id")
     return Response(status_code=204)
