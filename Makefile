@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+PORT ?= 8000
 RISKENGINE_API_KEYS ?= demo:demo-key
 export RISKENGINE_API_KEYS
 
@@ -16,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 serve: install
-	$(VENV)/bin/riskengine serve --host 127.0.0.1 --port 8000
+	$(VENV)/bin/riskengine serve --host 127.0.0.1 --port $(PORT)
 
 test: install
 	$(PY) -m pytest

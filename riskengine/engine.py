@@ -21,7 +21,8 @@ from riskengine import profiles
 from riskengine.audit import trail
 from riskengine.audit.chain import Problem, pseudonym, verify
 from riskengine.enrich import EnrichedEvent, Enricher
-from riskengine.events import Event, event_from_request, event_to_request, format_timestamp
+from riskengine.events import (DEFAULT_TENANT, Event, event_from_request, event_to_request, format_timestamp,
+                               tenant_key, tenant_of)
 from riskengine.features import BY_NAME, USER_MESSAGES, Context, Signals, extract
 from riskengine.scoring.model import Score, Scorer, StatisticalScorer, TrainedScorer
 from riskengine.policy.decide import Decision, Policy, Reason
@@ -107,6 +108,7 @@ class Engine:
         self.fraud_rate_cache_s = fraud_rate_cache_s
         self._fraud_rates: dict[tuple, tuple[float, float | None]] = {}
         self.listeners: list[Callable[[Recorded], None]] = []   # told after a durable record (signals/)
+        self.share_ip_stats = False               # True: per-IP and population statistics span tenants
 
     @classmethod
     def open(cls, settings: Settings, scorer: Scorer | None = None) -> "Engine":
@@ -118,6 +120,7 @@ class Engine:
         key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key")
         engine = cls(store, enricher, scorer, policy, settings.retention_days, key, audit_key=audit_key,
                      fraud_rate_cache_s=settings.fraud_rate_cache_s)
+        engine.share_ip_stats = settings.share_ip_stats
         engine.use_policy(policy, "load")
         if settings.policy is not None:
             engine.watch_policy(policy_path, settings.policy_check_interval)
@@ -177,21 +180,34 @@ class Engine:
         ``ScoreUnavailable``: a 503); an unreachable store raises ``StoreUnavailable``.
         """
         read = self._read(event)
-        return self._decide(event, read, Context(*self.store.context(event.ip, event.ts, read.values)))
+        context = self.store.context(self._stats(event, event.ip), event.ts, read.values)
+        return self._decide(event, read, Context(*context))
 
     async def _evaluate_async(self, event: Event) -> Scored:
         """``evaluate`` with the store's context read awaited (made with the rest of this loop turn's)."""
         read = self._read(event, await self.store.get_async(event.user_id))     # read off the loop (stores)
         if self.record:                                  # the audit head's secret: cached for _commit (stores)
             await self.store.user_secret_async(event.user_id, self.user_key(event.user_id), True)
-        return self._decide(event, read, Context(*await self.store.context_async(event.ip, event.ts, read.values)))
+        context = await self.store.context_async(self._stats(event, event.ip), event.ts, read.values)
+        return self._decide(event, read, Context(*context))
 
     def _read(self, event: Event, profile: profiles.UserProfile | None = None) -> _Read:
         if self._policy_watcher is not None:
             self._policy_watcher.poll()                  # a changed policy file: at most one stat a second
         enriched = self.enricher.enrich(event)
         profile = profile if profile is not None else self.store.get(event.user_id)
-        return _Read(self.policy, enriched, profile, profiles.attribute_values(enriched))
+        return _Read(self.policy, enriched, profile, self._values(event, enriched))
+
+    def _stats(self, event: Event, value: str) -> str:
+        """The key of a per-IP or population statistic: the event's tenant's own, unless shared."""
+        return value if self.share_ip_stats else tenant_key(event.tenant, value)
+
+    def _values(self, event: Event, enriched: EnrichedEvent) -> dict[str, str]:
+        values = profiles.attribute_values(enriched)
+        tenant = event.tenant
+        if self.share_ip_stats or tenant == DEFAULT_TENANT:
+            return values
+        return {name: tenant_key(tenant, value) for name, value in values.items()}
 
     def _decide(self, event: Event, read: _Read, context: Context) -> Scored:
         policy, enriched, profile, values = read
@@ -313,8 +329,9 @@ class Engine:
         if counted is not None:
             new = counted                         # PSD2 counters since the last SCA moved
         if not self.record:
-            return Commit(event.user_id, profile.version, new, event.ip, self.user_key(event.user_id), event.ts,
-                          event.success or event.action != "login", learned_values)
+            return Commit(event.user_id, profile.version, new, self._stats(event, event.ip),
+                          self.user_key(event.user_id), event.ts, event.success or event.action != "login",
+                          learned_values)
         decision = scored.decision.to_dict()
         stored = StoredEvent(event.event_id, event.user_id, event.ts, event_to_request(event), decision,
                              scored.signals.values)
@@ -329,8 +346,8 @@ class Engine:
             audit["shadow_decision"] = decision["shadow_decision"]
         if decision["failure"] is not None:
             audit["failure"] = decision["failure"]
-        return Commit(event.user_id, profile.version, new, event.ip, self.user_key(event.user_id), event.ts,
-                      event.success or event.action != "login", learned_values, stored, audit)
+        return Commit(event.user_id, profile.version, new, self._stats(event, event.ip), self.user_key(event.user_id),
+                      event.ts, event.success or event.action != "login", learned_values, stored, audit)
 
     # -- outcomes, erasure ------------------------------------------------
     def feedback(self, event_id: str, outcome: str, client: str = "local") -> bool:
@@ -378,7 +395,7 @@ class Engine:
                 new = sca                         # an SCA-grade step-up restarts the PSD2 low-value counters
             try:
                 self.store.update_profile(event.user_id, profile.version, new,
-                                          profiles.attribute_values(enriched) if learn else {}, None)
+                                          self._values(event, enriched) if learn else {}, None)
                 return
             except Conflict:
                 if attempt:
@@ -412,6 +429,8 @@ class Engine:
         secret = self.store.user_secret(user_id, self.user_key(user_id), create=True)
         head = {"at": format_timestamp(at), "recorded_at": format_timestamp(_now()), "client": client,
                 "subject": pseudonym(secret, user_id)}
+        if (tenant := tenant_of(user_id)) != DEFAULT_TENANT:
+            head["tenant"] = tenant               # the default tenant's records read as they always did
         if event_id is not None:
             head["event_ref"] = event_ref(secret, event_id)
         return head

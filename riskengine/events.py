@@ -25,6 +25,42 @@ __all__ = ["ATTRIBUTE_HINTS", "SENSITIVE_ACTIONS", "AttributeValue", "Event", "I
            "parse_timestamp", "row_to_request"]
 
 SENSITIVE_ACTIONS = ("payment", "add_payee", "change_email", "change_password", "export_data")
+DEFAULT_TENANT = "default"
+_TENANT_SEPARATOR = "\x1f"      # ids refuse control characters, so a tenant's keys cannot collide
+
+
+def tenant_key(tenant: str, value: str) -> str:
+    """The one name stores know a tenant's user, event, IP or population value by.
+
+    The default tenant keeps the plain value, so stores written before tenants keep working.
+
+    >>> tenant_key("default", "alice"), tenant_key("acme", "alice")
+    ('alice', 'acme\x1falice')
+    """
+    return value if tenant == DEFAULT_TENANT else f"{tenant}{_TENANT_SEPARATOR}{value}"
+
+
+def check_id(field: str, value: str) -> str:
+    """Refuse the separator ``tenant_key`` uses (ValueError naming ``field``): with it, an id could
+    name another tenant's user or event."""
+    if _TENANT_SEPARATOR in value:
+        raise ValueError(f"{field}: control character U+001F not allowed")
+    return value
+
+
+def untenanted(tenant: str, value: str) -> str:
+    """The inverse of ``tenant_key``: the id as the client sent it.
+
+    >>> untenanted("acme", tenant_key("acme", "alice")), untenanted("default", "alice")
+    ('alice', 'alice')
+    """
+    return value if tenant == DEFAULT_TENANT else value.removeprefix(f"{tenant}{_TENANT_SEPARATOR}")
+
+
+def tenant_of(value: str) -> str:
+    """``tenant_key``'s tenant part (the default tenant for plain values)."""
+    tenant, separator, _ = value.partition(_TENANT_SEPARATOR)
+    return tenant if separator else DEFAULT_TENANT
 
 
 # -- the core types ---------------------------------------------------------------------------
@@ -62,6 +98,11 @@ class Event:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ts", self.timestamp.timestamp())
+
+    @property
+    def tenant(self) -> str:
+        """Whose event: ``user_id`` and ``event_id`` are ``tenant_key``s (the API builds them so)."""
+        return tenant_of(self.user_id)
 
 
 def new_event_id() -> str:

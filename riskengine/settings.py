@@ -13,8 +13,10 @@ class Settings(BaseSettings):
 
     home: Path = Path(".")
     store: str = "sqlite"                       # sqlite | sqlite:///PATH | memory:// | redis://HOST:PORT/DB
-    api_keys: SecretStr = SecretStr("")         # "client:key,client2:key2" (a str: env dicts parse as JSON)
-    api_keys_file: Path | None = None           # one client:key per line
+    api_keys: SecretStr = SecretStr("")         # "client:key[:tenant[:scope+scope]],..." (a str, not a dict)
+    api_keys_file: Path | None = None           # the same entries, one a line; re-read when it changes
+    share_ip_stats: bool = False                # per-IP and population statistics span tenants (default: each its own)
+    docs: bool = False                          # serve /docs, /redoc, /openapi.json (without a key)
     geoip_city_db: Path | None = None
     geoip_asn_db: Path | None = None
     lists: Path | None = None                   # a folder of named lists: addresses, CIDRs, ASNs (enrich/lists.py)
@@ -31,9 +33,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     rate_limit_per_second: float = 2000.0       # per API key and per process (N workers: N x this); 0 disables
     rate_limit_burst: float = 4000.0
-    read_timeout_seconds: float = 5.0           # a request's headers, then its body, must each arrive within this
+    read_timeout_seconds: float = 5.0           # a request's body must arrive within this (408); headers: the proxy's
     keep_alive_seconds: int = 5                 # idle keep-alive connections are closed after this
-    limit_concurrency: int = 1000               # connections + in-flight requests per process; more get 503
+    max_in_flight: int = 1000                   # requests being served per process; more get a quick 503 (0: no cap)
     worker_threads: int = 2                     # threads running the engine per process (bench/README.md); 0: anyio's 40
     pseudonym_key_file: Path | None = None      # default: <home>/var/pseudonym.key
     signals: Path | None = None                 # webhooks and CAEP receivers (riskengine/signals/config.py)

@@ -40,7 +40,7 @@ def _trail(settings: Settings, days: int = 3, policy: str | None = None) -> None
                     "user_agent": CHROME_WIN, "device_id": "laptop-1", "timestamp": iso(T0 + timedelta(days=day))})
                 assert response.status_code == 200
         assert client.post("/feedback", json={"event_id": "bob-0", "outcome": "confirmed_legit"}).status_code == 200
-        assert client.delete("/users/carol").status_code == 204
+        assert client.delete("/users/carol").status_code == 404     # unknown here: nothing erased, request audited
 
 
 @pytest.fixture

@@ -223,7 +223,7 @@ def test_reload_without_restart_and_a_broken_file_keeps_the_old_policy(settings,
         assert answer["policy_version"] == "shop@2"                       # the broken v3 never serves
         health = client.get("/health").json()
         assert health["policy_version"] == "shop@2"
-        assert health["policy_error"] == (f"{path} actions.checkout.requires: unknown level 'strongest'; "
+        assert health["policy_error"] == (f"{path.name} actions.checkout.requires: unknown level 'strongest'; "
                                           "known: basic, strong, hardware")
 
         path.unlink()                                                     # a vanished file changes nothing either

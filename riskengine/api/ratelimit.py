@@ -1,8 +1,8 @@
-"""Per-API-key rate limits: a token bucket per client, checked before the body is even read.
+"""Per-API-key rate limits: a token bucket per client, checked (api/middleware.py) before the body is read.
 
 A client that goes over its rate gets ``429`` with ``Retry-After`` and costs one hash of its key:
-no body parsing, no store access, no state change. Unknown or missing keys pass through to the
-normal ``401``. Buckets live in the process: with several workers (or machines) each keeps its own,
+no body parsing, no store access, no state change. Unknown or missing keys get their ``401``
+first. Buckets live in the process: with several workers (or machines) each keeps its own,
 so the effective limit is the per-process limit times the number of processes. That is on purpose:
 a limit shared through Redis would add a round trip to every request, and an operator sizing
 ``RISKENGINE_RATE_LIMIT_PER_SECOND`` can divide by the worker count instead.
@@ -13,15 +13,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import Counter
 
-from riskengine.api.auth import KeyRing
 from riskengine.api.metrics import REGISTRY
-
-#: set in a request's scope by the score lane once it has taken that request's token
-TAKEN = "riskengine.rate_limit_taken"
 
 RATE_LIMITED = Counter("riskengine_rate_limited_total", "Requests answered 429, by client", ["client"],
                        registry=REGISTRY)
@@ -53,12 +48,10 @@ class TokenBucket:
 
 
 class Buckets:
-    """Each client's bucket, shared by the middleware and the score lane. Used on the event loop
-    only (no awaits between read and write): no lock needed."""
+    """Each client's bucket. Used on the event loop only (no awaits between read and write): no lock."""
 
-    def __init__(self, keys: KeyRing, per_second: float, burst: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.keys, self.per_second, self.burst, self.clock = keys, per_second, burst, clock
+    def __init__(self, per_second: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second, self.burst, self.clock = per_second, burst, clock
         self.buckets: dict[str, TokenBucket] = {}        # one per configured client: bounded by the key list
 
     def take(self, client: str) -> float:
@@ -70,32 +63,7 @@ class Buckets:
             bucket = self.buckets[client] = TokenBucket(self.per_second, self.burst, self.clock)
         return bucket.take()
 
-    def client(self, scope: dict) -> str | None:
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                return self.keys.client_for_header(value.decode("latin-1"))
-        return None
-
-
-class RateLimit:
-    """ASGI middleware: 429 for a client over its rate."""
-
-    def __init__(self, app: Any, buckets: Buckets) -> None:
-        self.app, self.buckets = app, buckets
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or self.buckets.per_second <= 0 or scope.get(TAKEN):
-            return await self.app(scope, receive, send)
-        client = self.buckets.client(scope)
-        if client is not None:
-            wait = self.buckets.take(client)
-            if wait > 0:
-                RATE_LIMITED.labels(client).inc()
-                return await _too_many(send, wait)
-        await self.app(scope, receive, send)
-
-
-async def _too_many(send: Callable, wait: float) -> None:
+async def too_many(send: Callable, wait: float) -> None:
     retry_after = str(max(1, math.ceil(wait))).encode()    # delta-seconds: a whole number (RFC 9110)
     body = b'{"detail":"rate limit exceeded for this API key; retry later"}'
     await send({"type": "http.response.start", "status": 429,

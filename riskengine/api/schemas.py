@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from riskengine.engine import OUTCOMES
-from riskengine.events import Event, event_from_request
+from riskengine.events import DEFAULT_TENANT, Event, event_from_request, new_event_id, tenant_key, untenanted
 from riskengine.inputs import (DEFAULT_MAX_CLOCK_SKEW_S, Amount, AttributeValueIn, Id, InputError, Text, Timestamp,
                                normalize_ip)
 from riskengine.policy.decide import Decision
@@ -52,11 +52,16 @@ class ScoreRequest(_Strict):
         except ValueError:
             raise ValueError("not an IPv4 or IPv6 address") from None
 
-    def to_event(self, received_at: datetime, *, max_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S) -> Event:
-        """The core event (field by field, by name); a time more than ``max_skew_s`` ahead of
-        ``received_at`` (the server's clock) is a 422 naming its field, like every other bad field."""
+    def to_event(self, received_at: datetime, tenant: str = DEFAULT_TENANT, *,
+                 max_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S) -> Event:
+        """The core event (field by field, by name), its ids made the tenant's own (``tenant_key``); a
+        time more than ``max_skew_s`` ahead of ``received_at`` (the server's clock) is a 422 naming its
+        field, like every other bad field."""
+        body = self.model_dump(exclude_none=True)
+        body["event_id"] = tenant_key(tenant, self.event_id or new_event_id())
+        body["user_id"] = tenant_key(tenant, self.user_id)
         try:
-            return event_from_request(self.model_dump(exclude_none=True), received_at, max_skew_s)
+            return event_from_request(body, received_at, max_skew_s)
         except InputError as exc:
             raise RequestValidationError([{"type": "value_error", "loc": ("body", *exc.field.split(".")),
                                            "msg": str(exc), "input": None}]) from None
@@ -87,8 +92,10 @@ class ScoreResponse(BaseModel):
     failure: str | None = None                   # set when no risk could be computed: the policy's on_failure answer
 
     @classmethod
-    def from_decision(cls, decision: Decision) -> "ScoreResponse":
-        return cls(**decision.to_dict())
+    def from_decision(cls, decision: Decision, tenant: str = DEFAULT_TENANT) -> "ScoreResponse":
+        """The one place a Decision becomes an answer (with the event id as the client sent it)."""
+        answer = decision.to_dict()
+        return cls(**{**answer, "event_id": untenanted(tenant, answer["event_id"])})
 
 
 class FeedbackRequest(_Strict):
