@@ -30,10 +30,12 @@ SENSITIVE_ACTIONS = ("payment", "add_payee", "change_email", "change_password", 
 # -- the core types ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """What the user already holds in this session (OIDC ``acr`` and ``auth_time``)."""
+    """What the user already holds in this session (OIDC ``acr`` and ``auth_time``) and the app's
+    session ``id``, which ties in-session actions to the sign-in that opened the session."""
 
     acr: str | None = None
     auth_time: datetime | None = None
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,7 +189,7 @@ def test_erasure_removes_the_user_but_not_others(client, settings):
 
 def test_health_and_metrics(client):
     health = client.get("/health").json()
-    assert health == {"status": "ok", "model_version": "freeman-statistical@1", "policy_version": "default@1"}
+    assert health == {"status": "ok", "model_version": "freeman-statistical@1", "policy_version": "default@2"}
     login(client, 0, T0)
     text = client.get("/metrics").text
     assert 'riskengine_decisions_total{action="login",decision="allow"}' in text

@@ -175,7 +175,7 @@ def test_whatif_command_prints_both_setups_with_intervals(tmp_path, monkeypatch,
     policy.write_text(CANDIDATE_YAML)
     assert main(["whatif", "--data", str(data), "--policy", str(policy)]) == 0
     out = capsys.readouterr().out
-    assert "policy default@1, model freeman-statistical@1" in out
+    assert "policy default@2, model freeman-statistical@1" in out
     assert "policy lower-medium@1, model freeman-statistical@1" in out
     table = whatif.compare(shadow, "current", "candidate")
     row = table.loc[("login", "candidate")]
