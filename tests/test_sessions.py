@@ -31,8 +31,8 @@ def history(client, days: int = 12, user: str = "alice") -> datetime:
     """A settled user: daily sign-ins from one laptop in Oslo, each with a small payment."""
     for day in range(days):
         at = T0 + timedelta(days=day)
-        post(client, f"h{day}", "login", at, f"s-h{day}", user=user)
-        post(client, f"hv{day}", "view_dashboard", at + timedelta(minutes=1), f"s-h{day}", user=user)
+        post(client, f"hist{day}", "login", at, f"s-h{day}", user=user)
+        post(client, f"histv{day}", "view_dashboard", at + timedelta(minutes=1), f"s-h{day}", user=user)
     return T0 + timedelta(days=days)
 
 

@@ -31,7 +31,7 @@ from riskengine.stores import MemoryStore
 
 FPRS = (0.01, 0.02, 0.05)
 #: the statistical score's scale the trained risk never goes below (see README: measured choice)
-ANOMALY_FLOOR: float | None = 10.0
+ANOMALY_FLOOR: float | None = 40.0
 Progress = Callable[[int], None]
 
 

@@ -14,8 +14,8 @@ from riskengine.datasets.synth.places import GeoPools
 from riskengine.datasets.synth.users import Population
 
 # Incidents per user per 30 days (password spraying: campaigns, each over many users).
-FRAUD_RATES = {"app_fraud": 0.04, "mfa_fatigue": 0.035, "sim_swap": 0.035, "residential_proxy": 0.045,
-               "mid_session_hijack": 0.045, "scripted_client": 0.035, "password_spraying": 0.004}
+FRAUD_RATES = {"app_fraud": 0.02, "mfa_fatigue": 0.015, "sim_swap": 0.02, "residential_proxy": 0.025,
+               "mid_session_hijack": 0.025, "scripted_client": 0.015, "password_spraying": 0.003}
 
 
 class Fraud(Attacks):
@@ -70,7 +70,7 @@ class Fraud(Attacks):
         """Low and slow: one or two common passwords per account, each try from another residential
         address, spread over hours so no address or account looks busy."""
         for _ in range(campaigns):
-            victims = self._victims(int(self.rng.integers(40, 121)))
+            victims = self._victims(int(self.rng.integers(20, 61)))
             if len(victims) == 0:
                 return
             t0 = int(self.rng.uniform(self.ready[victims].max() + 60, self.clock.end - 3600)) \
