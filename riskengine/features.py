@@ -78,13 +78,6 @@ FEATURES: tuple[Feature, ...] = (
             lambda v: v > 24 * 30),
     Feature("history_logins", "little_history", "little history for this user ({history_logins:.0f} earlier logins)",
             lambda v: v < 5),
-    Feature("lr_ip", "rare_ip", "IP address unusual for this user", direction=UP),
-    Feature("lr_network", "rare_network", "network unusual for this user", direction=UP),
-    Feature("lr_country", "rare_country", "country unusual for this user", direction=UP),
-    Feature("lr_user_agent", "rare_user_agent", "User-Agent unusual for this user", direction=UP),
-    Feature("lr_browser", "rare_browser", "browser unusual for this user", direction=UP),
-    Feature("lr_os", "rare_os", "operating system unusual for this user", direction=UP),
-    Feature("lr_device_type", "rare_device_type", "device type unusual for this user", direction=UP),
     # the session an in-session action belongs to (its id, else the latest sign-in from its device)
     Feature("session_step_up_failed", "session_step_up_failed",
             "this session's step-up was failed or its sign-in denied", direction=UP),
@@ -103,6 +96,13 @@ FEATURES: tuple[Feature, ...] = (
             "session in the last 10 minutes", lambda v: v >= 2, direction=UP),
     Feature("step_ups_failed_24h", "step_ups_failed", "{step_ups_failed_24h:.0f} failed step-ups in the last "
             "24 hours", direction=UP),
+    Feature("lr_ip", "rare_ip", "IP address unusual for this user", direction=UP),
+    Feature("lr_network", "rare_network", "network unusual for this user", direction=UP),
+    Feature("lr_country", "rare_country", "country unusual for this user", direction=UP),
+    Feature("lr_user_agent", "rare_user_agent", "User-Agent unusual for this user", direction=UP),
+    Feature("lr_browser", "rare_browser", "browser unusual for this user", direction=UP),
+    Feature("lr_os", "rare_os", "operating system unusual for this user", direction=UP),
+    Feature("lr_device_type", "rare_device_type", "device type unusual for this user", direction=UP),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 #: per column, the way it may move risk: ``HistGradientBoostingClassifier(monotonic_cst=...)``

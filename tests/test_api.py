@@ -32,9 +32,9 @@ def test_readme_story(client):
 
     away = login(client, "away", T0 + timedelta(days=10), ip=US_IP, ua=SAFARI_IPHONE, device="phone-1")
     assert away["decision"] == "step_up" and away["risk_level"] in ("medium", "high")
-    assert away["required_acr"] == "aal2" and away["max_age"] == 300
+    assert away["required_acr"] == "aal2" and away["max_age"] == 0     # bound to this sign-in
     assert away["challenge"] == ('Bearer error="insufficient_user_authentication", error_description='
-                                 '"step-up required", acr_values="aal2", max_age=300')
+                                 '"step-up required", acr_values="aal2", max_age=0')
     codes = [r["code"] for r in away["reasons"]]
     assert "new_country" in codes and "new_device" in codes
     weights = [r["weight"] for r in away["reasons"]]

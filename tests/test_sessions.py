@@ -97,16 +97,26 @@ def test_without_a_session_id_the_latest_sign_in_from_the_device_is_used(client)
     assert "session_step_up_failed" not in codes(laptop)
 
 
-def test_an_action_with_no_known_sign_in_says_so(client):
-    now = history(client)
-    answer = post(client, "u1", "add_payee", now, "never-signed-in", device="laptop-1", payee_id="p")
-    assert "session_unknown" in codes(answer)
+def test_an_action_with_no_known_sign_in_is_a_signal(enricher):
+    """The statistical score leaves it out (apps may not post every sign-in); a model can learn it."""
+    from riskengine.engine import Engine
+    from riskengine.events import Event, SessionInfo
+    from riskengine.stores import MemoryStore
+
+    with Engine(MemoryStore(), enricher) as engine:
+        engine.score(Event("l", "alice", "login", T0, OSLO_IP, CHROME_WIN, "laptop-1", session=SessionInfo(id="s1")))
+        unknown = engine.evaluate(Event("a", "alice", "add_payee", T0 + timedelta(minutes=1), OSLO_IP, CHROME_WIN,
+                                        "laptop-1", payee_id="p", session=SessionInfo(id="s-other")))
+        known = engine.evaluate(Event("b", "alice", "add_payee", T0 + timedelta(minutes=1), OSLO_IP, CHROME_WIN,
+                                      "laptop-1", payee_id="p", session=SessionInfo(id="s1")))
+    assert unknown.signals.values["session_unknown"] == 1.0 and known.signals.values["session_unknown"] == 0.0
+    assert known.signals.values["session_age_min"] == 1.0
 
 
 def test_the_pace_of_sensitive_actions_counts_within_the_session(client):
     now = history(client)
     post(client, "p0", "login", now, "s-p")
-    answers = [post(client, f"p{n}", "export_data", now + timedelta(seconds=30 * n), "s-p") for n in range(1, 6)]
+    answers = [post(client, f"p{n}", "export_data", now + timedelta(seconds=30 * n), "s-p") for n in range(1, 9)]
     assert "session_pace" in codes(answers[-1])
     assert answers[-1]["risk_score"] > answers[0]["risk_score"]
 

@@ -76,8 +76,7 @@ class StatisticalScorer:
         evidence["session_new_device"] = 5.0 * v["session_new_device"]
         evidence["session_new_browser"] = 5.0 * v["session_new_browser"]
         evidence["session_new_network"] = 3.0 * v["session_new_network"]
-        evidence["session_unknown"] = 1.5 * v["session_unknown"]
-        evidence["session_sensitive_10m"] = 1.5 * max(0.0, v["session_sensitive_10m"] - 2.0)
+        evidence["session_sensitive_10m"] = 1.0 * max(0.0, v["session_sensitive_10m"] - 5.0)   # bills in a row are fine
         evidence["step_ups_failed_24h"] = 3.0 * min(v["step_ups_failed_24h"], 5.0)
         evidence["trusted_device"] = -3.0 * v["trusted_device"]
         evidence["trusted_place"] = -3.0 * v["trusted_place"]
