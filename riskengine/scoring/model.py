@@ -25,6 +25,8 @@ from riskengine.profiles import FREEMAN_ATTRIBUTES
 
 STATISTICAL_VERSION = "freeman-statistical@1"
 ISOTONIC_MIN_POSITIVES = 500
+#: a floor at least this high (the default policy's medium band) adds its evidence to a model's reasons
+FLOOR_EXPLAINS = 0.3
 #: a never-seen value's likelihood ratio is credited to the plainer "new_*" signal in reasons
 _NOVELTY = {"ip": "new_ip", "network": "new_network", "country": "new_country", "browser": "new_browser",
             "os": "new_os"}
@@ -172,11 +174,15 @@ class TrainedScorer:
             risk = float(self.model.predict_proba(np.asarray([row], dtype=float))[0, 1])
             return Score(risk, {}, self.version)
         risk, contributions = self._compiled.score_one(row)
+        explained = {n: c for n, c in zip(FEATURE_NAMES, contributions) if c > 0}
         if self.model.anomaly_floor is not None:
             floor = StatisticalScorer(self.model.anomaly_floor).score(signals)
             if floor.risk > risk:               # the anomaly outweighs the model: its evidence is the reason
                 return Score(floor.risk, floor.contributions, self.version)
-        return Score(risk, {n: c for n, c in zip(FEATURE_NAMES, contributions) if c > 0}, self.version)
+            if floor.risk >= FLOOR_EXPLAINS:    # an anomaly that alone would ask for a step-up is named too
+                for name, weight in floor.contributions.items():
+                    explained[name] = explained.get(name, 0.0) + weight
+        return Score(risk, explained, self.version)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Batch risks, for evaluation and champion comparison."""
