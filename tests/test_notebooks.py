@@ -88,7 +88,7 @@ def test_02_threshold_tuning_writes_a_loadable_candidate_policy(tmp_path, kernel
     bands = json.loads((folder / "bands.json").read_text())
     assert bands["login_legit_stepped_up"] <= 0.02 and bands["login_legit_denied"] <= 0.001
     policy = load_policy(folder / "suggested-policy.yaml")
-    assert policy.version == "default-suggested@1"
+    assert policy.version == "default-suggested@2"      # the default policy is at version 2
     assert bands["medium"] <= policy.medium_at < bands["medium"] + 1e-4    # rounded up to 4 decimals, no lower
     assert policy.medium_at < policy.high_at <= policy.deny_at
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
