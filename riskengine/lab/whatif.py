@@ -81,8 +81,11 @@ def _drive(rows: list[Mapping[str, Any]], driver: Setup, shadows: list[Setup], e
             columns[f"{name}_risk"].append(seen.risk_score)
             columns[f"{name}_decision"].append(seen.decision)
         scored = engine.score_and_record(event)
-        if scored.decision.decision == "step_up" and not scored.learned and label == 0:
-            engine.apply_step_up(event, learn=event.success)          # the real user passes it
+        if scored.decision.decision == "step_up" and not scored.learned:
+            if label == 0:
+                engine.apply_step_up(event, learn=event.success)      # the real user passes it
+            else:
+                engine.fail_step_up(event)                            # an attacker does not (as backfill)
         columns[f"{driver.name}_risk"].append(scored.decision.risk_score)
         columns[f"{driver.name}_decision"].append(scored.decision.decision)
         for key, value in (("event_id", event.event_id), ("action", event.action), ("success", event.success),
