@@ -197,6 +197,8 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
     from riskengine.policy.file import PolicyError, load_policy, resolve
 
+    if args.leave_one_out:
+        return _leave_one_out(Path(args.data))
     registry = ModelRegistry.open(settings)
     try:
         version = report.pick_model(registry, args.model)
@@ -212,6 +214,16 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     print(result.text())
     print(f"report: {out / 'report.html'} (one file, plots inline; report.md, plots and metrics.json beside it)",
           file=sys.stderr)
+    return 0
+
+
+def _leave_one_out(data: Path) -> int:
+    from riskengine.lab import holdout
+
+    table, summary = holdout.leave_one_class_out(_replay(data))
+    print("catch rate per attacker class, at most 1% of legitimate logins stepped up:")
+    print(table.round(4).to_string())
+    print("\n".join(f"{name}: {value:.4f}" for name, value in summary.items()))
     return 0
 
 
@@ -268,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="report folder (default: $RISKENGINE_HOME/reports/<model>-<time>/)")
     evaluate.add_argument("--window", choices=("auto", "all", "later"), default="auto",
                           help="events to score: auto = the later quarter if the model was trained on this data")
+    evaluate.add_argument("--leave-one-out", action="store_true",
+                          help="per attacker class: train without it, report its catch rate beside all-trained and Freeman")
     evaluate.set_defaults(run=_evaluate)
     whatif = commands.add_parser("whatif", help="replay events under a candidate policy/model, beside the current")
     whatif.add_argument("--data", required=True, help="labelled or recorded events: Parquet/JSONL or the RBA CSV")

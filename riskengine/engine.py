@@ -148,7 +148,7 @@ class Engine:
         self._watcher.start()
 
     def _use_model(self, model: Any, entry: ModelVersion) -> None:
-        self.scorer = TrainedScorer(model, entry.version)       # one reference swap: in-flight requests keep theirs
+        self.scorer = TrainedScorer.loaded(model, entry)       # one reference swap: in-flight requests keep theirs
         self.model_error = None
         log.info("serving model %s", entry.version)
         self.store.append_audit({"kind": "model", "at": format_timestamp(_now()),
@@ -325,6 +325,8 @@ class Engine:
             new, learned_values = profiles.failed(profile, scored.enriched, self.retention_s, now), {}
         else:
             new, learned_values = None, {}
+        if (opened := profiles.decided(new or profile, scored.enriched, scored.decision.decision)) is not (new or profile):
+            new = opened                          # a sign-in opened a session, or a session's pace moved
         counted = (scored.policy or self.policy).after(new or profile, event, scored.decision)
         if counted is not None:
             new = counted                         # PSD2 counters since the last SCA moved
@@ -363,6 +365,8 @@ class Engine:
             event = event_from_request(stored.request)
             learned_already = learns(event.success, stored.decision["decision"], stored.decision["risk_level"])
             self.apply_step_up(event, learn=not learned_already, required_acr=stored.decision.get("required_acr"))
+        elif outcome == "step_up_failed":
+            self.fail_step_up(event_from_request(stored.request))
         audit = {"kind": "feedback", **self._audit_head(stored.user_id, client, _now(), event_id),
                  "outcome": outcome, "policy_version": self.policy.version}
         recorded = self.store.record_outcome(event_id, outcome, audit)
@@ -387,15 +391,27 @@ class Engine:
             self._apply_step_up(event, enriched, learn, required_acr)
 
     def _apply_step_up(self, event: Event, enriched: EnrichedEvent, learn: bool, required_acr: str | None) -> None:
-        for attempt in range(_RETRIES):
-            profile = self.store.get(event.user_id)
+        def change(profile: profiles.UserProfile) -> profiles.UserProfile:
             new = profiles.learned(profile, enriched, self.retention_s, _now().timestamp()) if learn else profile
             new = profiles.trusted(new, enriched, event.ts)
             if required_acr is not None and (sca := self.policy.after_step_up(new, required_acr, event.ts)):
                 new = sca                         # an SCA-grade step-up restarts the PSD2 low-value counters
+            return new
+        self._update_profile(event.user_id, change, self._values(event, enriched) if learn else {})
+
+    def fail_step_up(self, event: Event) -> None:
+        """The step-up was not passed: the event's session stays high risk; failures are counted."""
+        enriched = self.enricher.enrich(event)
+        with self._user_lock(event.user_id):
+            self._update_profile(event.user_id,
+                                 lambda profile: profiles.stepped_up(profile, enriched, False, event.ts), {})
+
+    def _update_profile(self, user_id: str, change: Callable[[profiles.UserProfile], profiles.UserProfile],
+                        learned_values: dict[str, str]) -> None:
+        for attempt in range(_RETRIES):
+            profile = self.store.get(user_id)
             try:
-                self.store.update_profile(event.user_id, profile.version, new,
-                                          self._values(event, enriched) if learn else {}, None)
+                self.store.update_profile(user_id, profile.version, change(profile), learned_values, None)
                 return
             except Conflict:
                 if attempt:

@@ -66,10 +66,12 @@ def tenant_of(value: str) -> str:
 # -- the core types ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """What the user already holds in this session (OIDC ``acr`` and ``auth_time``)."""
+    """What the user already holds in this session (OIDC ``acr`` and ``auth_time``) and the app's
+    session ``id``, which ties in-session actions to the sign-in that opened the session."""
 
     acr: str | None = None
     auth_time: datetime | None = None
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

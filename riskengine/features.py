@@ -15,7 +15,8 @@ from string import Formatter
 from typing import Any
 
 from riskengine.enrich import EnrichedEvent, haversine_km
-from riskengine.profiles import DAY, FREEMAN_ATTRIBUTES, HOUR, UserProfile, attribute_values, place_key
+from riskengine.profiles import (DAY, DENIED, FREEMAN_ATTRIBUTES, HOUR, STEP_UP_FAILED, STEP_UP_PENDING, UserProfile,
+                                 attribute_values, place_key)
 
 AIRLINER_KMH = 1000.0          # faster than this between two sign-ins is not a journey
 MIN_TRAVEL_S = 60.0            # two events in the same minute: velocity of a minute, not infinity
@@ -32,53 +33,79 @@ def _positive(value: float) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Feature:
-    """``applies`` says when the value is on its risky side, so a reason never claims the opposite."""
+    """``applies`` says when the value is on its risky side, so a reason never claims the opposite;
+    ``direction`` is the way the value may move risk (+1: more is never safer, -1: more is never
+    riskier, 0: either), the model's monotonic constraint."""
 
     name: str
     code: str
     message: str
     applies: Callable[[float], bool] = _positive
+    direction: int = 0
+
+
+UP, DOWN = 1, -1
 
 
 FEATURES: tuple[Feature, ...] = (
     Feature("km_from_last_success", "geo_distance", "{km:,.0f} km from the last successful sign-in"),
-    Feature("kmh_from_last_success", "geo_velocity", "{kmh:,.0f} km/h since the last successful sign-in {minutes:,.0f} min earlier"),
-    Feature("impossible_travel", "impossible_travel", "{km:,.0f} km from the last sign-in {minutes:,.0f} min earlier"),
-    Feature("unknown_location", "unknown_location", "the address has no known location ({unknown_reason})"),
-    Feature("new_country", "new_country", "country {country} not seen for this user"),
-    Feature("new_city", "new_city", "place {place} not seen for this user"),
-    Feature("new_network", "new_network", "network not seen for this user"),
-    Feature("new_ip", "new_ip", "IP address not seen for this user"),
-    Feature("new_device", "new_device", "device not seen for this user"),
-    Feature("new_browser", "new_browser", "browser {browser} not seen for this user"),
-    Feature("new_os", "new_os", "operating system {os} not seen for this user"),
-    Feature("trusted_device", "untrusted_device", "device never confirmed by a passed step-up", lambda v: v == 0),
-    Feature("trusted_place", "untrusted_place", "place never confirmed by a passed step-up", lambda v: v == 0),
-    Feature("devices_30d", "many_devices", "{devices_30d:.0f} distinct devices in the last 30 days", lambda v: v > 2),
+    Feature("kmh_from_last_success", "geo_velocity", "{kmh:,.0f} km/h since the last successful sign-in {minutes:,.0f} min earlier", direction=UP),
+    Feature("impossible_travel", "impossible_travel", "{km:,.0f} km from the last sign-in {minutes:,.0f} min earlier", direction=UP),
+    Feature("unknown_location", "unknown_location", "the address has no known location ({unknown_reason})", direction=UP),
+    Feature("new_country", "new_country", "country {country} not seen for this user", direction=UP),
+    Feature("new_city", "new_city", "place {place} not seen for this user", direction=UP),
+    Feature("new_network", "new_network", "network not seen for this user", direction=UP),
+    Feature("new_ip", "new_ip", "IP address not seen for this user", direction=UP),
+    Feature("new_device", "new_device", "device not seen for this user", direction=UP),
+    Feature("new_browser", "new_browser", "browser {browser} not seen for this user", direction=UP),
+    Feature("new_os", "new_os", "operating system {os} not seen for this user", direction=UP),
+    Feature("trusted_device", "untrusted_device", "device never confirmed by a passed step-up", lambda v: v == 0, direction=DOWN),
+    Feature("trusted_place", "untrusted_place", "place never confirmed by a passed step-up", lambda v: v == 0, direction=DOWN),
+    Feature("devices_30d", "many_devices", "{devices_30d:.0f} distinct devices in the last 30 days", lambda v: v > 2, direction=UP),
     Feature("amount_log", "amount", "amount of {amount:,.2f}"),
-    Feature("amount_zscore", "unusual_amount", "amount {amount:,.2f} is {amount_zscore:.1f} standard deviations from the user's usual (log scale)", lambda v: v > 1),
-    Feature("first_payment", "first_payment", "first payment for this user"),
-    Feature("new_payee", "new_payee", "payee not seen for this user"),
-    Feature("hour_unusualness", "unusual_time", "unusual time of day for this user ({hour:02d}:00 UTC)"),
-    Feature("failed_logins_15m", "recent_failures", "{failed_logins_15m:.0f} failed logins in the last 15 minutes"),
-    Feature("failed_logins_1h", "recent_failures_1h", "{failed_logins_1h:.0f} failed logins in the last hour"),
-    Feature("ip_failures_1h", "ip_failures", "{ip_failures_1h:.0f} failed logins from this address in the last hour"),
-    Feature("ip_users_1h", "ip_many_users", "{ip_users_1h:.0f} different users from this address in the last hour"),
-    Feature("login_failed", "login_failed", "the primary credential check failed"),
+    Feature("amount_zscore", "unusual_amount", "amount {amount:,.2f} is {amount_zscore:.1f} standard deviations from the user's usual (log scale)", lambda v: v > 1, direction=UP),
+    Feature("first_payment", "first_payment", "first payment for this user", direction=UP),
+    Feature("new_payee", "new_payee", "payee not seen for this user", direction=UP),
+    Feature("hour_unusualness", "unusual_time", "unusual time of day for this user ({hour:02d}:00 UTC)", direction=UP),
+    Feature("failed_logins_15m", "recent_failures", "{failed_logins_15m:.0f} failed logins in the last 15 minutes", direction=UP),
+    Feature("failed_logins_1h", "recent_failures_1h", "{failed_logins_1h:.0f} failed logins in the last hour", direction=UP),
+    Feature("ip_failures_1h", "ip_failures", "{ip_failures_1h:.0f} failed logins from this address in the last hour", direction=UP),
+    Feature("ip_users_1h", "ip_many_users", "{ip_users_1h:.0f} different users from this address in the last hour", direction=UP),
+    Feature("login_failed", "login_failed", "the primary credential check failed", direction=UP),
     Feature("action_sensitivity", "sensitive_action", "sensitive action ({action})", lambda v: v >= 2),
     Feature("hours_since_step_up", "no_recent_step_up", "no passed step-up for {hours_since_step_up:,.0f} hours",
             lambda v: v > 24 * 30),
     Feature("history_logins", "little_history", "little history for this user ({history_logins:.0f} earlier logins)",
             lambda v: v < 5),
-    Feature("lr_ip", "rare_ip", "IP address unusual for this user"),
-    Feature("lr_network", "rare_network", "network unusual for this user"),
-    Feature("lr_country", "rare_country", "country unusual for this user"),
-    Feature("lr_user_agent", "rare_user_agent", "User-Agent unusual for this user"),
-    Feature("lr_browser", "rare_browser", "browser unusual for this user"),
-    Feature("lr_os", "rare_os", "operating system unusual for this user"),
-    Feature("lr_device_type", "rare_device_type", "device type unusual for this user"),
+    # the session an in-session action belongs to (its id, else the latest sign-in from its device)
+    Feature("session_step_up_failed", "session_step_up_failed",
+            "this session's step-up was failed or its sign-in denied", direction=UP),
+    Feature("session_unverified", "session_unverified",
+            "this session's sign-in asked for a step-up that was never passed", direction=UP),
+    Feature("session_unknown", "session_unknown", "no sign-in known for this session or device", direction=UP),
+    Feature("session_new_ip", "session_ip_changed", "IP address changed within the session", direction=UP),
+    Feature("session_new_network", "session_network_changed", "network changed within the session",
+            direction=UP),
+    Feature("session_new_device", "session_device_changed", "device changed within the session", direction=UP),
+    Feature("session_new_browser", "session_browser_changed", "browser changed within the session to {browser}",
+            direction=UP),
+    Feature("session_age_min", "session_age", "session signed in {session_age_min:,.0f} min earlier",
+            lambda v: v > 12 * 60),
+    Feature("session_sensitive_10m", "session_pace", "{session_sensitive_10m:.0f} sensitive actions in this "
+            "session in the last 10 minutes", lambda v: v >= 2, direction=UP),
+    Feature("step_ups_failed_24h", "step_ups_failed", "{step_ups_failed_24h:.0f} failed step-ups in the last "
+            "24 hours", direction=UP),
+    Feature("lr_ip", "rare_ip", "IP address unusual for this user", direction=UP),
+    Feature("lr_network", "rare_network", "network unusual for this user", direction=UP),
+    Feature("lr_country", "rare_country", "country unusual for this user", direction=UP),
+    Feature("lr_user_agent", "rare_user_agent", "User-Agent unusual for this user", direction=UP),
+    Feature("lr_browser", "rare_browser", "browser unusual for this user", direction=UP),
+    Feature("lr_os", "rare_os", "operating system unusual for this user", direction=UP),
+    Feature("lr_device_type", "rare_device_type", "device type unusual for this user", direction=UP),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+#: per column, the way it may move risk: ``HistGradientBoostingClassifier(monotonic_cst=...)``
+MONOTONIC: tuple[int, ...] = tuple(f.direction for f in FEATURES)
 BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
 
 
@@ -173,6 +200,39 @@ def _amount(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]
     return x, z, 0.0
 
 
+def _session(enriched: EnrichedEvent, profile: UserProfile) -> dict[str, float]:
+    """An in-session action judged with its sign-in: how it was decided, what changed since, pace."""
+    event = enriched.event
+    now = event.ts
+    if event.action == "login":
+        return dict.fromkeys(_SESSION_SIGNALS, 0.0) | {"session_age_min": math.nan}
+    entry = profile.session_of(enriched)
+    if entry is None:
+        return dict.fromkeys(_SESSION_SIGNALS, 0.0) | {"session_age_min": math.nan, "session_unknown": 1.0}
+    signed_in_at, state, ip, network, device, browser, sensitive = entry
+    auth = event.session.auth_time
+    # the app says the session reached a higher level after the sign-in: its step-up was passed
+    proven = bool(event.session.acr and event.session.acr != "aal1" and auth is not None
+                  and auth.timestamp() >= signed_in_at)
+    changed = lambda before, now_: float(bool(before) and bool(now_) and before != now_)  # noqa: E731
+    return {
+        "session_step_up_failed": float(state in (STEP_UP_FAILED, DENIED)),
+        "session_unverified": float(state == STEP_UP_PENDING and not proven),
+        "session_unknown": 0.0,
+        "session_new_ip": changed(ip, event.ip),
+        "session_new_network": changed(network, enriched.geo.network),
+        "session_new_device": changed(device, event.device_id),
+        "session_new_browser": changed(browser, enriched.ua.browser),
+        "session_age_min": max(0.0, now - signed_in_at) / 60,
+        "session_sensitive_10m": float(sum(1 for at in sensitive if now - 600 <= at <= now)),
+    }
+
+
+_SESSION_SIGNALS = ("session_step_up_failed", "session_unverified", "session_unknown", "session_new_ip",
+                    "session_new_network", "session_new_device", "session_new_browser", "session_age_min",
+                    "session_sensitive_10m")
+
+
 def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> Signals:
     """All signals for one event, from the state before it."""
     event, geo, ua = enriched.event, enriched.geo, enriched.ua
@@ -214,6 +274,8 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
         "hours_since_step_up": (min((now - profile.last_step_up_at) / HOUR, NEVER_STEPPED_UP_H)
                                 if profile.last_step_up_at is not None else NEVER_STEPPED_UP_H),
         "history_logins": float(profile.logins),
+        **_session(enriched, profile),
+        "step_ups_failed_24h": float(profile.step_up_failures_since(now - DAY)),
     }
     attrs = attribute_values(enriched)
     for attribute in FREEMAN_ATTRIBUTES:
@@ -279,4 +341,14 @@ USER_MESSAGES: dict[str, str] = {
     "sensitive_action": "This action needs an extra check.",
     "no_recent_step_up": "You have not confirmed your identity for a while.",
     "little_history": "We do not know this account's habits yet.",
+    "session_step_up_failed": "This session was not confirmed.",
+    "session_unverified": "This session was not confirmed.",
+    "session_unknown": "We could not match this action to a sign-in.",
+    "session_ip_changed": "This session changed network since you signed in.",
+    "session_network_changed": "This session changed network since you signed in.",
+    "session_device_changed": "This session changed device since you signed in.",
+    "session_browser_changed": "This session changed device since you signed in.",
+    "session_age": "You signed in a long time ago.",
+    "session_pace": "Many sensitive actions were made in a short time.",
+    "step_ups_failed": "There were several failed confirmations on your account.",
 }

@@ -32,6 +32,13 @@ _FREEMAN_FIELDS = {"ip": "ips", "network": "networks", "country": "countries",
                    "device_type": "device_types"}
 MAX_FAILURES = 50
 MAX_TRUSTED = 32
+MAX_SESSIONS = 16              # session entries kept ("s:<id>" and "d:<device>"): the latest sign-ins
+MAX_SENSITIVE = 8              # sensitive-action times kept per session: enough to measure pace
+MAX_STEP_UP_FAILURES = 20
+#: how a session's sign-in went; later actions in the session are judged by it
+SIGNED_IN, STEP_UP_PENDING, STEP_UP_PASSED, STEP_UP_FAILED, DENIED = range(5)
+SENSITIVE = frozenset({"payment", "add_payee", "change_email", "change_password", "export_data",
+                       "change_phone"})
 
 
 def attribute_values(enriched: EnrichedEvent) -> dict[str, str]:
@@ -41,6 +48,14 @@ def attribute_values(enriched: EnrichedEvent) -> dict[str, str]:
     if event.user_agent:                  # no header: nothing to say about browser or OS
         values.update(user_agent=event.user_agent, browser=ua.browser, os=ua.os, device_type=ua.device_type)
     return {k: v for k, v in values.items() if v}
+
+
+def session_key(enriched: EnrichedEvent) -> str | None:
+    """Where a session's state is kept: by the app's session id, or (without one) by device."""
+    event = enriched.event
+    if event.session.id:
+        return f"s:{event.session.id}"
+    return f"d:{event.device_id}" if event.device_id else None
 
 
 def place_key(enriched: EnrichedEvent) -> str:
@@ -80,6 +95,11 @@ class UserProfile:
     #: "device:<id>" or "place:<country>/<city>" -> when a step-up was passed there
     trusted: dict[str, float] = field(default_factory=dict)
     last_step_up_at: float | None = None
+    #: "s:<session id>" or "d:<device id>" -> [signed_in_at, state, ip, network, device, browser,
+    #: [sensitive action times]]: the sign-in an in-session action is judged with
+    sessions: dict[str, list] = field(default_factory=dict)
+    #: when step-ups were failed (MFA fatigue: many in a day)
+    step_up_failures: list[float] = field(default_factory=list)
     #: PSD2 RTS Art. 16: when the user last passed SCA, and what was paid without SCA since
     last_sca_at: float | None = None
     since_sca_amount: float = 0.0
@@ -119,6 +139,8 @@ class UserProfile:
         clone.hours = list(self.hours)
         clone.failures = list(self.failures)
         clone.trusted = dict(self.trusted)
+        clone.sessions = dict(self.sessions)
+        clone.step_up_failures = list(self.step_up_failures)
         if self.freeman_totals is not None:
             clone.freeman_totals = dict(self.freeman_totals)
         return clone
@@ -150,6 +172,14 @@ class UserProfile:
     def is_trusted(self, key: str, since: float) -> bool:
         at = self.trusted.get(key)
         return at is not None and at >= since
+
+    def session_of(self, enriched: EnrichedEvent) -> list | None:
+        """The sign-in an event belongs to: its session's, else the latest from its device."""
+        key = session_key(enriched)
+        return self.sessions.get(key) if key else None
+
+    def step_up_failures_since(self, since: float) -> int:
+        return sum(1 for at in self.step_up_failures if at >= since)
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(UserProfile) if f.name not in ("oldest_seen_at", "freeman_totals"))
@@ -267,4 +297,62 @@ def trusted(profile: UserProfile, enriched: EnrichedEvent, at: float) -> UserPro
         for key in sorted(new.trusted, key=new.trusted.__getitem__)[: len(new.trusted) - MAX_TRUSTED]:
             del new.trusted[key]
     new.last_step_up_at = at if new.last_step_up_at is None else max(new.last_step_up_at, at)
+    return stepped_up(new, enriched, True, at)
+
+
+# -- sessions: what a sign-in decided, and what followed in its session --------
+
+def _set_session(profile: UserProfile, key: str, entry: list) -> None:
+    profile.sessions[key] = entry
+    if len(profile.sessions) > MAX_SESSIONS:
+        for old in sorted(profile.sessions, key=lambda k: profile.sessions[k][0])[: len(profile.sessions) - MAX_SESSIONS]:
+            del profile.sessions[old]
+
+
+def decided(profile: UserProfile, enriched: EnrichedEvent, decision: str) -> UserProfile:
+    """The profile after any scored event: a successful login opens a session with its decision
+    (under its session id and its device); a sensitive action adds to its session's pace.
+
+    >>> from riskengine.enrich import Enricher
+    >>> from riskengine.events import Event, SessionInfo, parse_timestamp
+    >>> login = Event("e1", "u", "login", parse_timestamp("2026-03-02T08:00:00Z"), "10.0.0.1",
+    ...               device_id="d1", session=SessionInfo(id="s1"))
+    >>> after = decided(UserProfile("u"), Enricher().enrich(login), "step_up")
+    >>> after.sessions["s:s1"][1] == STEP_UP_PENDING, sorted(after.sessions)
+    (True, ['d:d1', 's:s1'])
+    """
+    event = enriched.event
+    if event.action == "login":
+        if not event.success:
+            return profile
+        state = {"allow": SIGNED_IN, "step_up": STEP_UP_PENDING}.get(decision, DENIED)
+        new = profile.copy()
+        entry = [event.ts, state, event.ip, enriched.geo.network or "", event.device_id or "",
+                 enriched.ua.browser or "", []]
+        for key in (f"s:{event.session.id}" if event.session.id else None,
+                    f"d:{event.device_id}" if event.device_id else None):
+            if key:
+                _set_session(new, key, list(entry))
+        return new
+    key = session_key(enriched)
+    if event.action not in SENSITIVE or key is None or key not in profile.sessions:
+        return profile
+    new = profile.copy()
+    entry = list(new.sessions[key])
+    entry[6] = [*entry[6], event.ts][-MAX_SENSITIVE:]
+    new.sessions[key] = entry
+    return new
+
+
+def stepped_up(profile: UserProfile, enriched: EnrichedEvent, passed: bool, at: float) -> UserProfile:
+    """A step-up's outcome for the event's session; a failed one is also counted (MFA fatigue)."""
+    new = profile.copy()
+    key = session_key(enriched)
+    if key is not None and key in new.sessions:
+        entry = list(new.sessions[key])
+        if entry[1] != DENIED:
+            entry[1] = STEP_UP_PASSED if passed else STEP_UP_FAILED
+        new.sessions[key] = entry
+    if not passed:
+        new.step_up_failures = [t for t in (*new.step_up_failures, at) if t >= at - DAY][-MAX_STEP_UP_FAILURES:]
     return new

@@ -32,9 +32,9 @@ def test_readme_story(client):
 
     away = login(client, "away", T0 + timedelta(days=10), ip=US_IP, ua=SAFARI_IPHONE, device="phone-1")
     assert away["decision"] == "step_up" and away["risk_level"] in ("medium", "high")
-    assert away["required_acr"] == "aal2" and away["max_age"] == 300
+    assert away["required_acr"] == "aal2" and away["max_age"] == 0     # bound to this sign-in
     assert away["challenge"] == ('Bearer error="insufficient_user_authentication", error_description='
-                                 '"step-up required", acr_values="aal2", max_age=300')
+                                 '"step-up required", acr_values="aal2", max_age=0')
     codes = [r["code"] for r in away["reasons"]]
     assert "new_country" in codes and "new_device" in codes
     weights = [r["weight"] for r in away["reasons"]]
@@ -189,7 +189,7 @@ def test_erasure_removes_the_user_but_not_others(client, settings):
 
 def test_health_and_metrics(client):
     health = client.get("/health").json()
-    assert health == {"status": "ok", "model_version": "freeman-statistical@1", "policy_version": "default@1"}
+    assert health == {"status": "ok", "model_version": "freeman-statistical@1", "policy_version": "default@2"}
     login(client, 0, T0)
     text = client.get("/metrics").text
     assert 'riskengine_decisions_total{action="login",decision="allow"}' in text

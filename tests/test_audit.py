@@ -71,7 +71,7 @@ def test_an_untouched_trail_verifies_and_holds_every_kind_of_record(home, capsys
     score = json.loads(_rows(home)[1][1])
     assert {"at", "recorded_at", "client", "subject", "event_ref", "action", "risk_score", "reasons", "decision",
             "required_acr", "exemption", "model_version", "policy_version", "amr", "shadowed"} <= set(score)
-    assert score["client"] == "tests" and score["policy_version"] == "default@1" and score["at"].startswith("2026-03-02")
+    assert score["client"] == "tests" and score["policy_version"] == "default@2" and score["at"].startswith("2026-03-02")
 
 
 # -- tampering, each kind on the real file, each found and named --------------------------------------------

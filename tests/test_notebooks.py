@@ -123,7 +123,7 @@ def test_02_bands_hold_their_budget_on_a_later_window(tmp_path, kernel_dir, monk
     assert bands["later_logins"] > 300
     assert bands["later_login_legit_stepped_up"] <= 0.02 and bands["later_login_legit_denied"] <= 0.002
     policy = load_policy(folder / "suggested-policy.yaml")
-    assert policy.version == "default-suggested@1"
+    assert policy.version == "default-suggested@2"      # the default policy is at version 2
     assert bands["medium"] <= policy.medium_at < bands["medium"] + 1e-4    # rounded up to 4 decimals, no lower
     assert policy.medium_at < policy.high_at <= policy.deny_at
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)

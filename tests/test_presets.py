@@ -139,7 +139,7 @@ def test_preset_table(homes, name):
     assert answer["risk_level"] == "low"
     got = (answer["decision"], answer["required_acr"], answer["max_age"], answer["exemption"])
     assert got == (case.decision, case.acr, case.max_age, case.exemption)
-    assert answer["policy_version"] == f"{case.preset}@1" and answer["amr"] == ["rba"]
+    assert answer["policy_version"] == f"{case.preset}@{2 if case.preset == 'default' else 1}" and answer["amr"] == ["rba"]
     if case.decision == "step_up":
         assert f'acr_values="{case.acr}"' in answer["challenge"] and f"max_age={case.max_age}" in answer["challenge"]
 

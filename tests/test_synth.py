@@ -91,7 +91,8 @@ def test_very_targeted_copies_the_victim_user_agent_on_a_new_device(events):
     assert len(attacks)
     for row in attacks.itertuples():
         before = logins[(logins.user_id == row.user_id) & (logins.timestamp < row.timestamp)]
-        assert row.user_agent == before.user_agent.iloc[-1]
+        # the victim's User-Agent when the attack began (the victim may sign in between its tries)
+        assert row.user_agent in set(before.user_agent.iloc[-3:])
         known = set(events.device_id[(events.label == 0) & (events.user_id == row.user_id)])
         assert isinstance(row.device_id, str) and row.device_id not in known
 
@@ -155,7 +156,31 @@ def test_to_request_gives_api_bodies(events):
             assert body["action"] == "payment" and isinstance(body["amount"], float)
             assert body["amount"] >= 0
         assert ("payee_id" in body) == (body["action"] in ("payment", "add_payee"))
-        if "session" in body:
-            assert set(body["session"]) == {"acr", "auth_time"}
+        if body["action"] == "login":
+            # a successful sign-in opens a session (its id only); a failed one opens none
+            assert set(body.get("session", {})) == ({"id"} if body["success"] else set())
+        else:
+            assert set(body["session"]) == {"id", "acr", "auth_time"}
             assert body["session"]["auth_time"] <= body["timestamp"]
-        assert (body["action"] == "login") == ("session" not in body)
+
+
+def test_in_session_actions_carry_the_session_their_sign_in_opened(events):
+    logins = events[(events.action == "login") & events.success]
+    opened = dict(zip(logins.session_id, logins.user_id))
+    actions = events[(events.action != "login") & (events.attack_class == "legit")]
+    assert actions.session_id.notna().all() and logins.session_id.is_unique
+    assert (actions.session_id.map(opened) == actions.user_id).all()
+
+
+def test_hijacked_sessions_reuse_the_owner_session_from_elsewhere(events):
+    hijack = events[events.attack_class == "mid_session_hijack"]
+    owner = events[(events.attack_class == "legit") & (events.action == "login")].set_index("session_id")
+    assert len(hijack) and hijack.session_id.isin(owner.index).all()
+    assert (hijack.user_agent.to_numpy() != owner.loc[hijack.session_id, "user_agent"].to_numpy()).any()
+
+
+def test_app_fraud_comes_from_the_owner_device_and_session(events):
+    fraud = events[events.attack_class == "app_fraud"]
+    owner = events[(events.attack_class == "legit") & (events.action == "login")].set_index("session_id")
+    assert len(fraud) and (fraud.device_id.to_numpy() == owner.loc[fraud.session_id, "device_id"].to_numpy()).all()
+    assert set(fraud.action) <= {"add_payee", "payment"}

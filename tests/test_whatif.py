@@ -175,8 +175,8 @@ def test_whatif_command_prints_both_setups_with_intervals(tmp_path, monkeypatch,
     policy.write_text(CANDIDATE_YAML)
     assert main(["whatif", "--data", str(data), "--policy", str(policy)]) == 0
     out = capsys.readouterr().out
-    assert "policy default@1, model freeman-statistical@1" in out
-    assert "policy lower-medium@1, model freeman-statistical@1" in out
+    assert "policy default@2, model freeman-statistical@1" in out
+    assert "policy lower-medium@2, model freeman-statistical@1" in out
     table = whatif.compare(shadow, "current", "candidate")
     row = table.loc[("login", "candidate")]
     line = next(line for line in out.splitlines() if line.startswith("login ") and "candidate" in line)
@@ -196,7 +196,7 @@ def test_policy_with_bands_writes_a_loadable_candidate(tmp_path):
     path.write_text(whatif.policy_with_bands(PRESETS_DIR / "default.yaml", 0.123449, 0.9, note="from a test"))
     policy = load_policy(path)
     assert policy.medium_at == 0.1235 and policy.deny_at == 0.9 and policy.medium_at < policy.high_at <= 0.9
-    assert policy.version == "default-suggested@1" and "# from a test" in path.read_text()
+    assert policy.version == "default-suggested@2" and "# from a test" in path.read_text()
     squeezed = parse_policy(whatif.policy_with_bands(PRESETS_DIR / "default.yaml", 0.95, 0.95))
     assert squeezed.medium_at < squeezed.high_at <= squeezed.deny_at
     assert squeezed.medium_at >= 0.95 - 0.0002

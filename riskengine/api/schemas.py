@@ -24,6 +24,7 @@ class _Strict(BaseModel):
 class SessionIn(_Strict):
     acr: Annotated[Id, Field(max_length=64)] | None = None
     auth_time: Timestamp | None = None
+    id: Annotated[Id, Field(max_length=128)] | None = None
 
 
 class ScoreRequest(_Strict):

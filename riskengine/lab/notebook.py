@@ -52,13 +52,13 @@ def prepare(data: str | Path | None = None, model: str | None = None, models: st
     replayed = training.backfill(events.to_dict("records"))      # the /score pipeline, in time order
     train, later = training.split_by_time(replayed)              # earlier 75% / later 25%, never random
     if model is not None:
-        fitted = ModelRegistry(Path(models)).load(model)[0]
+        fitted, entry = ModelRegistry(Path(models)).load(model)
         name = model
     else:
         fitted = RiskModel(random_state=seed).fit(train.X, train.y)
         name = "a model fitted here"
     groups = population.of_dataset(later)
     test = later.window(population.evaluated(groups))
-    scorer = TrainedScorer(fitted, name)
+    scorer = TrainedScorer.loaded(fitted, entry) if model is not None else TrainedScorer(fitted, name)
     scores = {"model": scorer.predict(test.X), "freeman": test.meta["freeman"].to_numpy()}
     return Prepared(events, train, test, groups, scorer, scores, f"{what}, model {name}")

@@ -388,9 +388,9 @@ def evaluate_dataset(
         raise ValueError(f"the evaluated window holds {len(kept)} events of one class only "
                          f"({population.describe(groups)}); evaluation needs labelled takeovers and "
                          "legitimate events")
-    scores = {"model": TrainedScorer(model, version).predict(data.X), "freeman": data.meta["freeman"].to_numpy()}
+    scores = {"model": TrainedScorer.loaded(model, entry).predict(data.X), "freeman": data.meta["freeman"].to_numpy()}
     if champion is not None and champion != version:
-        scores["champion"] = TrainedScorer(registry.load(champion)[0], champion).predict(data.X)
+        scores["champion"] = TrainedScorer.loaded(*registry.load(champion)).predict(data.X)
         notes.append(f"champion {champion} shown beside it")
     meta = data.meta
     report = build(data.y, scores, action=meta["action"].to_numpy(), attack_class=meta["attack_class"].to_numpy(),

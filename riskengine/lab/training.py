@@ -23,13 +23,15 @@ from riskengine.lab import evaluation, population, promotion
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
 from riskengine.events import event_from_request, row_to_request
-from riskengine.features import FEATURE_NAMES
+from riskengine.features import FEATURE_NAMES, MONOTONIC
 from riskengine.scoring.model import RiskModel, StatisticalScorer, TrainedScorer
 from riskengine.policy.decide import Policy
 from riskengine.scoring.registry import ModelRegistry, ModelVersion
 from riskengine.stores import memory_store
 
 FPRS = (0.01, 0.02, 0.05)
+#: the statistical score's scale the trained risk never goes below (see README: measured choice)
+ANOMALY_FLOOR: float | None = 40.0
 Progress = Callable[[int], None]
 
 
@@ -59,8 +61,11 @@ def backfill(rows: Iterable[Mapping[str, Any]], enricher: Enricher | None = None
         event = event_from_request(row_to_request(row))
         scored = engine.score_and_record(event)
         label = int(row.get("label", 0) or 0)
-        if scored.decision.decision == "step_up" and not scored.learned and label == 0:
-            engine.apply_step_up(event, learn=event.success)     # the real user passes the step-up
+        if scored.decision.decision == "step_up" and not scored.learned:
+            if label == 0:
+                engine.apply_step_up(event, learn=event.success)     # the real user passes the step-up
+            else:
+                engine.fail_step_up(event)                           # an attacker does not
         buffer.append(scored.signals.row())
         labels.append(label)
         for key, value in (("event_id", event.event_id), ("timestamp", event.timestamp),
@@ -126,6 +131,12 @@ def evaluate(scores: dict[str, np.ndarray], data: Dataset, policy: Policy) -> tu
     return table, pd.DataFrame(per_class), step_up
 
 
+def default_model() -> RiskModel:
+    """The model the retraining job and a fresh service fit: risk only rises with evidence
+    (``FEATURES``' directions), and never below the label-free anomaly score."""
+    return RiskModel(monotonic_cst=MONOTONIC, anomaly_floor=ANOMALY_FLOOR)
+
+
 def fingerprint(data: Dataset) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(data.X).tobytes())
     digest.update(data.y.tobytes())
@@ -142,13 +153,13 @@ def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy:
     eval_set = eval_set.window(kept)
     if len(np.unique(train_set.y)) < 2 or len(np.unique(eval_set.y)) < 2:
         raise ValueError("training needs attacks and legitimate events in both the earlier and the later window")
-    fitted = (model or RiskModel()).fit(train_set.X, train_set.y)
+    fitted = (model or default_model()).fit(train_set.X, train_set.y)
     candidate = TrainedScorer(fitted, "candidate")
     scores = {"model": candidate.predict(eval_set.X), "freeman": eval_set.meta["freeman"].to_numpy()}
     champion_entry: ModelVersion | None = None
     if (current := registry.champion_version()) is not None:
         champ_model, champion_entry = registry.load(current)
-        scores["champion"] = TrainedScorer(champ_model, current).predict(eval_set.X)
+        scores["champion"] = TrainedScorer.loaded(champ_model, champion_entry).predict(eval_set.X)
     table, by_class, step_up = evaluate(scores, eval_set, policy)
     metrics = {"n_train": int(len(train_set.y)), "n_eval": int(len(eval_set.y)), "n_eval_apart": int((~kept).sum()),
                "eval_attacks": int(eval_set.y.sum()),

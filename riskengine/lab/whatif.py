@@ -82,8 +82,11 @@ def _drive(rows: list[Mapping[str, Any]], driver: Setup, shadows: list[Setup], e
             columns[f"{name}_risk"].append(seen.risk_score)
             columns[f"{name}_decision"].append(seen.decision)
         scored = engine.score_and_record(event)
-        if scored.decision.decision == "step_up" and not scored.learned and label == 0:
-            engine.apply_step_up(event, learn=event.success)          # the real user passes it
+        if scored.decision.decision == "step_up" and not scored.learned:
+            if label == 0:
+                engine.apply_step_up(event, learn=event.success)      # the real user passes it
+            else:
+                engine.fail_step_up(event)                            # an attacker does not (as backfill)
         columns[f"{driver.name}_risk"].append(scored.decision.risk_score)
         columns[f"{driver.name}_decision"].append(scored.decision.decision)
         for key, value in (("event_id", event.event_id), ("action", event.action), ("success", event.success),
@@ -201,11 +204,11 @@ def setups(settings: Any, policy: str | Path, version: str | None = None) -> tup
 
     registry = ModelRegistry.open(settings)
     champion = registry.champion_version()
-    current_scorer: Scorer = (TrainedScorer(registry.load(champion)[0], champion) if champion
+    current_scorer: Scorer = (TrainedScorer.loaded(*registry.load(champion)) if champion
                               else StatisticalScorer())
     candidate_scorer = current_scorer
     if version is not None and version != champion:
-        candidate_scorer = TrainedScorer(registry.load(version)[0], version)
+        candidate_scorer = TrainedScorer.loaded(*registry.load(version))
     return (Setup("current", current_scorer, load_policy(resolve(settings.policy))),
             Setup("candidate", candidate_scorer, load_policy(resolve(policy))))   # a file or a preset name
 

@@ -124,7 +124,8 @@ class Rule:
 @dataclass(frozen=True, slots=True)
 class Band:
     """From ``start`` on, the requirement is at least ``at_least`` and ``steps`` levels above the
-    action's base; a requirement the band raised must be at most ``max_age`` old."""
+    action's base; a requirement the band raised, or one above the weakest level it leaves as is,
+    must be at most ``max_age`` old."""
 
     name: str
     start: float
@@ -137,14 +138,14 @@ _DEFAULT_LEVELS = (Level("aal1"), Level("aal2", max_age=43200), Level("aal3", ma
 _DEFAULT_ACTIONS = {"login": Rule("aal1", on_failure="step_up"), "view_dashboard": Rule("aal1", on_failure="step_up"),
                     **{a: Rule("aal2", 300) for a in ("payment", "add_payee", "change_email", "change_password",
                                                       "export_data")}}
-_DEFAULT_BANDS = (Band("medium", 0.3, "aal2", 0, 300), Band("high", 0.7, "aal2", 1, 300))
+_DEFAULT_BANDS = (Band("medium", 0.3, "aal2", 0, 0), Band("high", 0.7, "aal2", 1, 0))
 
 
 @dataclass(frozen=True)
 class Policy:
     """A validated policy. The defaults are ``presets/default.yaml`` (a test keeps them equal)."""
 
-    version: str = "default@1"                  # "<name>@<version>": in every answer and audit record
+    version: str = "default@2"                  # "<name>@<version>": in every answer and audit record
     levels: tuple[Level, ...] = _DEFAULT_LEVELS
     actions: Mapping[str, Rule] = field(default_factory=lambda: dict(_DEFAULT_ACTIONS))
     default_rule: Rule = Rule("aal2", 300)
@@ -215,7 +216,10 @@ class Policy:
         raised = max(rank + band.steps, self.rank(band.at_least) if band.at_least else 0)
         raised = min(raised, len(self.levels) - 1)
         if raised <= rank:
-            return rank, max_age
+            # an action that already needs more than the weakest level: the band still asks for a
+            # fresher proof (``max_age: 0``: a step-up bound to this very action)
+            fresher = [a for a in (max_age, band.max_age) if a is not None]
+            return rank, (min(fresher) if fresher and rank > 0 else max_age)
         ages = [a for a in (max_age, band.max_age, self.levels[raised].max_age) if a is not None]
         return raised, min(ages) if ages else None
 

@@ -8,6 +8,7 @@ the few hard signals no attacker model should outvote. It needs no labels.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,6 +28,8 @@ from riskengine.profiles import FREEMAN_ATTRIBUTES
 
 STATISTICAL_VERSION = "freeman-statistical@1"
 ISOTONIC_MIN_POSITIVES = 500
+#: a floor at least this high (the default policy's medium band) adds its evidence to a model's reasons
+FLOOR_EXPLAINS = 0.3
 #: a never-seen value's likelihood ratio is credited to the plainer "new_*" signal in reasons
 _NOVELTY = {"ip": "new_ip", "network": "new_network", "country": "new_country", "browser": "new_browser",
             "os": "new_os"}
@@ -71,6 +74,15 @@ class StatisticalScorer:
         evidence["failed_logins_15m"] = 1.0 * min(v["failed_logins_15m"], 6.0)
         evidence["ip_users_1h"] = 3.0 * math.log(v["ip_users_1h"] / 3.0) if v["ip_users_1h"] > 3 else 0.0
         evidence["ip_failures_1h"] = 2.0 * math.log(v["ip_failures_1h"] / 5.0) if v["ip_failures_1h"] > 5 else 0.0
+        # the session an in-session action belongs to: a sign-in that never proved itself, or a
+        # session whose device, browser or network changed under it, is someone else's
+        evidence["session_step_up_failed"] = 15.0 * v["session_step_up_failed"]
+        evidence["session_unverified"] = 8.0 * v["session_unverified"]
+        evidence["session_new_device"] = 5.0 * v["session_new_device"]
+        evidence["session_new_browser"] = 5.0 * v["session_new_browser"]
+        evidence["session_new_network"] = 3.0 * v["session_new_network"]
+        evidence["session_sensitive_10m"] = 1.0 * max(0.0, v["session_sensitive_10m"] - 5.0)   # bills in a row are fine
+        evidence["step_ups_failed_24h"] = 3.0 * min(v["step_ups_failed_24h"], 5.0)
         evidence["trusted_device"] = -3.0 * v["trusted_device"]
         evidence["trusted_place"] = -3.0 * v["trusted_place"]
         return {k: w for k, w in evidence.items() if w != 0.0}
@@ -84,7 +96,10 @@ class StatisticalScorer:
 class RiskModel(ClassifierMixin, BaseEstimator):
     """Gradient-boosted trees on the ``FEATURES`` row, calibrated on the latest rows.
 
-    Rows must come in time order: the last ``calibration_share`` of them (the most
+    ``monotonic_cst`` (``features.MONOTONIC`` for ``FEATURES`` rows) fixes the way each column may
+    move risk, so no fit can learn that more novelty or a new payee is safer. ``anomaly_floor``
+    (``FEATURES`` rows only) is the scale of the label-free statistical score the risk never goes
+    below: what the training data never showed still counts. Rows must come in time order: the last ``calibration_share`` of them (the most
     recent) calibrate the probabilities, so calibration sees the natural attack rate
     while the trees train with balanced class weights. ``calibration="auto"`` uses
     isotonic regression when the slice holds enough attacks to fit a step function
@@ -93,10 +108,12 @@ class RiskModel(ClassifierMixin, BaseEstimator):
 
     def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
                  l2_regularization: float = 1.0, class_weight: str | None = "balanced",
-                 calibration_share: float = 0.2, calibration: str = "auto", random_state: int | None = 0) -> None:
+                 calibration_share: float = 0.2, calibration: str = "auto", random_state: int | None = 0,
+                 monotonic_cst: Sequence[int] | None = None, anomaly_floor: float | None = None) -> None:
         self.max_iter, self.learning_rate, self.max_leaf_nodes = max_iter, learning_rate, max_leaf_nodes
         self.l2_regularization, self.class_weight = l2_regularization, class_weight
         self.calibration_share, self.calibration, self.random_state = calibration_share, calibration, random_state
+        self.monotonic_cst, self.anomaly_floor = monotonic_cst, anomaly_floor
 
     def fit(self, X, y) -> "RiskModel":
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan")
@@ -119,6 +136,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         trees = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
             l2_regularization=self.l2_regularization, class_weight=self.class_weight, early_stopping=False,
+            monotonic_cst=None if self.monotonic_cst is None else list(self.monotonic_cst),
             random_state=self.random_state).fit(X[:-n_cal], y[:-n_cal])
         method = self.calibration
         if method == "auto":
@@ -140,7 +158,18 @@ class RiskModel(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
-        return self.calibrated_.predict_proba(validate_data(self, X, reset=False, ensure_all_finite="allow-nan"))
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
+        proba = self.calibrated_.predict_proba(X)
+        if self.anomaly_floor is not None:
+            risk = np.maximum(proba[:, 1], self.floor(X))
+            proba = np.column_stack([1.0 - risk, risk])
+        return proba
+
+    def floor(self, X: np.ndarray) -> np.ndarray:
+        """The label-free risk of each ``FEATURES`` row (zeros without ``anomaly_floor``)."""
+        if self.anomaly_floor is None:
+            return np.zeros(len(X))
+        return floor_of(StatisticalScorer(self.anomaly_floor), X)
 
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self)
@@ -157,17 +186,39 @@ class TrainedScorer:
     correlated features but costs far more per event and another dependency.
     """
 
-    def __init__(self, model: CompiledModel | RiskModel, version: str) -> None:
+    def __init__(self, model: CompiledModel | RiskModel, version: str, anomaly_floor: float | None = None) -> None:
         self.version = version
         self.compiled = as_compiled(model)
+        if anomaly_floor is None and isinstance(model, RiskModel):
+            anomaly_floor = model.anomaly_floor
+        self.floor = StatisticalScorer(anomaly_floor) if anomaly_floor is not None else None
+
+    @classmethod
+    def loaded(cls, model: CompiledModel, entry: Any) -> "TrainedScorer":
+        """A registered model as served: the trees, and the floor scale its signed metadata names."""
+        return cls(model, entry.version, entry.metadata.get("anomaly_floor"))
 
     def score(self, signals: Signals) -> Score:
         risk, contributions = self.compiled.score_one(signals.row())
-        return Score(risk, {n: c for n, c in zip(FEATURE_NAMES, contributions) if c > 0}, self.version)
+        explained = {n: c for n, c in zip(FEATURE_NAMES, contributions) if c > 0}
+        if self.floor is not None:
+            floor = self.floor.score(signals)
+            if floor.risk > risk:               # the anomaly outweighs the model: its evidence is the reason
+                return Score(floor.risk, floor.contributions, self.version)
+            if floor.risk >= FLOOR_EXPLAINS:    # an anomaly that alone would ask for a step-up is named too
+                for name, weight in floor.contributions.items():
+                    explained[name] = explained.get(name, 0.0) + weight
+        return Score(risk, explained, self.version)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Batch risks, for evaluation and champion comparison."""
-        return self.compiled.predict_proba(X)[:, 1]
+        """Batch risks, for evaluation and champion comparison (the floor included)."""
+        risk = self.compiled.predict_proba(X)[:, 1]
+        return risk if self.floor is None else np.maximum(risk, floor_of(self.floor, X))
+
+
+def floor_of(scorer: "StatisticalScorer", X: np.ndarray) -> np.ndarray:
+    """The label-free risk of each ``FEATURES`` row."""
+    return np.array([scorer.score(Signals(dict(zip(FEATURE_NAMES, row.tolist())), {})).risk for row in X])
 
 
 def as_compiled(model: Any) -> CompiledModel:

@@ -143,7 +143,7 @@ class ModelRegistry:
         meta = {**(metadata or {}), "version": version, "created_at": created.isoformat().replace("+00:00", "Z"),
                 "feature_names": list(FEATURE_NAMES), "libraries": library_versions(), "format": FORMAT,
                 "model_file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "trees": spec,
-                "git_commit": _git_commit()}
+                "git_commit": _git_commit(), "anomaly_floor": getattr(model, "anomaly_floor", None)}
         meta = json.loads(json.dumps(meta, default=float))   # what is signed is what is read back
         meta["signature"] = sign(key, meta)
         _write_atomically(folder / METADATA_FILE, json.dumps(meta, indent=2))

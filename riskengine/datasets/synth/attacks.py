@@ -15,7 +15,9 @@ from riskengine.datasets.synth.legit import (ADD_PAYEE, CHANGE_EMAIL, CHANGE_PAS
 from riskengine.datasets.synth.users import NEVER, Population
 
 ATTACK_CLASSES = ("legit", "naive", "vpn", "targeted", "very_targeted", "credential_stuffing",
-                  "impossible_travel", "session_hijack_payment")
+                  "impossible_travel", "session_hijack_payment", "app_fraud", "mfa_fatigue",
+                  "password_spraying", "sim_swap", "residential_proxy", "mid_session_hijack",
+                  "scripted_client")
 CODE = {name: code for code, name in enumerate(ATTACK_CLASSES)}
 MIN_HISTORY = 1  # successful logins a victim has before any attack on them: new users get attacked too
 # Incidents per user per 30 days (credential stuffing: bursts, each over many users).
@@ -24,7 +26,7 @@ RATES = {"naive": 0.055, "vpn": 0.055, "targeted": 0.05, "very_targeted": 0.045,
 FAR_KM = 3000.0
 
 
-class _Attacks:
+class Attacks:
     """Writes the attack events of one stream into `records`, one dict per event."""
 
     def __init__(self, pop: Population, pools: GeoPools, clock: Clock, logins: Rows,
@@ -87,14 +89,18 @@ class _Attacks:
             t += int(self.rng.integers(10, 240))
             self._emit(ts=t, **common, **step)
 
+    def _session(self) -> int:
+        return int(self.rng.integers(0, 1 << 62))
+
     def _takeover(self, cls: str, victim: int, t: int, p_fails: list[float], **origin: int) -> None:
         """Some wrong guesses, usually a successful login with the stolen password, then loot."""
         for _ in range(self.rng.choice(len(p_fails), p=p_fails)):
             self._emit(user=victim, action=LOGIN, ts=t, success=False, attack=CODE[cls], **origin)
             t += int(self.rng.integers(15, 120))
         if self.rng.random() < 0.9:
-            self._emit(user=victim, action=LOGIN, ts=t, attack=CODE[cls], **origin)
-            self._loot(cls, victim, t, auth_ts=t, **origin)
+            session = self._session()
+            self._emit(user=victim, action=LOGIN, ts=t, attack=CODE[cls], session=session, **origin)
+            self._loot(cls, victim, t, auth_ts=t, session=session, **origin)
 
     # --- attacker models -------------------------------------------------------------------
     def _origin(self, cls: str, victim: int, last: int, t: int) -> dict[str, int]:
@@ -151,6 +157,7 @@ class _Attacks:
             t = login_ts + int(self.rng.integers(60, 1800))
             ua = int(self.logins["ua"][i]) if self.rng.random() < 0.5 else self._random_ua(t)
             common = dict(user=victim, auth_ts=login_ts, attack=CODE["session_hijack_payment"],
+                          session=int(self.logins["session"][i]),
                           ip=self._ip(self.dc_nets if self.rng.random() < 0.5 else foreign), ua=ua,
                           device=self._new_device(0.6))
             mule, variant = int(self.rng.choice(self.mules)), self.rng.choice(3, p=[0.5, 0.3, 0.2])
@@ -179,25 +186,10 @@ class _Attacks:
                 device = self._new_device(0.2)
                 for attempt in range(self.rng.choice([1, 2], p=[0.8, 0.2])):
                     t, won = t + 3 * attempt, self.rng.random() < 0.03  # reused passwords work
-                    self._emit(user=victim, action=LOGIN, ts=t, success=won,
+                    session = self._session() if won else -1
+                    self._emit(user=victim, action=LOGIN, ts=t, success=won, session=session,
                                attack=CODE["credential_stuffing"], device=device, **origin)
                     if won:
-                        self._loot("credential_stuffing", victim, t, auth_ts=t, device=device, **origin)
+                        self._loot("credential_stuffing", victim, t, auth_ts=t, device=device,
+                                   session=session, **origin)
                         break
-
-
-def attack_rows(pop: Population, pools: GeoPools, clock: Clock, logins: Rows, places: np.ndarray,
-                rng: np.random.Generator) -> Rows:
-    """Every attack class at its rate; streams of 100+ user-months get at least one of each."""
-    attacks = _Attacks(pop, pools, clock, logins, places, rng)
-    scale = pop.size * clock.days / 30
-
-    def count(cls: str) -> int:
-        return max(int(scale >= 100), int(rng.poisson(RATES[cls] * scale)))
-
-    for cls in ("naive", "vpn", "targeted", "very_targeted"):
-        attacks.account_takeovers(cls, count(cls))
-    attacks.impossible_travel(count("impossible_travel"))
-    attacks.session_hijack(count("session_hijack_payment"))
-    attacks.credential_stuffing(count("credential_stuffing"))
-    return rows_from_records(attacks.records)

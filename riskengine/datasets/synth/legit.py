@@ -14,15 +14,15 @@ from riskengine.datasets.synth.places import GeoPools
 from riskengine.datasets.synth.users import MAX_PAYEES, Population, Trips, pick_columns
 
 ACTIONS = ("login", "view_dashboard", "payment", "add_payee", "change_email", "change_password",
-           "export_data")
-LOGIN, DASHBOARD, PAYMENT, ADD_PAYEE, CHANGE_EMAIL, CHANGE_PASSWORD, EXPORT_DATA = range(len(ACTIONS))
+           "export_data", "change_phone")
+LOGIN, DASHBOARD, PAYMENT, ADD_PAYEE, CHANGE_EMAIL, CHANGE_PASSWORD, EXPORT_DATA, CHANGE_PHONE = range(len(ACTIONS))
 DAY = 86_400
 
-# Column -> (dtype, default). -1 means absent for ua, device, payee and auth_ts (no session).
+# Column -> (dtype, default). -1 means absent for ua, device, payee, session and auth_ts (no session).
 _COLUMNS = {"user": (np.int64, -1), "action": (np.int8, LOGIN), "ts": (np.int64, 0),
             "ip": (np.int64, 0), "ua": (np.int64, -1), "device": (np.int64, -1),
             "success": (np.bool_, True), "amount": (np.float64, np.nan), "payee": (np.int64, -1),
-            "auth_ts": (np.int64, -1), "attack": (np.int8, 0)}
+            "auth_ts": (np.int64, -1), "session": (np.int64, -1), "attack": (np.int8, 0)}
 Rows = dict[str, np.ndarray]
 
 
@@ -129,8 +129,9 @@ def _logins(pop: Population, trips: Trips, pools: GeoPools, clock: Clock,
     ts = clock.start + day * DAY + (hour * 3600).astype(np.int64) - clock.offsets[place, day]
     device, ua, phone, workday = _devices(pop, user, day, hour, away, clock, rng)
     ip = _ips(pop, trips, pools, user, day, phone, workday, away, rng)
-    rows = make_rows(len(user), user=user, ts=ts, ip=ip, ua=ua, device=device,
-                     success=rng.random(len(user)) >= 0.01)
+    success = rng.random(len(user)) >= 0.01
+    rows = make_rows(len(user), user=user, ts=ts, ip=ip, ua=ua, device=device, success=success,
+                     session=np.where(success, rng.integers(0, 1 << 62, len(user)), -1))
     inside = (ts >= clock.start) & (ts < clock.end)
     return take(rows, np.flatnonzero(inside)), place[inside]
 
@@ -144,6 +145,7 @@ def _typos(logins: Rows, pop: Population, rng: np.random.Generator) -> Rows:
     rows = take(logins, np.concatenate([first, second]))
     rows["ts"] -= gap
     rows["success"][:] = False
+    rows["session"][:] = -1                       # a failed sign-in opens no session
     return rows
 
 
@@ -154,6 +156,24 @@ def _in_session(logins: Rows, action: int, count: np.ndarray, rng: np.random.Gen
     rows["action"][:] = action
     rows["auth_ts"] = rows["ts"].copy()
     rows["ts"] += 2 + rng.gamma(1.5, 60.0, len(rows["ts"])).astype(np.int64)
+    return rows
+
+
+def _roaming(rows: Rows, pop: Population, pools: GeoPools, rng: np.random.Generator) -> Rows:
+    """A few in-session actions come from another address than the sign-in (Wi-Fi to mobile data,
+    an address the ISP renewed): the session's owner, on the same device and browser."""
+    moved = rng.random(len(rows["user"])) < 0.03
+    carrier = pools.random_ips(pop.carrier_nets[rows["user"], rng.integers(0, 3, len(moved))], rng)
+    rows["ip"] = np.where(moved, carrier, rows["ip"])
+    return rows
+
+
+def _salary_day(logins: Rows, pop: Population, rng: np.random.Generator) -> Rows:
+    """Rent or a big bill once a month, to the user's main payee: large, but to a known payee."""
+    first = np.flatnonzero(rng.random(len(logins["user"])) < 0.04)
+    rows = _in_session(take(logins, first), PAYMENT, np.ones(len(first), dtype=int), rng)
+    rows["payee"] = pop.payees[rows["user"], 0]
+    rows["amount"] = np.round(pop.amount_median[rows["user"]] * rng.uniform(8, 30, len(first)), 2)
     return rows
 
 
@@ -170,7 +190,7 @@ def _payments(rows: Rows, pop: Population, rng: np.random.Generator) -> Rows:
     return rows
 
 
-def _sessions(logins: Rows, pop: Population, rng: np.random.Generator) -> list[Rows]:
+def _sessions(logins: Rows, pop: Population, pools: GeoPools, rng: np.random.Generator) -> list[Rows]:
     """Dashboard views and payments at the user's own rates; rare account changes; a new payee
     is usually paid right away (as an attacker would, which keeps that signal honest)."""
     user, n = logins["user"], len(logins["user"])
@@ -185,7 +205,7 @@ def _sessions(logins: Rows, pop: Population, rng: np.random.Generator) -> list[R
     paid["action"][:] = PAYMENT
     paid["ts"] += rng.integers(20, 180, len(paid["ts"]))
     paid["amount"] = np.round(rng.lognormal(np.log(pop.amount_median[paid["user"]] * 2), 0.6), 2)
-    return parts + [added, paid]
+    return [_roaming(part, pop, pools, rng) for part in parts + [added, paid]] + [_salary_day(logins, pop, rng)]
 
 
 def legit_rows(pop: Population, trips: Trips, pools: GeoPools, clock: Clock,
@@ -194,5 +214,5 @@ def legit_rows(pop: Population, trips: Trips, pools: GeoPools, clock: Clock,
     logins, place = _logins(pop, trips, pools, clock, rng)
     ok = np.flatnonzero(logins["success"])
     successes = take(logins, ok)
-    rows = concat_rows([logins, _typos(logins, pop, rng), *_sessions(successes, pop, rng)])
+    rows = concat_rows([logins, _typos(logins, pop, rng), *_sessions(successes, pop, pools, rng)])
     return rows, successes, place[ok]

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from riskengine.datasets.synth import useragents
 from riskengine.events import row_to_request
-from riskengine.datasets.synth.attacks import ATTACK_CLASSES, attack_rows
+from riskengine.datasets.synth.attacks import ATTACK_CLASSES
+from riskengine.datasets.synth.fraud import attack_rows
 from riskengine.datasets.synth.places import format_ips, load_pools
 from riskengine.datasets.synth.legit import ACTIONS, Clock, Rows, concat_rows, legit_rows, take
 from riskengine.datasets.synth.users import Population, draw_population, draw_trips
@@ -34,6 +35,7 @@ SCHEMA = pa.schema([
     ("device_id", pa.string()), ("success", pa.bool_()), ("amount", pa.float64()),
     ("currency", pa.string()), ("payee_id", pa.string()), ("session_acr", pa.string()),
     ("session_auth_time", pa.string()), ("label", pa.int8()), ("attack_class", pa.string()),
+    ("session_id", pa.string()),
 ])
 EVENT_COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 _RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
@@ -98,6 +100,7 @@ def _frame(rows: Rows, pop: Population, seed: int) -> pd.DataFrame:
         "session_auth_time": _times(rows["auth_ts"], in_session),
         "label": pa.array((rows["attack"] > 0).astype(np.int8)),
         "attack_class": _strings(np.array(ATTACK_CLASSES, dtype=object)[rows["attack"]]),
+        "session_id": _hex_ids(rows["session"], "sess-", 16),
     }
     return _to_pandas(pa.table(columns, schema=SCHEMA))
 
