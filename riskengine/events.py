@@ -30,7 +30,7 @@ _TENANT_SEPARATOR = "\x1f"      # ids refuse control characters, so a tenant's k
 
 
 def tenant_key(tenant: str, value: str) -> str:
-    """The one name stores know a tenant's user, event, IP or population value by.
+    r"""The one name stores know a tenant's user, event, IP or population value by.
 
     The default tenant keeps the plain value, so stores written before tenants keep working.
 

@@ -157,10 +157,10 @@ def test_a_broken_file_on_reload_keeps_the_old_policy_over_http(settings: Settin
         path.write_text(small(2).replace("checkout: {requires: strong", "checkout: {requires: [strong]"))
         assert score(2)["policy_version"] == "shop@1"
         health = client.get("/health").json()
-        assert health["policy_error"] == f"{path} actions.checkout.requires: expected a level name, got a list"
+        assert health["policy_error"] == f"{path.name} actions.checkout.requires: expected a level name, got a list"
         path.write_text(small(3).replace("deny_at: 0.95", "deny_at: .nan"))
         assert score(3)["policy_version"] == "shop@1"
-        assert client.get("/health").json()["policy_error"] == f"{path} deny_at: must be a finite number, got .nan"
+        assert client.get("/health").json()["policy_error"] == f"{path.name} deny_at: must be a finite number, got .nan"
         path.write_text(small(4))
         assert score(4)["policy_version"] == "shop@4" and "policy_error" not in client.get("/health").json()
 
