@@ -348,8 +348,9 @@ class Engine:
                  "model_version": decision["model_version"], "policy_version": decision["policy_version"]}
         if decision["shadow_decision"] is not None:
             audit["shadow_decision"] = decision["shadow_decision"]
-        if decision["failure"] is not None:
-            audit["failure"] = decision["failure"]
+        for name in ("failure", "rule", "fallback"):     # the policy rule that decided; a step-up fallback
+            if decision[name] is not None:
+                audit[name] = decision[name]
         return Commit(event.user_id, profile.version, new, self._stats(event, event.ip), self.user_key(event.user_id),
                       event.ts, event.success or event.action != "login", learned_values, stored, audit)
 

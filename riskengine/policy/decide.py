@@ -241,7 +241,9 @@ class Band:
     max_age: int | None = None
 
 
-_DEFAULT_LEVELS = (Level("aal1"), Level("aal2", max_age=43200), Level("aal3", max_age=43200))
+_AAL2_FACTORS = ("totp", "webauthn", "passkey", "push", "sms")
+_DEFAULT_LEVELS = (Level("aal1"), Level("aal2", max_age=43200, factors=_AAL2_FACTORS),
+                   Level("aal3", max_age=43200, factors=("webauthn",)))
 _DEFAULT_ACTIONS = {"login": Rule("aal1", on_failure="step_up"), "view_dashboard": Rule("aal1", on_failure="step_up"),
                     **{a: Rule("aal2", 300) for a in ("payment", "add_payee", "change_email", "change_password",
                                                       "export_data")}}
