@@ -372,8 +372,9 @@ class Policy:
             verdict = "deny"                     # a failed password is never let through, nor shadowed
             return Decision(event.event_id, risk, level, verdict, self.levels[rank].acr[0], max_age, None,
                             reasons, None, model_version, self.version, (AMR_RBA,))
-        matched = None if seen.on("deny") else self._first_rule(event, risk, level, reasons, seen)
-        if seen.on("deny"):
+        denied = bool(seen.on("deny"))
+        matched = None if denied else self._first_rule(event, risk, level, reasons, seen)
+        if denied:
             verdict = "deny"
         elif matched is not None:
             decided_by = matched.name
@@ -396,7 +397,7 @@ class Policy:
                             challenge(requirement) if verdict == "step_up" else None, reasons, exemption,
                             model_version, self.version, (AMR_RBA,), rule=decided_by)
         if verdict == "step_up":
-            decision = self._performable(event, rule, decision, rank, level)
+            decision = self._performable(event, rule, decision, rank)
         return self._shadowed(decision) if rule.shadow else decision
 
     def _first_rule(self, event: Event, risk: float, level: str, reasons: tuple[Reason, ...],
@@ -411,7 +412,7 @@ class Policy:
             return None
         return tuple(dict.fromkeys(f for factors in listed for f in factors))
 
-    def _performable(self, event: Event, rule: Rule, decision: Decision, rank: int, level: str) -> Decision:
+    def _performable(self, event: Event, rule: Rule, decision: Decision, rank: int) -> Decision:
         """A step-up names the factors that meet it; one the user cannot perform (``factors`` sent,
         none of them meets the level) follows the action's fallback: deny, or the recovery action."""
         meeting = self.meeting(rank)
