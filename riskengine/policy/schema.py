@@ -187,7 +187,9 @@ Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$"), BeforeValidator(_country)
 Asn = Annotated[int, Field(ge=0), BeforeValidator(_whole(0, "an AS number"))]
 ListName = Annotated[str, Field(pattern=LIST_NAME.pattern), BeforeValidator(_text(
     LIST_NAME.pattern, "must be a list name (a file stem in the lists folder: lowercase, digits, '-', '_', '.')"))]
-ReasonCode = Annotated[str, WithJsonSchema({"enum": list(REASON_CODES)}), BeforeValidator(_choice(*REASON_CODES))]
+# the JSON Schema says "a code" only: the codes grow with the features, the shipped schema file need not
+ReasonCode = Annotated[str, WithJsonSchema({"type": "string", "pattern": r"^[a-z0-9_]+$"}),
+                      BeforeValidator(_choice(*REASON_CODES))]
 Verdict = Annotated[str, WithJsonSchema({"enum": list(VERDICTS)}), BeforeValidator(_choice(*VERDICTS))]
 Scalar = Annotated[Union[str, int, float, bool], WithJsonSchema({"type": ["string", "number", "boolean"]}),
                    BeforeValidator(_scalar)]
