@@ -170,7 +170,7 @@ def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
             continue
         shadowed = [a for a, rule in policy.actions.items() if rule.shadow]
         print(f"{policy.source}: OK, {policy.version}: {len(policy.levels)} levels, {len(policy.actions)} actions, "
-              f"{len(policy.exemptions)} exemptions" + (f", shadow: {', '.join(shadowed)}" if shadowed else ""))
+              f"{len(policy.exemptions)} exemptions, {len(policy.rules)} rules" + (f", shadow: {', '.join(shadowed)}" if shadowed else ""))
     return 1 if failed else 0
 
 

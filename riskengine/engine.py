@@ -25,7 +25,7 @@ from riskengine.events import (DEFAULT_TENANT, Event, event_from_request, event_
                                tenant_key, tenant_of)
 from riskengine.features import BY_NAME, USER_MESSAGES, Context, Signals, extract
 from riskengine.scoring.model import Score, Scorer, StatisticalScorer, TrainedScorer
-from riskengine.policy.decide import Decision, Policy, Reason
+from riskengine.policy.decide import Decision, Policy, Reason, Seen
 from riskengine.policy.file import PolicyWatcher, load_policy, resolve
 from riskengine.scoring.registry import ChampionWatcher, ModelRegistry, ModelVersion
 from riskengine.settings import Settings
@@ -223,8 +223,10 @@ class Engine:
                 raise ScoreUnavailable("the risk score could not be computed") from exc
             return Scored(enriched, signals, Score(decision.risk_score, {}, scorer.version), decision, False,
                           profile, policy)
+        seen = Seen(enriched.geo.country, enriched.geo.asn, enriched.lists,
+                    self.enricher.lists.current.roles(enriched.lists))
         decision = policy.decide(event, score.risk, reasons_from(score, signals), score.model_version,
-                                 profile=profile, fraud_rate=self.fraud_rate)
+                                 profile=profile, fraud_rate=self.fraud_rate, seen=seen)
         learn = learns(event.success, decision.decision, decision.risk_level)
         return Scored(enriched, signals, score, decision, learn, profile, policy, values)
 
@@ -346,8 +348,9 @@ class Engine:
                  "model_version": decision["model_version"], "policy_version": decision["policy_version"]}
         if decision["shadow_decision"] is not None:
             audit["shadow_decision"] = decision["shadow_decision"]
-        if decision["failure"] is not None:
-            audit["failure"] = decision["failure"]
+        for name in ("failure", "rule", "fallback"):     # the policy rule that decided; a step-up fallback
+            if decision[name] is not None:
+                audit[name] = decision[name]
         return Commit(event.user_id, profile.version, new, self._stats(event, event.ip), self.user_key(event.user_id),
                       event.ts, event.success or event.action != "login", learned_values, stored, audit)
 

@@ -95,6 +95,8 @@ class Event:
     payee_id: str | None = None
     session: SessionInfo = field(default_factory=SessionInfo)
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    #: the second factors the user has enrolled (None: not said, step-ups are not checked against them)
+    factors: tuple[str, ...] | None = None
     #: seconds since the epoch, the unit profiles store times in (worked out once: a dozen reads an event)
     ts: float = field(init=False, repr=False, compare=False)
 

@@ -200,3 +200,22 @@ def test_policy_with_bands_writes_a_loadable_candidate(tmp_path):
     squeezed = parse_policy(whatif.policy_with_bands(PRESETS_DIR / "default.yaml", 0.95, 0.95))
     assert squeezed.medium_at < squeezed.high_at <= squeezed.deny_at
     assert squeezed.medium_at >= 0.95 - 0.0002
+
+
+def test_a_policy_with_rules_replays_like_any_other(rows, shadow):
+    """The candidate denies every payment by rule and logins from risk 0.5; in shadow mode it sees
+    the current setup's history and scores, so every other answer is the current one."""
+    rules = ("rules:\n  - name: no-payments\n    when: {actions: [payment]}\n    then: {decision: deny}\n"
+             "  - name: risky-logins\n    when: {actions: [login], risk_at_least: 0.5}\n    then: {decision: deny}\n")
+    candidate = whatif.Setup("ruled", StatisticalScorer(), parse_policy(DEFAULT_YAML.replace(
+        "name: default", "name: ruled") + rules))
+    replayed = whatif.replay(rows, whatif.Setup("current", StatisticalScorer(), Policy()), candidate)
+    assert replayed["current_decision"].tolist() == shadow["current_decision"].tolist()
+    payment = replayed["action"] == "payment"
+    risky = (replayed["action"] == "login") & (replayed["current_risk"] >= 0.5)
+    assert payment.sum() > 0 and risky.sum() > 0
+    assert (replayed.loc[payment | risky, "ruled_decision"] == "deny").all()
+    rest = ~(payment | risky)
+    assert replayed.loc[rest, "ruled_decision"].tolist() == replayed.loc[rest, "current_decision"].tolist()
+    assert whatif.compare(replayed, "current", "ruled").loc[("payment", "ruled"), "changed"] == \
+        (replayed.loc[payment, "current_decision"] != "deny").sum()

@@ -12,7 +12,7 @@ from riskengine.engine import OUTCOMES
 from riskengine.events import DEFAULT_TENANT, Event, event_from_request, new_event_id, tenant_key, untenanted
 from riskengine.inputs import (DEFAULT_MAX_CLOCK_SKEW_S, Amount, AttributeValueIn, Id, InputError, Text, Timestamp,
                                normalize_ip)
-from riskengine.policy.decide import Decision
+from riskengine.policy.decide import FACTORS, MAX_FACTORS, Decision
 
 MAX_ATTRIBUTES = 32
 
@@ -44,6 +44,7 @@ class ScoreRequest(_Strict):
     session: SessionIn | None = None
     attributes: Annotated[dict[Annotated[Id, Field(max_length=64)], AttributeValueIn],
                           Field(max_length=MAX_ATTRIBUTES)] | None = None
+    factors: Annotated[list[Literal[FACTORS]], Field(max_length=MAX_FACTORS)] | None = None  # type: ignore[valid-type]
 
     @field_validator("ip")
     @classmethod
@@ -91,6 +92,9 @@ class ScoreResponse(BaseModel):
     amr: list[str] = []                          # RFC 8176 method references: "rba" when risk analysis decided
     shadow_decision: Literal["allow", "step_up", "deny"] | None = None   # audit-only mode: what would have been
     failure: str | None = None                   # set when no risk could be computed: the policy's on_failure answer
+    rule: str | None = None                      # the policy rule (rules[].name) that decided, if one did
+    factors: list[str] | None = None             # step-up: the (enrolled) factors that meet the level
+    fallback: str | None = None                  # the user could not step up: "deny" or the recovery action
 
     @classmethod
     def from_decision(cls, decision: Decision, tenant: str = DEFAULT_TENANT) -> "ScoreResponse":

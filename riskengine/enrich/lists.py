@@ -34,7 +34,7 @@ from pathlib import Path
 
 log = logging.getLogger("riskengine.lists")
 ROLES = ("anonymizer", "deny", "allow", "travel_exempt")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+LIST_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _ROLE = re.compile(r"^#\s*role:\s*([a-z_]+)\s*$")
 
 
@@ -70,7 +70,7 @@ class NamedList:
 
     @classmethod
     def parse(cls, name: str, lines: Iterable[str]) -> "NamedList":
-        if not _NAME.match(name):
+        if not LIST_NAME.match(name):
             raise ListError(f"list name {name!r}: use lowercase letters, digits, '-', '_' or '.'")
         role, v4, v6, asns, size = None, [], [], set(), 0
         for number, raw in enumerate(lines, 1):
@@ -119,6 +119,11 @@ class NamedLists:
 
     def with_role(self, role: str, matched: frozenset[str]) -> bool:
         return any(self.lists[name].role == role for name in matched if name in self.lists)
+
+    def roles(self, matched: frozenset[str]) -> tuple[tuple[str, str], ...]:
+        """(name, role) of the matched lists that have a role: what the policy's decision reads."""
+        return tuple(sorted((name, role) for name in matched if name in self.lists
+                            and (role := self.lists[name].role) is not None))
 
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self.lists))

@@ -9,7 +9,7 @@ are YAML files (``file.py``); ``Policy()`` is the built-in default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -19,6 +19,14 @@ from riskengine.policy.exemptions import Exemption, FraudRate, LowValue
 from riskengine.profiles import UserProfile
 
 FAILURE_MODES = ("deny", "step_up", "unavailable")
+#: second factors a user may have enrolled (``/score`` ``factors``; a level's ``factors`` in the policy)
+FACTORS = ("password", "totp", "webauthn", "passkey", "sms", "email", "push", "recovery_code")
+MAX_FACTORS = 16
+#: reason codes the decision itself adds (named lists); their user-safe sentences
+DENYLISTED = "denylisted_network"
+ANONYMIZER = "anonymizer_network"
+LIST_USER_MESSAGES = {DENYLISTED: "Requests from this network are not accepted.",
+                      ANONYMIZER: "This request comes through an anonymizing network."}
 #: RFC 8176 authentication method reference for risk-based authentication
 AMR_RBA = "rba"
 
@@ -67,6 +75,12 @@ class Decision:
     shadow_decision: str | None = None
     #: why no risk could be computed (the policy's failure answer, not a scored one)
     failure: str | None = None
+    #: the name of the policy rule (``rules:``) that decided, if one did
+    rule: str | None = None
+    #: on a step-up: the factors that meet the level (the enrolled ones, when the request named them)
+    factors: tuple[str, ...] | None = None
+    #: the user could not perform the step-up: ``deny`` or the recovery action now challenged for
+    fallback: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"event_id": self.event_id, "risk_score": round(self.risk_score, 6), "risk_level": self.risk_level,
@@ -74,13 +88,30 @@ class Decision:
                 "challenge": self.challenge, "reasons": [r.to_dict() for r in self.reasons],
                 "exemption": self.exemption, "model_version": self.model_version,
                 "policy_version": self.policy_version, "amr": list(self.amr),
-                "shadow_decision": self.shadow_decision, "failure": self.failure}
+                "shadow_decision": self.shadow_decision, "failure": self.failure, "rule": self.rule,
+                "factors": None if self.factors is None else list(self.factors), "fallback": self.fallback}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Decision":
         reasons = tuple(Reason(r["code"], r["message"], r["weight"], r.get("user_message", ""))
                         for r in data.get("reasons", ()))
-        return cls(**{**data, "reasons": reasons, "amr": tuple(data.get("amr", ()))})
+        factors = data.get("factors")
+        return cls(**{**data, "reasons": reasons, "amr": tuple(data.get("amr", ())),
+                      "factors": None if factors is None else tuple(factors)})
+
+
+def _listed(reasons: tuple[Reason, ...], seen: Seen) -> tuple[Reason, ...]:
+    """The reasons with what the address's lists say: on a deny list first (it decides), on an
+    anonymizer list added (weight 0: it explains, the model's own signal weighs)."""
+    codes = {r.code for r in reasons}
+    denied, anonymous = seen.on("deny"), seen.on("anonymizer")
+    if denied and DENYLISTED not in codes:
+        reasons = (Reason(DENYLISTED, f"the address is on deny list {', '.join(denied)}", 1.0,
+                          LIST_USER_MESSAGES[DENYLISTED]), *reasons)
+    if anonymous and ANONYMIZER not in codes:
+        reasons = (*reasons, Reason(ANONYMIZER, f"the address is on anonymizer list {', '.join(anonymous)}", 0.0,
+                                    LIST_USER_MESSAGES[ANONYMIZER]))
+    return reasons
 
 
 def challenge(requirement: Requirement) -> str:
@@ -102,6 +133,8 @@ class Level:
     name: str
     acr: tuple[str, ...] = ()
     max_age: int | None = None
+    #: the second factors that can prove this level (None: the policy does not say)
+    factors: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.acr:
@@ -119,6 +152,80 @@ class Rule:
     shadow: bool = False
     exemptions: tuple[str, ...] = ()
     deny_at: float | None = None
+    #: a step-up the user cannot perform (no enrolled factor meets it): ``deny`` or a recovery action
+    fallback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What enrichment found about the event's address that rules match on: country, ASN, the
+    named lists it is on and those lists' roles (``enrich/lists.py``)."""
+
+    country: str | None = None
+    asn: int | None = None
+    lists: frozenset[str] = frozenset()
+    roles: tuple[tuple[str, str], ...] = ()      # (list name, role) of the matched lists that have one
+
+    def on(self, role: str) -> list[str]:
+        """The matched lists with this role, by name."""
+        return sorted(name for name, has in self.roles if has == role)
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """A rule's conditions: every one that is set must hold (an empty ``When`` matches all).
+
+    >>> from datetime import datetime, timezone
+    >>> e = Event("e1", "u1", "payment", datetime(2026, 1, 1, tzinfo=timezone.utc), "203.0.113.9",
+    ...           attributes={"role": "admin"})
+    >>> when = When(actions=("payment",), countries=("NO",), attributes=(("role", "admin"),))
+    >>> when.matches(e, 0.2, "low", (), Seen("NO", 64500))
+    True
+    >>> when.matches(e, 0.2, "low", (), Seen("SE", 64500))
+    False
+    """
+
+    actions: tuple[str, ...] = ()
+    risk_level: tuple[str, ...] = ()
+    risk_at_least: float | None = None
+    risk_below: float | None = None
+    countries: tuple[str, ...] = ()
+    asns: tuple[int, ...] = ()
+    lists: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, Any], ...] = ()
+
+    def matches(self, event: Event, risk: float, risk_level: str, reasons: tuple[Reason, ...], seen: Seen) -> bool:
+        """Lists match when the address is on any of them; every other list field is "one of"."""
+        codes = {r.code for r in reasons}
+        return ((not self.actions or event.action in self.actions)
+                and (not self.risk_level or risk_level in self.risk_level)
+                and (self.risk_at_least is None or risk >= self.risk_at_least)
+                and (self.risk_below is None or risk < self.risk_below)
+                and (not self.countries or seen.country in self.countries)
+                and (not self.asns or seen.asn in self.asns)
+                and (not self.lists or not seen.lists.isdisjoint(self.lists))
+                and (not self.reasons or not codes.isdisjoint(self.reasons))
+                and all(_same(event.attributes.get(key, _MISSING), value) for key, value in self.attributes))
+
+
+_MISSING = object()
+
+
+def _same(got: Any, want: Any) -> bool:
+    """Equality that keeps YAML's ``true`` apart from ``1`` (both are ints to Python)."""
+    return type(got) is type(want) and got == want if isinstance(want, bool) or isinstance(got, bool) else got == want
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """An ordered condition of the policy file: the first that matches decides (``then``)."""
+
+    name: str
+    when: When
+    then: str                                    # allow, deny or step_up
+    level: str | None = None                     # step_up: the level to prove (a level name or acr)
+    max_age: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +241,9 @@ class Band:
     max_age: int | None = None
 
 
-_DEFAULT_LEVELS = (Level("aal1"), Level("aal2", max_age=43200), Level("aal3", max_age=43200))
+_AAL2_FACTORS = ("totp", "webauthn", "passkey", "push", "sms")
+_DEFAULT_LEVELS = (Level("aal1"), Level("aal2", max_age=43200, factors=_AAL2_FACTORS),
+                   Level("aal3", max_age=43200, factors=("webauthn",)))
 _DEFAULT_ACTIONS = {"login": Rule("aal1", on_failure="step_up"), "view_dashboard": Rule("aal1", on_failure="step_up"),
                     **{a: Rule("aal2", 300) for a in ("payment", "add_payee", "change_email", "change_password",
                                                       "export_data")}}
@@ -152,6 +261,7 @@ class Policy:
     bands: tuple[Band, ...] = _DEFAULT_BANDS
     deny_at: float = 0.97
     exemptions: Mapping[str, Exemption] = field(default_factory=dict)
+    rules: tuple[PolicyRule, ...] = ()
     description: str = ""
     #: the smallest retention the trail needs under this policy's regulation (days), if any
     audit_min_retention_days: float | None = None
@@ -243,17 +353,37 @@ class Policy:
 
     # -- deciding ------------------------------------------------------------
     def decide(self, event: Event, risk: float, reasons: tuple[Reason, ...], model_version: str,
-               profile: UserProfile | None = None, fraud_rate: FraudRate | None = None) -> Decision:
-        """The policy's answer for a computed risk. ``profile`` and ``fraud_rate`` feed the exemptions."""
+               profile: UserProfile | None = None, fraud_rate: FraudRate | None = None,
+               seen: Seen | None = None) -> Decision:
+        """The policy's answer for a computed risk. ``profile`` and ``fraud_rate`` feed the exemptions;
+        ``seen`` (country, ASN, named lists) feeds the rules and the list roles.
+
+        Order: a failed password is denied; then an address on a ``deny`` list; then the first
+        matching rule; then the ceiling, the held session, the exemptions; a step-up the user cannot
+        perform follows the action's ``fallback``.
+        """
+        seen = seen or Seen()
         rule = self.rule(event.action)
         level = self.risk_level(risk)
+        reasons = _listed(reasons, seen)
         rank, max_age = self._need(rule, level)
-        exemption = None
+        exemption, decided_by = None, None
         if not event.success and event.action == "login":
             verdict = "deny"                     # a failed password is never let through, nor shadowed
             return Decision(event.event_id, risk, level, verdict, self.levels[rank].acr[0], max_age, None,
                             reasons, None, model_version, self.version, (AMR_RBA,))
-        if risk >= (rule.deny_at if rule.deny_at is not None else self.deny_at):
+        denied = bool(seen.on("deny"))
+        matched = None if denied else self._first_rule(event, risk, level, reasons, seen)
+        if denied:
+            verdict = "deny"
+        elif matched is not None:
+            decided_by = matched.name
+            if matched.then == "step_up":
+                rank, max_age = self.rank(matched.level) or 0, matched.max_age
+                verdict = "allow" if self._holds(event, rank, max_age) else "step_up"
+            else:
+                verdict = matched.then
+        elif risk >= (rule.deny_at if rule.deny_at is not None else self.deny_at):
             verdict = "deny"
         elif self._holds(event, rank, max_age):
             verdict = "allow"
@@ -265,8 +395,42 @@ class Policy:
         requirement = self._as_requirement(rank, max_age)
         decision = Decision(event.event_id, risk, level, verdict, requirement.acr, requirement.max_age,
                             challenge(requirement) if verdict == "step_up" else None, reasons, exemption,
-                            model_version, self.version, (AMR_RBA,))
+                            model_version, self.version, (AMR_RBA,), rule=decided_by)
+        if verdict == "step_up":
+            decision = self._performable(event, rule, decision, rank)
         return self._shadowed(decision) if rule.shadow else decision
+
+    def _first_rule(self, event: Event, risk: float, level: str, reasons: tuple[Reason, ...],
+                    seen: Seen) -> PolicyRule | None:
+        return next((r for r in self.rules if r.when.matches(event, risk, level, reasons, seen)), None)
+
+    def meeting(self, rank: int) -> tuple[str, ...] | None:
+        """The factors that prove the level at ``rank``: its own and those of every stronger level
+        (None when no level from there up lists any)."""
+        listed = [level.factors for level in self.levels[rank:] if level.factors is not None]
+        if not listed:
+            return None
+        return tuple(dict.fromkeys(f for factors in listed for f in factors))
+
+    def _performable(self, event: Event, rule: Rule, decision: Decision, rank: int) -> Decision:
+        """A step-up names the factors that meet it; one the user cannot perform (``factors`` sent,
+        none of them meets the level) follows the action's fallback: deny, or the recovery action."""
+        meeting = self.meeting(rank)
+        if meeting is None:
+            return decision
+        usable = meeting if event.factors is None else tuple(f for f in meeting if f in event.factors)
+        if usable or event.factors is None or rule.fallback is None:
+            return replace(decision, factors=usable)
+        recovery = self.actions.get(rule.fallback) if rule.fallback != "deny" else None
+        if recovery is not None:
+            need = self.rank(recovery.requires) or 0
+            can = self.meeting(need)
+            can = None if can is None else tuple(f for f in can if f in event.factors)
+            if can is None or can:
+                requirement = self._as_requirement(need, recovery.max_age)
+                return replace(decision, required_acr=requirement.acr, max_age=requirement.max_age,
+                               challenge=challenge(requirement), factors=can, fallback=rule.fallback)
+        return replace(decision, decision="deny", challenge=None, factors=(), fallback="deny")
 
     def _exempt(self, event: Event, rule: Rule, level: str, profile: UserProfile | None,
                 fraud_rate: FraudRate | None) -> tuple[str, tuple[int, int | None]] | None:
@@ -286,9 +450,7 @@ class Policy:
 
     def _shadowed(self, decision: Decision) -> Decision:
         """Audit-only: keep what was decided, answer allow, claim no risk analysis took part."""
-        return Decision(decision.event_id, decision.risk_score, decision.risk_level, "allow", decision.required_acr,
-                        decision.max_age, None, decision.reasons, decision.exemption, decision.model_version,
-                        decision.policy_version, (), decision.decision, decision.failure)
+        return replace(decision, decision="allow", challenge=None, amr=(), shadow_decision=decision.decision)
 
     def on_failure(self, event: Event, cause: str, message: str, model_version: str = "") -> Decision | None:
         """The answer when no risk can be computed: the action's ``on_failure`` (None means answer 503).

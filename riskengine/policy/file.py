@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from riskengine.policy.decide import Band, Level, Policy, Rule
+from riskengine.policy.decide import Band, Level, Policy, PolicyRule, Rule, When
 from riskengine.policy.exemptions import Exemption, LowValue, RiskAnalysis, Threshold
-from riskengine.policy.schema import (EXEMPTION_TYPES, Bands, LevelSpec, LowValueSpec, PolicyDocument, RiskAnalysisSpec,
-                                      RuleSpec, show)
+from riskengine.policy.schema import (EXEMPTION_TYPES, Bands, LevelSpec, LowValueSpec, PolicyDocument, PolicyRuleSpec,
+                                      RiskAnalysisSpec, RuleSpec, show)
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 PRESETS = ("default", "psd2", "hipaa", "gdpr")
@@ -167,11 +167,17 @@ class _Builder:
         fallback = RuleSpec(requires=list(names)[min(1, len(names) - 1)])
         default_rule = self.rule(doc.default_action or fallback, "default_action", None, levels, names, found,
                                  defaults)
+        for where, rule in [(f"actions.{a}", r) for a, r in actions.items()] + [("default_action", default_rule)]:
+            if rule is not None and rule.fallback not in (None, "deny") and rule.fallback not in actions:
+                self.fail(f"{where}.fallback", f"unknown action {show(rule.fallback)}; use deny or an action "
+                          f"listed under actions: {', '.join(actions) or 'none'}")
+        rules = self.rules(doc.rules, levels, names)
         if self.errors:
             raise PolicyError(self.errors)
         assert default_rule is not None
         return Policy(version=f"{doc.name}@{doc.version}", levels=tuple(levels), actions=actions,
                       default_rule=default_rule, bands=tuple(bands), deny_at=doc.deny_at, exemptions=found,
+                      rules=tuple(rules),
                       description=doc.description.strip(), audit_min_retention_days=doc.audit.min_retention_days,
                       source=self.source, sha256=sha256)
 
@@ -185,7 +191,8 @@ class _Builder:
                 if alias in seen:
                     self.fail(f"levels[{n}]", f"{show(alias)} already names or proves an earlier level")
                 seen.add(alias)
-            levels.append(Level(spec.name, acr, spec.max_age))
+            levels.append(Level(spec.name, acr, spec.max_age,
+                                tuple(dict.fromkeys(spec.factors)) if spec.factors is not None else None))
         return levels
 
     def bands(self, spec: Bands | None, names: dict[str, int], deny_at: float) -> list[Band]:
@@ -220,7 +227,33 @@ class _Builder:
             elif isinstance(exemption, RiskAnalysis) and exemption.kind_of(action) is None:
                 self.fail(f"{where}.exemptions", f"{name} has no payment type for action {show(action)}; "
                           f"add it under exemptions.{name}.payment_types.<type>.actions")
-        return Rule(requires, max_age, on_failure, shadow, tuple(spec.exemptions), spec.deny_at)
+        return Rule(requires, max_age, on_failure, shadow, tuple(spec.exemptions), spec.deny_at, spec.fallback)
+
+    def rules(self, specs: list[PolicyRuleSpec], levels: list[Level], names: dict[str, int]) -> list[PolicyRule]:
+        """The ordered rules: unique names, a level for each step-up and none for allow or deny."""
+        rules, seen = [], set()
+        for n, spec in enumerate(specs):
+            where, when, then = f"rules[{n}]", spec.when, spec.then
+            if spec.name in seen:
+                self.fail(f"{where}.name", f"{show(spec.name)} already names an earlier rule")
+            seen.add(spec.name)
+            if when.risk_at_least is not None and when.risk_below is not None and \
+                    when.risk_at_least >= when.risk_below:
+                self.fail(f"{where}.when.risk_below", f"must be above risk_at_least ({when.risk_at_least}), "
+                          f"got {when.risk_below}")
+            if then.decision == "step_up" and then.level is None:
+                self.fail(f"{where}.then.level", "is required for step_up")
+            elif then.decision != "step_up" and then.level is not None or then.decision != "step_up" and \
+                    then.max_age is not None:
+                self.fail(f"{where}.then", f"level and max_age are for step_up, not {then.decision}")
+            level = self.level(then.level, f"{where}.then.level", names)
+            max_age = then.max_age if "max_age" in then.model_fields_set or level is None else \
+                levels[names[level]].max_age
+            rules.append(PolicyRule(spec.name, When(
+                tuple(when.actions or ()), tuple(when.risk_level or ()), when.risk_at_least, when.risk_below,
+                tuple(when.countries or ()), tuple(when.asns or ()), tuple(when.lists or ()),
+                tuple(when.reasons or ()), tuple((when.attributes or {}).items())), then.decision, level, max_age))
+        return rules
 
     def exemptions(self, specs: dict[str, LowValueSpec | RiskAnalysisSpec], names: dict[str, int]) -> dict[str, Exemption]:
         found: dict[str, Exemption] = {}

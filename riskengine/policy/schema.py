@@ -19,10 +19,15 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-from riskengine.policy.decide import FAILURE_MODES
+from riskengine.enrich.lists import LIST_NAME
+from riskengine.features import USER_MESSAGES
+from riskengine.policy.decide import ANONYMIZER, DENYLISTED, FACTORS, FAILURE_MODES
 
 SCHEMA_FILE = Path(__file__).parent / "policy.schema.json"
 RISK_LEVELS = ("low", "medium", "high")
+VERDICTS = ("allow", "deny", "step_up")
+#: every reason code an answer may carry: the model's, the lists', the failure answer's
+REASON_CODES = (*USER_MESSAGES, DENYLISTED, ANONYMIZER, "score_unavailable")
 NAME = r"^[A-Za-z0-9_.:\-]{1,64}$"
 _SHORT = r"^[A-Za-z0-9_.\-]{1,64}$"
 
@@ -102,6 +107,18 @@ def _level(value: Any) -> str:
     return value
 
 
+def _scalar(value: Any) -> str | int | float | bool:
+    if not isinstance(value, (str, int, float, bool)) or (isinstance(value, float) and not math.isfinite(value)):
+        raise _fail("must be a text, a number or true/false", value)
+    return value
+
+
+def _country(value: Any) -> str:
+    if isinstance(value, bool):                  # YAML 1.1 reads NO (Norway), ON, Y as true/false
+        raise _fail("must be an ISO 3166 country code; quote it ('NO'), YAML reads it as true/false", value)
+    return _text(r"^[A-Z]{2}$", "must be an ISO 3166 country code such as 'SE'")(value)
+
+
 def _strict_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail("must be true or false", value)
@@ -165,6 +182,17 @@ Names = Annotated[list[str], WithJsonSchema({"type": "array", "items": {"type": 
 Rate = Annotated[float, WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
                                                   {"type": "string", "pattern": r"^\s*[0-9.]+\s*%\s*$"}]}),
                  BeforeValidator(_rate)]
+Factor = Annotated[str, WithJsonSchema({"enum": list(FACTORS)}), BeforeValidator(_choice(*FACTORS))]
+Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$"), BeforeValidator(_country)]
+Asn = Annotated[int, Field(ge=0), BeforeValidator(_whole(0, "an AS number"))]
+ListName = Annotated[str, Field(pattern=LIST_NAME.pattern), BeforeValidator(_text(
+    LIST_NAME.pattern, "must be a list name (a file stem in the lists folder: lowercase, digits, '-', '_', '.')"))]
+# the JSON Schema says "a code" only: the codes grow with the features, the shipped schema file need not
+ReasonCode = Annotated[str, WithJsonSchema({"type": "string", "pattern": r"^[a-z0-9_]+$"}),
+                      BeforeValidator(_choice(*REASON_CODES))]
+Verdict = Annotated[str, WithJsonSchema({"enum": list(VERDICTS)}), BeforeValidator(_choice(*VERDICTS))]
+Scalar = Annotated[Union[str, int, float, bool], WithJsonSchema({"type": ["string", "number", "boolean"]}),
+                   BeforeValidator(_scalar)]
 Version = Annotated[Union[int, str], WithJsonSchema({"anyOf": [{"type": "integer"},
                                                                {"type": "string", "pattern": _SHORT}]}),
                     BeforeValidator(_version)]
@@ -192,6 +220,7 @@ class LevelSpec(_Spec):
     name: Annotated[str, Field(pattern=NAME), BeforeValidator(_text(NAME, "must be a short name such as aal2"))]
     acr: Acr | None = None
     max_age: Seconds | None = None
+    factors: Annotated[list[Factor], Field(min_length=1)] | None = None
 
 
 class BandSpec(_Spec):
@@ -213,6 +242,7 @@ class RuleSpec(_Spec):
     shadow: Bool | None = None
     exemptions: Names = []
     deny_at: Number(0.0, 1.0) | None = None
+    fallback: Name | None = None
 
 
 class LowValueSpec(_Spec):
@@ -244,6 +274,33 @@ class RiskAnalysisSpec(_Spec):
                                                             json_schema_extra={"additionalProperties": False})]
 
 
+class WhenSpec(_Spec):
+    """All that are set must hold; a list field holds when the event has any of its values."""
+
+    actions: Annotated[list[Name], Field(min_length=1)] | None = None
+    risk_level: RiskLevels | None = None
+    risk_at_least: Number(0.0, 1.0) | None = None
+    risk_below: Number(0.0, 1.0) | None = None
+    countries: Annotated[list[Country], Field(min_length=1)] | None = None
+    asns: Annotated[list[Asn], Field(min_length=1)] | None = None
+    lists: Annotated[list[ListName], Field(min_length=1)] | None = None
+    reasons: Annotated[list[ReasonCode], Field(min_length=1)] | None = None
+    attributes: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], Scalar],
+                          Field(min_length=1)] | None = None
+
+
+class ThenSpec(_Spec):
+    decision: Verdict
+    level: LevelRef | None = None
+    max_age: Seconds | None = None
+
+
+class PolicyRuleSpec(_Spec):
+    name: Name
+    when: WhenSpec = WhenSpec()
+    then: ThenSpec
+
+
 ExemptionSpec = Annotated[Union[LowValueSpec, RiskAnalysisSpec], Field(discriminator="type")]
 EXEMPTION_TYPES = ("low_value", "transaction_risk_analysis")
 
@@ -269,6 +326,7 @@ class PolicyDocument(_Spec):
                                           json_schema_extra={"additionalProperties": False})
     exemptions: dict[Name, ExemptionSpec] = Field({}, description="regulatory exemptions actions may list",
                                                   json_schema_extra={"additionalProperties": False})
+    rules: list[PolicyRuleSpec] = Field([], description="ordered conditions: the first that matches decides")
     audit: AuditSpec = AuditSpec()
 
 
