@@ -19,7 +19,7 @@ from riskengine.api import create_app
 from riskengine.datasets import synth
 from riskengine.features import DOWN, FEATURES, MONOTONIC, UP
 from riskengine.lab import training
-from riskengine.scoring.model import TrainedScorer
+from riskengine.scoring.model import TrainedScorer, floor_of
 from riskengine.settings import Settings
 from tests.conftest import API_KEY, T0, iso
 
@@ -83,7 +83,7 @@ def test_raising_a_declared_signal_never_moves_risk_the_other_way(constrained, s
 
 def test_the_anomaly_floor_is_a_floor(constrained, split):
     _, later = split
-    floor = constrained.model.floor(later.X)
+    floor = floor_of(constrained.floor, later.X)
     risk = constrained.predict(later.X)
     assert np.all(risk >= floor - 1e-12) and floor.max() > 0.5
 
@@ -136,6 +136,6 @@ def test_the_first_day_model_is_constrained_and_floored(first_day_home):
     from riskengine.scoring.registry import ModelRegistry
 
     registry = ModelRegistry(first_day_home / "models")
-    model, _ = registry.load(registry.champion_version())
-    assert tuple(model.monotonic_cst) == MONOTONIC and model.anomaly_floor == training.ANOMALY_FLOOR
-    assert not math.isnan(model.anomaly_floor)
+    _, entry = registry.load(registry.champion_version())           # the signed metadata says how it was fitted
+    assert tuple(entry.metadata["monotonic_cst"]) == MONOTONIC
+    assert entry.metadata["anomaly_floor"] == training.ANOMALY_FLOOR and not math.isnan(entry.metadata["anomaly_floor"])

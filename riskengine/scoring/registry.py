@@ -143,7 +143,8 @@ class ModelRegistry:
         meta = {**(metadata or {}), "version": version, "created_at": created.isoformat().replace("+00:00", "Z"),
                 "feature_names": list(FEATURE_NAMES), "libraries": library_versions(), "format": FORMAT,
                 "model_file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "trees": spec,
-                "git_commit": _git_commit(), "anomaly_floor": getattr(model, "anomaly_floor", None)}
+                "git_commit": _git_commit(), "anomaly_floor": getattr(model, "anomaly_floor", None),
+                "monotonic_cst": _listed(getattr(model, "monotonic_cst", None))}
         meta = json.loads(json.dumps(meta, default=float))   # what is signed is what is read back
         meta["signature"] = sign(key, meta)
         _write_atomically(folder / METADATA_FILE, json.dumps(meta, indent=2))
@@ -291,3 +292,8 @@ class ChampionWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _listed(values: Any) -> list[int] | None:
+    """Training parameters as JSON (the served trees do not carry them): what the metadata records."""
+    return None if values is None else [int(v) for v in values]
