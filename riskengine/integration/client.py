@@ -55,6 +55,14 @@ def _answer(response: httpx.Response) -> Assessment:
     raise EngineUnavailable(f"unexpected status {response.status_code}")
 
 
+def _recorded(response: httpx.Response) -> bool:
+    """``/feedback``: True when recorded, False for an event the engine does not know (404)."""
+    if response.status_code == 404:
+        return False
+    response.raise_for_status()
+    return True
+
+
 def _is_decision(response: httpx.Response) -> bool:
     try:
         return "decision" in response.json()
@@ -82,10 +90,7 @@ class RiskClient:
             response = self._http.post("/feedback", json={"event_id": event_id, "outcome": outcome})
         except httpx.TransportError as exc:
             raise EngineUnavailable(type(exc).__name__) from exc
-        if response.status_code == 404:
-            return False
-        response.raise_for_status()
-        return True
+        return _recorded(response)
 
     def close(self) -> None:
         self._http.close()
@@ -116,10 +121,7 @@ class AsyncRiskClient:
             response = await self._http.post("/feedback", json={"event_id": event_id, "outcome": outcome})
         except httpx.TransportError as exc:
             raise EngineUnavailable(type(exc).__name__) from exc
-        if response.status_code == 404:
-            return False
-        response.raise_for_status()
-        return True
+        return _recorded(response)
 
     async def aclose(self) -> None:
         await self._http.aclose()
