@@ -216,6 +216,8 @@ def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, r
         if store == "sqlite-normal":
             env["RISKENGINE_SQLITE_SYNCHRONOUS"] = "NORMAL"
         shutil.copytree(models, home / "models")
+        (home / "var").mkdir(parents=True, exist_ok=True)      # the key that signed the champion (registry.py)
+        shutil.copy2(work / "var" / "registry.key", home / "var" / "registry.key")
         seconds = warm_store(home, env, stream.history)
         print(f"  {store}: store warmed with {len(stream.history):,} events in {seconds:.0f} s", flush=True)
         port = free_port()
@@ -248,13 +250,14 @@ def redis_ready() -> bool:
 def warm_store(home: Path, env: dict[str, str], history) -> float:
     """Replay the history through the serving engine into the store the server will open."""
     from riskengine.engine import Engine
+    from riskengine.home import open_engine
     from riskengine.settings import Settings
     from workload import warm
 
     settings = Settings(home=home, store=env.get("RISKENGINE_STORE", "sqlite"), sqlite_synchronous="NORMAL",
                         **({"redis_prefix": env["RISKENGINE_REDIS_PREFIX"]}
                            if "redis_prefix" in Settings.model_fields else {}))
-    with Engine.open(settings) as engine:
+    with open_engine(settings) as engine:
         engine.store.clear()                     # Redis: only this prefix's keys
         return warm(engine, history)
 

@@ -24,6 +24,7 @@ from riskengine.lab import training  # noqa: E402
 from riskengine.engine import Engine  # noqa: E402
 from riskengine.events import event_from_request, row_to_request  # noqa: E402
 from riskengine.scoring.registry import ModelRegistry  # noqa: E402
+from riskengine.lab.replay import run
 
 
 @dataclass
@@ -51,8 +52,11 @@ def train_champion(history: pd.DataFrame, home: Path) -> str:
 def warm(engine: Engine, history: pd.DataFrame) -> float:
     """Replay the history through ``engine`` (the serving code, recording everything); returns seconds."""
     started = time.perf_counter()
-    for row in history.to_dict("records"):
-        engine.score_and_record(event_from_request(row_to_request(row)))
+
+    async def record_all() -> None:
+        for row in history.to_dict("records"):
+            await engine.record(event_from_request(row_to_request(row)))
+    run(record_all())
     return time.perf_counter() - started
 
 

@@ -114,10 +114,10 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 def _train_from_service(settings: Settings, promote: bool, force: bool = False) -> int:
     from riskengine.lab import training
-    from riskengine.engine import Engine
+    from riskengine.home import open_for_audit
     from riskengine.scoring.registry import ModelRegistry
 
-    with Engine.for_audit(settings) as engine:                # reads the store; records nothing
+    with open_for_audit(settings) as engine:          # reads the store; records nothing
         dataset = training.from_store(engine.store)
     print(f"{len(dataset.y):,} recorded events, {int(dataset.y.sum()):,} labelled as attacks", file=sys.stderr)
     report = training.train(dataset, ModelRegistry.open(settings), promote=promote, source="service", force=force)

@@ -4,41 +4,33 @@ features -> score -> decide -> record. HTTP, CLI, training and tests all call it
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
 import os
-import random
-import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from riskengine import profiles
 from riskengine.audit import trail
-from riskengine.audit.chain import Problem, pseudonym, verify
+from riskengine.audit.chain import Problem, verify
+from riskengine.audit.records import Pseudonyms, change_record, event_ref, now, score_record
 from riskengine.enrich import EnrichedEvent, Enricher
-from riskengine.events import (DEFAULT_TENANT, Event, event_from_request, event_to_request, format_timestamp,
-                               tenant_key, tenant_of)
+from riskengine.events import DEFAULT_TENANT, Event, event_from_request, event_to_request, format_timestamp, tenant_key
 from riskengine.features import BY_NAME, USER_MESSAGES, Context, Signals, extract
-from riskengine.scoring.model import Score, Scorer, StatisticalScorer, TrainedScorer
+from riskengine.ordering import Turns, retried
 from riskengine.policy.decide import Decision, Policy, Reason, Seen
-from riskengine.policy.file import PolicyWatcher, load_policy, resolve
+from riskengine.policy.file import PolicyWatcher
+from riskengine.policy.fraud_rates import FraudRates
+from riskengine.scoring.model import Score, Scorer, StatisticalScorer, TrainedScorer
 from riskengine.scoring.registry import ChampionWatcher, ModelRegistry, ModelVersion
-from riskengine.settings import Settings
 from riskengine.signals.recorded import Recorded
-from riskengine.stores import (Commit, Conflict, DuplicateEvent, ProfileStore, StoredEvent, StoreUnavailable,
-                               open_store)
+from riskengine.stores import Commit, DuplicateEvent, ProfileStore, StoredEvent, StoreUnavailable
 
 log = logging.getLogger("riskengine")
 OUTCOMES = ("step_up_passed", "step_up_failed", "confirmed_fraud", "confirmed_legit")
 MAX_REASONS = 5
-_RETRIES = 20
-_LOCK_STRIPES = 256
-_USER_KEYS_KEPT = 100_000
 
 
 class ScoreUnavailable(Exception):
@@ -84,80 +76,29 @@ def reasons_from(score: Score, signals: Signals) -> tuple[Reason, ...]:
 
 
 class Engine:
-    """Plain-Python core. Thread-safe as long as the store is."""
+    """The flow over one store. Every change to a user goes through ``Turns`` (one user's changes one
+    after another on the event loop) and ``retried`` (a writer in another process moved the user on)."""
 
     def __init__(self, store: ProfileStore, enricher: Enricher, scorer: Scorer | None = None,
                  policy: Policy | None = None, retention_days: float = 180.0,
-                 pseudonym_key: bytes | None = None, record: bool = True, audit_key: bytes | None = None,
+                 pseudonym_key: bytes | None = None, keep_records: bool = True, audit_key: bytes | None = None,
                  fraud_rate_cache_s: float = 60.0) -> None:
         self.store = store
-        self.record = record                      # False: training backfills keep no events or audit
-        self.model_error: str | None = None
-        self._watcher: ChampionWatcher | None = None
-        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
-        self._user_keys: dict[str, str] = {}
-        self._turns: dict[str, asyncio.Future] = {}   # user id -> its latest event still deciding on the loop
+        self.keep_records = keep_records          # False: training backfills keep no events or audit
         self.enricher = enricher
         self.scorer: Scorer = scorer or StatisticalScorer()
         self.policy = policy or Policy()
         self.retention_s = retention_days * profiles.DAY
-        self._key = pseudonym_key or os.urandom(32)
+        self.pseudonyms = Pseudonyms(pseudonym_key or os.urandom(32), store)
         self.audit_key = audit_key                # what ``verify_audit`` checks seals with (the store seals)
-        self.policy_error: str | None = None
-        self._policy_watcher: PolicyWatcher | None = None
-        self.fraud_rate_cache_s = fraud_rate_cache_s
-        self._fraud_rates: dict[tuple, tuple[float, float | None]] = {}
+        self.fraud_rates = FraudRates(store, fraud_rate_cache_s)
         self.listeners: list[Callable[[Recorded], None]] = []   # told after a durable record (signals/)
         self.share_ip_stats = False               # True: per-IP and population statistics span tenants
-
-    @classmethod
-    def open(cls, settings: Settings, scorer: Scorer | None = None) -> "Engine":
-        settings.var.mkdir(parents=True, exist_ok=True)
-        policy_path = resolve(settings.policy)
-        policy = load_policy(policy_path)             # a broken file stops the start, naming what is wrong
-        store, audit_key = _open_store(settings)
-        enricher = Enricher(settings.geoip_city_db, settings.geoip_asn_db, settings.lists)
-        key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key")
-        engine = cls(store, enricher, scorer, policy, settings.retention_days, key, audit_key=audit_key,
-                     fraud_rate_cache_s=settings.fraud_rate_cache_s)
-        engine.share_ip_stats = settings.share_ip_stats
-        engine.use_policy(policy, "load")
-        if settings.policy is not None:
-            engine.watch_policy(policy_path, settings.policy_check_interval)
-        if settings.audit_retention_days is not None:
-            engine.prune_audit(settings.audit_retention_days)
-        if scorer is None:
-            engine.watch_models(ModelRegistry.open(settings))
-        return engine
-
-    @classmethod
-    def for_audit(cls, settings: Settings, keys: bool = True) -> "Engine":
-        """An existing home's engine for offline tools (audit, training on recorded events):
-        no policy file, no model, nothing recorded on open. Offline tools never create keys: a
-        missing one is an error (``MissingKey``). ``keys=False`` (an auditor holding only a public
-        key) reads the trail without them: the seals cannot be checked."""
-        store, audit_key = _open_store(settings, create_keys=False, audit_key=keys)
-        key = _load_key(settings.pseudonym_key_file or settings.var / "pseudonym.key", create=False) if keys else None
-        return cls(store, Enricher(settings.geoip_city_db, settings.geoip_asn_db), StatisticalScorer(), Policy(),
-                   settings.retention_days, key, audit_key=audit_key)
-
-    def watch_models(self, registry: ModelRegistry, interval: float = 1.0) -> None:
-        """Serve the registry's champion now, and each newly promoted one without a restart."""
-        self._watcher = ChampionWatcher(registry, self._use_model, self._model_refused, interval)
-        self._watcher.check()
-        self._watcher.start()
-
-    def _use_model(self, model: Any, entry: ModelVersion) -> None:
-        self.scorer = TrainedScorer.loaded(model, entry)       # one reference swap: in-flight requests keep theirs
-        self.model_error = None
-        log.info("serving model %s", entry.version)
-        self.store.append_audit({"kind": "model", "at": format_timestamp(_now()),
-                                 "recorded_at": format_timestamp(_now()), "model_version": entry.version,
-                                 "sha256": entry.metadata.get("sha256")})
-
-    def _model_refused(self, reason: str) -> None:
-        self.model_error = reason
-        log.error("model refused, keeping %s: %s", self.scorer.version, reason)
+        self.model_error: str | None = None
+        self.policy_error: str | None = None
+        self._turns = Turns()
+        self._watcher: ChampionWatcher | None = None
+        self._policy_watcher: PolicyWatcher | None = None
 
     def __enter__(self) -> "Engine":
         return self
@@ -173,29 +114,49 @@ class Engine:
         self.enricher.close()
 
     # -- the flow ---------------------------------------------------------
-    def evaluate(self, event: Event) -> Scored:
-        """Enrich, read the profile as it was, extract, score and decide; no state changes.
+    async def score(self, event: Event, client: str = "local") -> Decision:
+        """``record``'s decision; with the store unreachable, the action's ``on_failure`` answer (not
+        recorded: the API sends it with a 503) or, for ``unavailable``, the ``StoreUnavailable`` 503."""
+        try:
+            return (await self.record(event, client)).decision
+        except StoreUnavailable as exc:
+            return self._unrecorded(event, exc)
+
+    async def record(self, event: Event, client: str = "local") -> Scored:
+        """Decide and record one event: the one path for the service, training and what-if.
+
+        Decided in turn with the user's other events, each on the profile the one before queued; the
+        commit goes in a group with the rest of this loop turn's (stores/batching.py) and is awaited.
+        A repeated ``event_id`` gets the answer recorded the first time.
+        """
+        async def attempt() -> Scored:
+            async with self._turns.of(event.user_id):
+                scored = await self.evaluate(event)
+                committed = self.store.submit_async(self._commit(event, scored, client))
+            try:
+                await committed
+            except DuplicateEvent:
+                return await self._earlier(event, scored)
+            self._tell(event, scored.decision)
+            return scored
+        return await retried(attempt)
+
+    async def evaluate(self, event: Event) -> Scored:
+        """Enrich, read the profile as it is, extract, score and decide; no state changes.
 
         A scorer that fails gets the policy's ``on_failure`` answer for the action (or
         ``ScoreUnavailable``: a 503); an unreachable store raises ``StoreUnavailable``.
         """
-        read = self._read(event)
-        context = self.store.context(self._stats(event, event.ip), event.ts, read.values)
-        return self._decide(event, read, Context(*context))
-
-    async def _evaluate_async(self, event: Event) -> Scored:
-        """``evaluate`` with the store's context read awaited (made with the rest of this loop turn's)."""
-        read = self._read(event, await self.store.get_async(event.user_id))     # read off the loop (stores)
-        if self.record:                                  # the audit head's secret: cached for _commit (stores)
+        read = self._read(event, await self.store.get_async(event.user_id))
+        if self.keep_records:                                  # the audit head's secret, cached for _commit (stores)
             await self.store.user_secret_async(event.user_id, self.user_key(event.user_id), True)
         context = await self.store.context_async(self._stats(event, event.ip), event.ts, read.values)
         return self._decide(event, read, Context(*context))
 
-    def _read(self, event: Event, profile: profiles.UserProfile | None = None) -> _Read:
+    def _read(self, event: Event, profile: profiles.UserProfile) -> _Read:
         if self._policy_watcher is not None:
             self._policy_watcher.poll()                  # a changed policy file: at most one stat a second
         enriched = self.enricher.enrich(event)
-        profile = profile if profile is not None else self.store.get(event.user_id)
         return _Read(self.policy, enriched, profile, self._values(event, enriched))
 
     def _stats(self, event: Event, value: str) -> str:
@@ -226,56 +187,9 @@ class Engine:
         seen = Seen(enriched.geo.country, enriched.geo.asn, enriched.lists,
                     self.enricher.lists.current.roles(enriched.lists))
         decision = policy.decide(event, score.risk, reasons_from(score, signals), score.model_version,
-                                 profile=profile, fraud_rate=self.fraud_rate, seen=seen)
+                                 profile=profile, fraud_rate=self.fraud_rates.rate, seen=seen)
         learn = learns(event.success, decision.decision, decision.risk_level)
         return Scored(enriched, signals, score, decision, learn, profile, policy, values)
-
-    def score(self, event: Event, client: str = "local") -> Decision:
-        """Score and record one event; a repeated ``event_id`` returns the stored answer.
-
-        With the store unreachable, the answer is the action's ``on_failure`` (not recorded, so the API sends it
-        with a 503) or, for ``unavailable``, the ``StoreUnavailable`` 503.
-        """
-        try:
-            return self.score_and_record(event, client).decision     # a repeated id: the store says so
-        except StoreUnavailable as exc:
-            return self._unrecorded(event, exc)
-
-    async def score_async(self, event: Event, client: str = "local") -> Decision:
-        """``score`` on an event loop (the service): the pure work runs here, with no thread hop per
-        request; the commit goes in a group with the rest of this loop turn's (group.py), and is awaited."""
-        try:
-            for attempt in range(_RETRIES):
-                scored, committed = await self._decide_in_turn(event, client)
-                try:
-                    await committed
-                    self._tell(event, scored.decision)
-                    return scored.decision
-                except Conflict:
-                    if attempt:
-                        await asyncio.sleep(_back_off_s(attempt))
-                except DuplicateEvent:
-                    return self._earlier(event, scored).decision
-            raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
-        except StoreUnavailable as exc:
-            return self._unrecorded(event, exc)
-
-    async def _decide_in_turn(self, event: Event, client: str) -> tuple[Scored, Awaitable[None]]:
-        """Decide and queue the commit, in turn with the user's other events on this loop: each is
-        decided on the profile the one before queued, though the store's read is awaited between."""
-        user_id = event.user_id
-        before, mine = self._turns.get(user_id), asyncio.get_running_loop().create_future()
-        self._turns[user_id] = mine
-        try:
-            if before is not None and not before.done():
-                await before
-            scored = await self._evaluate_async(event)
-            return scored, self.store.submit_async(self._commit(event, scored, client))
-        finally:
-            if not mine.done():
-                mine.set_result(None)
-            if self._turns.get(user_id) is mine:
-                del self._turns[user_id]
 
     def _unrecorded(self, event: Event, exc: StoreUnavailable) -> Decision:
         decision = self.policy.on_failure(event, "store_unavailable", "the profile store could not be reached",
@@ -285,31 +199,9 @@ class Engine:
         log.error("profile store unavailable: answering %s without recording", decision.decision)
         return decision
 
-    def score_and_record(self, event: Event, client: str = "local") -> Scored:
-        with self._user_lock(event.user_id):
-            return self._score_and_record(event, client)
-
-    def _user_lock(self, user_id: str) -> threading.Lock:
-        """Threads of one process take turns per user (striped locks), so only writers in
-        other processes can race; those the version check turns into a retry."""
-        return self._locks[hash(user_id) % len(self._locks)]
-
-    def _score_and_record(self, event: Event, client: str) -> Scored:
-        for attempt in range(_RETRIES):
-            scored = self.evaluate(event)
-            try:
-                self.store.commit(self._commit(event, scored, client))
-                return scored
-            except Conflict:
-                if attempt:                       # another writer moved this user on: decide again
-                    time.sleep(_back_off_s(attempt))
-            except DuplicateEvent:
-                return self._earlier(event, scored)
-        raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
-
-    def _earlier(self, event: Event, scored: Scored) -> Scored:
+    async def _earlier(self, event: Event, scored: Scored) -> Scored:
         """A repeated event id: the answer is the one recorded the first time."""
-        earlier = self.store.find_event(event.event_id)
+        earlier = await self.store.blocking(self.store.find_event, event.event_id)
         if earlier is None:
             raise StoreUnavailable("a recorded event could not be read back")
         return Scored(scored.enriched, scored.signals, scored.score, Decision.from_dict(earlier.decision), False,
@@ -319,12 +211,12 @@ class Engine:
         """What the event changes, conditional on the profile version its decision read."""
         profile = scored.profile
         assert profile is not None
-        now = _now().timestamp() if self.record else None     # live: no claimed time prunes past the clock
+        at = now().timestamp() if self.keep_records else None     # live: no claimed time prunes past the clock
         if scored.learned:
-            new = profiles.learned(profile, scored.enriched, self.retention_s, now)
+            new = profiles.learned(profile, scored.enriched, self.retention_s, at)
             learned_values = scored.values
         elif event.action == "login" and not event.success:
-            new, learned_values = profiles.failed(profile, scored.enriched, self.retention_s, now), {}
+            new, learned_values = profiles.failed(profile, scored.enriched, self.retention_s, at), {}
         else:
             new, learned_values = None, {}
         if (opened := profiles.decided(new or profile, scored.enriched, scored.decision.decision)) is not (new or profile):
@@ -332,51 +224,42 @@ class Engine:
         counted = (scored.policy or self.policy).after(new or profile, event, scored.decision)
         if counted is not None:
             new = counted                         # PSD2 counters since the last SCA moved
-        if not self.record:
-            return Commit(event.user_id, profile.version, new, self._stats(event, event.ip),
-                          self.user_key(event.user_id), event.ts, event.success or event.action != "login",
-                          learned_values)
-        decision = scored.decision.to_dict()
-        stored = StoredEvent(event.event_id, event.user_id, event.ts, event_to_request(event), decision,
-                             scored.signals.values)
-        audit = {"kind": "score", **self._audit_head(event.user_id, client, event.timestamp, event.event_id),
-                 "action": event.action, "risk_score": decision["risk_score"], "risk_level": decision["risk_level"],
-                 "reasons": [r["code"] for r in decision["reasons"]], "decision": decision["decision"],
-                 "required_acr": decision["required_acr"], "max_age": decision["max_age"],
-                 "exemption": decision["exemption"], "amr": decision["amr"],
-                 "shadowed": decision["shadow_decision"] is not None,
-                 "model_version": decision["model_version"], "policy_version": decision["policy_version"]}
-        if decision["shadow_decision"] is not None:
-            audit["shadow_decision"] = decision["shadow_decision"]
-        for name in ("failure", "rule", "fallback"):     # the policy rule that decided; a step-up fallback
-            if decision[name] is not None:
-                audit[name] = decision[name]
+        stored, audit = None, None
+        if self.keep_records:
+            decision = scored.decision.to_dict()
+            stored = StoredEvent(event.event_id, event.user_id, event.ts, event_to_request(event), decision,
+                                 scored.signals.values)
+            audit = score_record(event, decision, self.pseudonyms.head(event.user_id, client, event.timestamp,
+                                                                       event.event_id))
         return Commit(event.user_id, profile.version, new, self._stats(event, event.ip), self.user_key(event.user_id),
                       event.ts, event.success or event.action != "login", learned_values, stored, audit)
 
     # -- outcomes, erasure ------------------------------------------------
-    def feedback(self, event_id: str, outcome: str, client: str = "local") -> bool:
+    async def feedback(self, event_id: str, outcome: str, client: str = "local") -> bool:
         """Label an event; a passed step-up teaches and trusts its device and place."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
-        stored = self.store.find_event(event_id)
+        stored = await self.store.blocking(self.store.find_event, event_id)
         if stored is None:
             return False
         if stored.outcome == outcome:
             return True                           # a retried feedback changes nothing
+        event = event_from_request(stored.request)
         if outcome == "step_up_passed":
-            event = event_from_request(stored.request)
             learned_already = learns(event.success, stored.decision["decision"], stored.decision["risk_level"])
-            self.apply_step_up(event, learn=not learned_already, required_acr=stored.decision.get("required_acr"))
+            await self.apply_step_up(event, learn=not learned_already, required_acr=stored.decision.get("required_acr"))
         elif outcome == "step_up_failed":
-            self.fail_step_up(event_from_request(stored.request))
-        audit = {"kind": "feedback", **self._audit_head(stored.user_id, client, _now(), event_id),
-                 "outcome": outcome, "policy_version": self.policy.version}
-        recorded = self.store.record_outcome(event_id, outcome, audit)
-        self._fraud_rates.clear()                 # a label moves the fraud rate PSD2 TRA exemptions depend on
+            await self.fail_step_up(event)
+        recorded = await self.store.blocking(self._record_outcome, stored, outcome, client)
+        self.fraud_rates.forget()                 # a label moves the fraud rate PSD2 TRA exemptions depend on
         if recorded:
-            self._tell(event_from_request(stored.request), Decision.from_dict(stored.decision), outcome)
+            self._tell(event, Decision.from_dict(stored.decision), outcome)
         return recorded
+
+    def _record_outcome(self, stored: StoredEvent, outcome: str, client: str) -> bool:
+        audit = {"kind": "feedback", **self.pseudonyms.head(stored.user_id, client, now(), stored.event_id),
+                 "outcome": outcome, "policy_version": self.policy.version}
+        return self.store.record_outcome(stored.event_id, outcome, audit)
 
     def _tell(self, event: Event, decision: Decision, outcome: str | None = None) -> None:
         """Listeners (webhooks, CAEP) only queue: a slow receiver never holds a request."""
@@ -387,72 +270,41 @@ class Engine:
             for listener in self.listeners:
                 listener(notice)
 
-    def apply_step_up(self, event: Event, learn: bool, required_acr: str | None = None) -> None:
+    async def apply_step_up(self, event: Event, learn: bool, required_acr: str | None = None) -> None:
         """The user proved it was them: remember this event (if not yet) and trust its device and place."""
         enriched = self.enricher.enrich(event)
-        with self._user_lock(event.user_id):
-            self._apply_step_up(event, enriched, learn, required_acr)
 
-    def _apply_step_up(self, event: Event, enriched: EnrichedEvent, learn: bool, required_acr: str | None) -> None:
         def change(profile: profiles.UserProfile) -> profiles.UserProfile:
-            new = profiles.learned(profile, enriched, self.retention_s, _now().timestamp()) if learn else profile
+            new = profiles.learned(profile, enriched, self.retention_s, now().timestamp()) if learn else profile
             new = profiles.trusted(new, enriched, event.ts)
             if required_acr is not None and (sca := self.policy.after_step_up(new, required_acr, event.ts)):
                 new = sca                         # an SCA-grade step-up restarts the PSD2 low-value counters
             return new
-        self._update_profile(event.user_id, change, self._values(event, enriched) if learn else {})
+        await self._update_profile(event.user_id, change, self._values(event, enriched) if learn else {})
 
-    def fail_step_up(self, event: Event) -> None:
+    async def fail_step_up(self, event: Event) -> None:
         """The step-up was not passed: the event's session stays high risk; failures are counted."""
         enriched = self.enricher.enrich(event)
-        with self._user_lock(event.user_id):
-            self._update_profile(event.user_id,
-                                 lambda profile: profiles.stepped_up(profile, enriched, False, event.ts), {})
+        await self._update_profile(event.user_id, lambda profile: profiles.stepped_up(profile, enriched, False,
+                                                                                       event.ts), {})
 
-    def _update_profile(self, user_id: str, change: Callable[[profiles.UserProfile], profiles.UserProfile],
-                        learned_values: dict[str, str]) -> None:
-        for attempt in range(_RETRIES):
-            profile = self.store.get(user_id)
-            try:
-                self.store.update_profile(user_id, profile.version, change(profile), learned_values, None)
-                return
-            except Conflict:
-                if attempt:
-                    time.sleep(_back_off_s(attempt))
-        raise Conflict(f"gave up after {_RETRIES} concurrent updates of one user")
+    async def _update_profile(self, user_id: str, change: Callable[[profiles.UserProfile], profiles.UserProfile],
+                              learned_values: dict[str, str]) -> None:
+        async def attempt() -> None:
+            async with self._turns.of(user_id):
+                profile = await self.store.get_async(user_id)
+                await self.store.blocking(self.store.update_profile, user_id, profile.version, change(profile),
+                                          learned_values, None)
+        await retried(attempt)
 
     def erase(self, user_id: str, client: str = "local") -> bool:
         """GDPR Art. 17: drop the profile, events and the user's pseudonym key; the trail stays valid."""
-        audit = {"kind": "erasure", **self._audit_head(user_id, client, _now()), "policy_version": self.policy.version}
+        audit = {"kind": "erasure", **self.pseudonyms.head(user_id, client, now()),
+                 "policy_version": self.policy.version}
         return self.store.erase_user(user_id, self.user_key(user_id), audit)
 
-    # -- pseudonyms -------------------------------------------------------
     def user_key(self, user_id: str) -> str:
-        """Keyed hash of a user id: indexes per-user secrets and per-IP distinct-user counts."""
-        key = self._user_keys.get(user_id)
-        if key is None:
-            if len(self._user_keys) >= _USER_KEYS_KEPT:
-                self._user_keys.clear()           # a pure function of the id: dropping costs only recomputing
-            key = self._user_keys[user_id] = hmac.digest(self._key, user_id.encode(), "sha256").hex()[:32]
-        return key
-
-    def subject(self, user_id: str) -> str:
-        secret = self.store.user_secret(user_id, self.user_key(user_id), create=True)
-        return pseudonym(secret, user_id)
-
-    def _audit_head(self, user_id: str, client: str, at: datetime, event_id: str | None = None) -> dict[str, Any]:
-        """Who and when, as pseudonyms under the user's own secret: erasing it unlinks both.
-
-        ``event_ref`` stands for the client's event id, which may itself carry the user id.
-        """
-        secret = self.store.user_secret(user_id, self.user_key(user_id), create=True)
-        head = {"at": format_timestamp(at), "recorded_at": format_timestamp(_now()), "client": client,
-                "subject": pseudonym(secret, user_id)}
-        if (tenant := tenant_of(user_id)) != DEFAULT_TENANT:
-            head["tenant"] = tenant               # the default tenant's records read as they always did
-        if event_id is not None:
-            head["event_ref"] = event_ref(secret, event_id)
-        return head
+        return self.pseudonyms.user_key(user_id)
 
     def health(self) -> dict[str, Any]:
         self.store.ping()
@@ -463,15 +315,26 @@ class Engine:
             health["policy_error"] = self.policy_error
         return health
 
-    # -- policy and configuration changes -----------------------------------
+    # -- what serves: models and policies swapped in without a restart ------------
+    def watch_models(self, registry: ModelRegistry, interval: float = 1.0) -> None:
+        """Serve the registry's champion now, and each newly promoted one without a restart."""
+        self._watcher = ChampionWatcher(registry, self._use_model, self._model_refused, interval)
+        self._watcher.check()
+        self._watcher.start()
+
+    def _use_model(self, model: Any, entry: ModelVersion) -> None:
+        self.scorer = TrainedScorer.loaded(model, entry)       # one reference swap: in-flight requests keep theirs
+        self.model_error = None
+        log.info("serving model %s", entry.version)
+        self._record_change("model", {"model_version": entry.version, "sha256": entry.metadata.get("sha256")})
+
+    def _model_refused(self, reason: str) -> None:
+        self.model_error = reason
+        log.error("model refused, keeping %s: %s", self.scorer.version, reason)
+
     def watch_policy(self, path: Path, interval: float = 1.0) -> None:
         """Serve each valid new version of the policy file without a restart; keep the old on a broken one."""
         self._policy_watcher = PolicyWatcher(path, self._policy_changed, self._policy_refused, interval)
-
-    def check_policy(self) -> None:
-        """Look at the policy file now (tests, SIGHUP handlers) instead of waiting for the next poll."""
-        if self._policy_watcher is not None:
-            self._policy_watcher.check()
 
     def use_policy(self, policy: Policy, change: str = "reload") -> None:
         """Serve ``policy`` from now on (one reference swap) and record the change."""
@@ -480,7 +343,7 @@ class Engine:
         if change != "load" and previous.version == policy.version:
             log.warning("policy file changed but its version is still %s: bump `version` so answers and audit "
                         "records tell the two apart", policy.version)
-        self.record_change("policy", {"change": change, "policy_version": policy.version,
+        self._record_change("policy", {"change": change, "policy_version": policy.version,
                                       "source": policy.source, "sha256": policy.sha256, "pid": os.getpid()})
 
     def _policy_changed(self, policy: Policy) -> None:
@@ -495,34 +358,13 @@ class Engine:
             return
         self.policy_error = error
         log.error("policy file refused, still serving %s: %s", self.policy.version, error)
-        self.record_change("policy", {"change": "refused", "policy_version": self.policy.version,
+        self._record_change("policy", {"change": "refused", "policy_version": self.policy.version,
                                       "error": error, "pid": os.getpid()})
 
-    def record_change(self, kind: str, details: dict[str, Any]) -> None:
+    def _record_change(self, kind: str, details: dict[str, Any]) -> None:
         """Append a model, policy or other configuration change to the audit trail."""
-        if not self.record:
-            return
-        now = format_timestamp(_now())
-        self.store.append_audit({"policy_version": self.policy.version, **details, "kind": kind, "at": now,
-                                 "recorded_at": now})
-
-    # -- PSD2 fraud rate ------------------------------------------------------
-    def fraud_rate(self, actions: tuple[str, ...], currency: str, since: float, until: float) -> float | None:
-        """Fraud by value among executed payments of ``actions`` in [since, until) (RTS Art. 19).
-
-        Reused for ``fraud_rate_cache_s`` within the same hour of event time: the window is 90 days,
-        an hour moves it little, and scanning it on every payment would not scale. Feedback clears it.
-        """
-        key = (actions, currency, since // 3600, until // 3600)
-        now = time.monotonic()
-        cached = self._fraud_rates.get(key)
-        if cached is not None and now - cached[0] < self.fraud_rate_cache_s:
-            return cached[1]
-        rate = self.store.payment_totals(actions, currency, since, until).fraud_rate
-        if len(self._fraud_rates) > 256:
-            self._fraud_rates.clear()
-        self._fraud_rates[key] = (now, rate)
-        return rate
+        if self.keep_records:
+            self.store.append_audit(change_record(kind, self.policy.version, details))
 
     # -- the audit trail --------------------------------------------------------
     def verify_audit(self) -> tuple[int, int, list[Problem]]:
@@ -546,55 +388,7 @@ class Engine:
         refs, secrets = {}, {}
         for stored in self.store.labelled_events():
             if stored.user_id not in secrets:
-                secrets[stored.user_id] = self.store.user_secret(stored.user_id, self.user_key(stored.user_id),
-                                                                 create=False)
+                secrets[stored.user_id] = self.pseudonyms.secret(stored.user_id, create=False)
             if secrets[stored.user_id] is not None:
                 refs[event_ref(secrets[stored.user_id], stored.event_id)] = stored.event_id
         return refs
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _back_off_s(attempt: int) -> float:
-    """A short jittered pause before recomputing: writers of one hot user stop colliding in lockstep.
-    (The first retry goes at once: it is usually a cached profile another process had moved on.)"""
-    return random.uniform(0, 0.001 * 2 ** min(attempt, 6))
-
-
-def event_ref(secret: bytes | None, event_id: str) -> str:
-    """The audit trail's name for a client event id, keyed by the user's secret."""
-    return pseudonym(secret or b"", f"event:{event_id}")
-
-
-def _open_store(settings: Settings, create_keys: bool = True,
-                audit_key: bool = True) -> tuple[ProfileStore, bytes | None]:
-    """The configured store, sealing the audit trail with the home's audit key (none: ``audit_key=False``)."""
-    key = _load_key(settings.audit_key_file or settings.var / "audit.key", create_keys) if audit_key else None
-    settings.var.mkdir(parents=True, exist_ok=True)
-    options = {"synchronous": settings.sqlite_synchronous} if settings.store.startswith("sqlite") else {}
-    if settings.store.startswith(("redis://", "rediss://", "unix://")):
-        options = {"prefix": settings.redis_prefix}
-    return open_store(settings.store, settings.home, audit_key=key, **options), key
-
-
-class MissingKey(FileNotFoundError):
-    """An offline tool found no key where the service keeps it: it never makes one (a new key would
-    verify nothing and pseudonymise differently)."""
-
-
-def _load_key(path: Path, create: bool = True) -> bytes:
-    """The service's pseudonymisation or audit key: created once (by the service), readable only by its owner."""
-    if path.exists():
-        return path.read_bytes()
-    if not create:
-        raise MissingKey(f"no key at {path}: point RISKENGINE_AUDIT_KEY_FILE / RISKENGINE_PSEUDONYM_KEY_FILE at "
-                         "the keys the service uses (offline tools never create keys)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, os.urandom(32))
-    finally:
-        os.close(fd)
-    return path.read_bytes()

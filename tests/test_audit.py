@@ -22,7 +22,7 @@ from riskengine.audit import trail
 from riskengine.api import create_app
 from riskengine.audit.chain import GENESIS, HEAD, Anchor, AuditRow, canonical, seal, verify
 from riskengine.cli import main
-from riskengine.engine import Engine
+from riskengine.home import open_for_audit
 from riskengine.settings import Settings
 from riskengine.stores import SQLiteStore
 from tests.conftest import API_KEY, CHROME_WIN, OSLO_IP, T0, iso
@@ -245,7 +245,7 @@ def test_export_says_when_the_trail_does_not_verify(home, capsys):
 
 def test_retention_keeps_the_chain_verifiable(home, capsys):
     now = datetime.now(timezone.utc)
-    with Engine.for_audit(home) as engine:
+    with open_for_audit(home) as engine:
         assert engine.prune_audit(30, now=now + timedelta(days=10)) == 0           # nothing that old yet
         assert engine.prune_audit(30, now=now + timedelta(days=31)) == 8           # all but the last record
     code, out = _verify(capsys)
@@ -259,7 +259,7 @@ def test_retention_keeps_the_chain_verifiable(home, capsys):
 
 
 def test_retention_anchor_cannot_be_moved_or_dropped(home, capsys):
-    with Engine.for_audit(home) as engine:
+    with open_for_audit(home) as engine:
         engine.prune_audit(30, now=datetime.now(timezone.utc) + timedelta(days=31))
     db = _db(home)
     db.execute("DELETE FROM audit WHERE seq=9")                        # drop one more old record ...
@@ -277,7 +277,7 @@ def _old_records(settings: Settings, n: int, days_ago: float) -> None:
     """``n`` records whose event time ``at`` is ``days_ago`` days back though written now (a replay)."""
     provision_keys(settings)
     at = iso(datetime.now(timezone.utc) - timedelta(days=days_ago))
-    with Engine.for_audit(settings) as engine:
+    with open_for_audit(settings) as engine:
         for k in range(n):
             engine.store.append_audit({"kind": "test", "at": at, "recorded_at": iso(datetime.now(timezone.utc)),
                                        "n": k})
@@ -376,7 +376,7 @@ def test_the_service_prunes_on_start_when_retention_is_configured(settings):
         pass
     kinds = [json.loads(b)["kind"] for _, b, _, _ in _rows(settings)]
     assert kinds == ["policy", "retention"]                          # the 3 old records went, the start stayed
-    with Engine.for_audit(settings) as engine:
+    with open_for_audit(settings) as engine:
         assert engine.verify_audit() == (2, 1, [])
 
 

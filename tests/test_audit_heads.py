@@ -204,10 +204,10 @@ def test_keygen_never_overwrites_and_bad_key_files_are_named(home, capsys, tmp_p
 def test_a_head_taken_before_retention_still_verifies(home, capsys, tmp_path):
     from datetime import datetime, timedelta, timezone
 
-    from riskengine.engine import Engine
+    from riskengine.home import open_for_audit
 
     head, public = _signed_head(home, capsys, tmp_path)
-    with Engine.for_audit(home) as engine:
+    with open_for_audit(home) as engine:
         assert engine.prune_audit(30, now=datetime.now(timezone.utc) + timedelta(days=31)) == 8
     code, out, _ = _run(capsys, "audit", "verify", "--head", str(head), "--public-key", str(public))
     assert code == 0 and "audit trail OK: 2 records" in out, out

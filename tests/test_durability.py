@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from riskengine.engine import Engine
+from riskengine.home import open_engine
 from riskengine.scoring.model import StatisticalScorer
 from riskengine.settings import Settings
 from tests.conftest import CHROME_WIN, OSLO_IP, SAFARI_IPHONE, US_IP
@@ -77,7 +77,7 @@ def stored_ids(home: Path) -> tuple[set[str], set[str]]:
     audited = {b["event_id"] for b in scored if "event_id" in b}
     refs = {b["event_ref"] for b in scored if "event_ref" in b}
     if refs:                          # the trail names events by a keyed ref: map back as auditors do
-        with Engine.open(Settings(home=home, sqlite_synchronous="FULL"), scorer=StatisticalScorer()) as engine:
+        with open_engine(Settings(home=home, sqlite_synchronous="FULL"), scorer=StatisticalScorer()) as engine:
             audited |= {event_id for ref, event_id in engine.event_ids().items() if ref in refs}
     return events, audited
 

@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from riskengine.api import create_app
 from riskengine.audit.chain import pseudonym
 from riskengine.cli import main
-from riskengine.engine import Engine, event_ref
+from riskengine.audit.records import event_ref
+from riskengine.engine import Engine
 from tests.conftest import API_KEY, CHROME_WIN, OSLO_IP, REDIS_URL, T0, iso
 
 USERS = ("alice.smith@example.org", "bob.jones@example.org")
@@ -63,7 +64,7 @@ def test_erasure_keeps_the_trail_verifiable_and_unlinks_the_user(settings, monke
         assert engine.store.user_secret(alice, engine.user_key(alice), create=False) is None
         assert sqlite3.connect(settings.var / "profiles.db").execute(
             "SELECT COUNT(*) FROM user_secrets WHERE user_key=?", (engine.user_key(alice),)).fetchone() == (0,)
-        assert engine.subject(alice) != subject              # a returning alice gets a new, unlinked pseudonym
+        assert engine.pseudonyms.subject(alice) != subject              # a returning alice gets a new, unlinked pseudonym
         # bob is untouched and still resolvable
         bob_secret = engine.store.user_secret(bob, engine.user_key(bob), create=False)
         assert sum(json.loads(b).get("subject") == pseudonym(bob_secret, bob) for b in after) == 3

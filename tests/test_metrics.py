@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from riskengine.api import create_app
-from riskengine.engine import Engine
+from riskengine.home import open_engine
 from riskengine.settings import Settings
 from riskengine.stores import StoreUnavailable
 from tests.conftest import API_KEY, CHROME_WIN, OSLO_IP, SYDNEY_IP, T0, iso
@@ -42,7 +42,7 @@ def post(client: TestClient, n: int, action: str = "login", ip: str = OSLO_IP, *
 
 
 def test_metrics_in_prometheus_format(settings: Settings) -> None:
-    engine = Engine.open(settings)
+    engine = open_engine(settings)
     with TestClient(create_app(settings, engine=engine)) as client:
         assert client.get("/metrics").status_code == 401          # metrics need an API key like the rest
         client.headers["Authorization"] = f"Bearer {API_KEY}"

@@ -355,7 +355,7 @@ def test_answers_carry_amr_and_shadow_is_recorded(settings, tmp_path):
 
 def test_policy_and_model_changes_are_recorded(settings):
     with _client(settings) as client:
-        client.app_state["engine"].record_change("model", {"model_version": "m2", "sha256": "ab" * 32})
+        client.app_state["engine"]._record_change("model", {"model_version": "m2", "sha256": "ab" * 32})
     kinds = [(r["kind"], r.get("change") or r.get("model_version")) for r in _audit(settings)]
     assert kinds == [("policy", "load"), ("model", "m2")]
     assert _audit(settings)[0]["sha256"] == load_policy(PRESETS_DIR / "default.yaml").sha256

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from riskengine.api import create_app
 from riskengine.api.ratelimit import TokenBucket
 from riskengine.engine import Engine
+from riskengine.home import open_engine
 from riskengine.settings import Settings
 from tests.conftest import API_KEY, CHROME_WIN, OSLO_IP, T0, iso
 
@@ -21,7 +22,7 @@ def body(n: int, user: str = "alice") -> dict:
 def limited(settings: Settings) -> tuple[TestClient, Engine]:
     # 0.001 tokens a second: nothing refills while the test runs
     tight = settings.model_copy(update={"rate_limit_per_second": 0.001, "rate_limit_burst": BURST})
-    engine = Engine.open(tight)
+    engine = open_engine(tight)
     return TestClient(create_app(tight, engine=engine)), engine
 
 

@@ -99,16 +99,23 @@ def test_without_a_session_id_the_latest_sign_in_from_the_device_is_used(client)
 
 def test_an_action_with_no_known_sign_in_is_a_signal(enricher):
     """The statistical score leaves it out (apps may not post every sign-in); a model can learn it."""
+    import asyncio
+
     from riskengine.engine import Engine
     from riskengine.events import Event, SessionInfo
     from riskengine.stores import memory_store
 
+    async def sign_in_then_ask(engine: Engine):
+        await engine.record(Event("l", "alice", "login", T0, OSLO_IP, CHROME_WIN, "laptop-1",
+                                  session=SessionInfo(id="s1")))
+        unknown = await engine.evaluate(Event("a", "alice", "add_payee", T0 + timedelta(minutes=1), OSLO_IP,
+                                              CHROME_WIN, "laptop-1", payee_id="p", session=SessionInfo(id="s-other")))
+        known = await engine.evaluate(Event("b", "alice", "add_payee", T0 + timedelta(minutes=1), OSLO_IP, CHROME_WIN,
+                                            "laptop-1", payee_id="p", session=SessionInfo(id="s1")))
+        return unknown, known
+
     with Engine(memory_store(), enricher) as engine:
-        engine.score(Event("l", "alice", "login", T0, OSLO_IP, CHROME_WIN, "laptop-1", session=SessionInfo(id="s1")))
-        unknown = engine.evaluate(Event("a", "alice", "add_payee", T0 + timedelta(minutes=1), OSLO_IP, CHROME_WIN,
-                                        "laptop-1", payee_id="p", session=SessionInfo(id="s-other")))
-        known = engine.evaluate(Event("b", "alice", "add_payee", T0 + timedelta(minutes=1), OSLO_IP, CHROME_WIN,
-                                      "laptop-1", payee_id="p", session=SessionInfo(id="s1")))
+        unknown, known = asyncio.run(sign_in_then_ask(engine))
     assert unknown.signals.values["session_unknown"] == 1.0 and known.signals.values["session_unknown"] == 0.0
     assert known.signals.values["session_age_min"] == 1.0
 
@@ -124,10 +131,10 @@ def test_the_pace_of_sensitive_actions_counts_within_the_session(client):
 def test_session_state_stays_bounded(client, settings):
     for n in range(3 * MAX_SESSIONS):
         post(client, f"b{n}", "login", T0 + timedelta(hours=n), f"s-b{n}", device=f"dev-{n % 5}")
-    from riskengine.engine import Engine
+    from riskengine.home import open_for_audit
 
     client.__exit__(None, None, None)            # the service's store closes before it is read again
-    with Engine.for_audit(settings) as engine:
+    with open_for_audit(settings) as engine:
         sessions = engine.store.get("alice").sessions
     assert len(sessions) == MAX_SESSIONS
     assert f"s:s-b{3 * MAX_SESSIONS - 1}" in sessions and "s:s-b0" not in sessions

@@ -6,6 +6,7 @@ The stores must be interchangeable behind the Engine, so each test states one be
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 import threading
@@ -295,26 +296,22 @@ def test_payment_totals_count_executed_payments_in_the_window(store: ProfileStor
 
 
 def test_concurrent_events_for_one_user_lose_no_update(store: ProfileStore) -> None:
-    """8 threads x 50 logins for the same user through the Engine: every learned event is counted once."""
+    """8 clients x 50 logins for the same user at once through the Engine: every learned event is counted once."""
+    import asyncio
+
     engine = Engine(store, Enricher())
-    learned = [0] * 8
-    errors: list[BaseException] = []
 
-    def post(thread: int) -> None:
-        try:
-            for i in range(50):
-                n = thread * 50 + i
-                scored = engine.score_and_record(event(n, at=T0 + timedelta(seconds=30 * n)))
-                learned[thread] += scored.learned
-        except BaseException as exc:       # surfaced below: a thread's failure must fail the test
-            errors.append(exc)
+    async def client(first: int) -> int:
+        learned = 0
+        for i in range(50):
+            n = first * 50 + i
+            learned += (await engine.record(event(n, at=T0 + timedelta(seconds=30 * n)))).learned
+        return learned
 
-    threads = [threading.Thread(target=post, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    async def all_clients() -> list[int]:
+        return await asyncio.gather(*(client(c) for c in range(8)))
+
+    learned = asyncio.run(all_clients())
     profile = store.get("alice")
     assert sum(learned) == 400                                  # low-risk repeats: every one is learned
     assert profile.events == 400
@@ -386,7 +383,7 @@ def test_engines_in_two_processes_count_every_event_once(two_processes) -> None:
     conflict decides on the fresh profile, so the count is exact and every event is recorded once."""
     a, b = two_processes
     engines = [Engine(a, Enricher(), pseudonym_key=b"k" * 32), Engine(b, Enricher(), pseudonym_key=b"k" * 32)]
-    learned = sum(engines[n % 2].score_and_record(event(n, at=T0 + timedelta(seconds=30 * n))).learned
+    learned = sum(asyncio.run(engines[n % 2].record(event(n, at=T0 + timedelta(seconds=30 * n)))).learned
                   for n in range(12))
     assert learned == 12
     assert a.inner.get("alice").events == 12                               # the store itself, past any cache
@@ -445,7 +442,7 @@ def test_a_burst_of_one_users_events_on_the_event_loop_is_decided_once_each_in_t
     engine = Counting(store, Enricher(), audit_key=AUDIT_KEY)
 
     async def burst() -> list[Any]:
-        return await asyncio.gather(*(engine.score_async(event(n, at=T0 + timedelta(seconds=30 * n)))
+        return await asyncio.gather(*(engine.score(event(n, at=T0 + timedelta(seconds=30 * n)))
                                       for n in range(40)))
 
     decisions = asyncio.run(burst())

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from riskengine.api import create_app
 from riskengine.api.routes import without_paths
-from riskengine.engine import Engine
+from riskengine.home import open_engine
 from riskengine.settings import Settings
 from tests.conftest import OSLO_IP
 from tests.test_redis_outage import PrivateRedis
@@ -65,7 +65,7 @@ def test_readyz_is_503_naming_the_store_when_it_does_not_answer_while_livez_stay
 
 
 def test_health_errors_show_no_paths(settings: Settings, tmp_path: Path) -> None:
-    engine = Engine.open(settings)
+    engine = open_engine(settings)
     home = str(settings.home)
     engine.model_error = f"{home}/models/2026-x/model.pkl: sha256 differs from metadata.json"
     engine.policy_error = f"policy file '{home}/policy.yaml', field bands.high: must be a number"

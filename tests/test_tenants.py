@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from riskengine.api import create_app
 from riskengine.engine import Engine
+from riskengine.home import open_engine
 from riskengine.events import tenant_key
 from riskengine.settings import Settings
 from tests.conftest import CHROME_WIN, OSLO_IP, REDIS_URL, T0, US_IP, iso
@@ -27,7 +28,7 @@ def service(request: pytest.FixtureRequest, settings: Settings) -> Iterator[tupl
     store = {"sqlite": "sqlite", "redis": REDIS_URL}[request.param]
     tenanted = settings.model_copy(update={"api_keys": SecretStr(KEYS), "store": store,
                                            "redis_prefix": f"test-tenants-{uuid.uuid4().hex[:12]}:"})
-    engine = Engine.open(tenanted)
+    engine = open_engine(tenanted)
     try:
         with TestClient(create_app(tenanted, engine=engine)) as client:
             yield client, engine
@@ -111,7 +112,7 @@ def test_per_ip_and_population_statistics_are_the_tenants_own(service) -> None:
 
 def test_shared_ip_statistics_when_the_deployment_opts_in(settings: Settings) -> None:
     shared = settings.model_copy(update={"api_keys": SecretStr(KEYS), "share_ip_stats": True})
-    engine = Engine.open(shared)
+    engine = open_engine(shared)
     with TestClient(create_app(shared, engine=engine)) as client:
         login(client, ACME, "s-1", user="u1", ip=US_IP, success=False)
         login(client, BETA, "s-2", user="u2", ip=US_IP, success=False)

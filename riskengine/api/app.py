@@ -21,6 +21,7 @@ from riskengine.api.auth import KeyRing
 from riskengine.api.middleware import Gate
 from riskengine.api.ratelimit import Buckets
 from riskengine.engine import Engine
+from riskengine.home import open_engine
 from riskengine.settings import Settings
 from riskengine.signals import routes as signal_routes
 
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI):
         if settings.worker_threads > 0:     # plain-def handlers share the GIL: few threads, no convoy
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        with (engine or Engine.open(settings)) as opened, _signals(settings, opened) as signals:
+        with (engine or open_engine(settings)) as opened, _signals(settings, opened) as signals:
             gc.freeze()     # the model, GeoIP tables, policy...: kept for good, so no collection walks them
             yield {"engine": opened, "signals": signals, "max_clock_skew_s": settings.max_clock_skew_seconds}
 

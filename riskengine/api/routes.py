@@ -79,7 +79,7 @@ def body_doc(model: type[BaseModel]) -> dict[str, Any]:
 async def score(request: Request) -> Response:
     client, engine = allowed(request, "score"), engine_of(request)
     body = await parsed(request, ScoreRequest)
-    decision = await engine.score_async(body.to_event(datetime.now(timezone.utc), client.tenant,
+    decision = await engine.score(body.to_event(datetime.now(timezone.utc), client.tenant,
                                                      max_skew_s=request.scope["state"]["max_clock_skew_s"]), client.name)
     metrics.DECISIONS.labels(decision=decision.decision, action=metrics.action_label(body.action)).inc()
     content = ScoreResponse.from_decision(decision, client.tenant).model_dump_json()
@@ -96,8 +96,7 @@ async def score(request: Request) -> Response:
 async def feedback(request: Request) -> FeedbackResponse:
     client, engine = allowed(request, "feedback"), engine_of(request)
     body = await parsed(request, FeedbackRequest)
-    if not await run_in_threadpool(engine.feedback, tenant_key(client.tenant, body.event_id), body.outcome,
-                                   client.name):
+    if not await engine.feedback(tenant_key(client.tenant, body.event_id), body.outcome, client.name):
         raise field_error(404, "event_id", "unknown event_id")
     return FeedbackResponse(event_id=body.event_id, recorded=True)
 

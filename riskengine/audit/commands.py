@@ -24,7 +24,7 @@ def _signing_key_path(settings: Settings) -> Path:
 def verify(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.audit import head, signing
     from riskengine.audit.chain import verify as verify_chains
-    from riskengine.engine import Engine, MissingKey
+    from riskengine.home import MissingKey, open_for_audit
 
     if args.public_key and not args.head:
         print("riskengine audit verify: --public-key checks a signed head: give --head FILE too (the store's own "
@@ -41,11 +41,11 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     keys = True
     try:
-        engine = Engine.for_audit(settings)
+        engine = open_for_audit(settings)
     except MissingKey:
         if public is None:
             raise                                     # no key and no public key: nothing could be checked
-        engine, keys = Engine.for_audit(settings, keys=False), False
+        engine, keys = open_for_audit(settings, keys=False), False
     with engine:
         rows = list(engine.store.audit_rows())
         problems = [str(p) for p in verify_chains(rows, engine.audit_key, engine.store.audit_anchors(), seals=keys)]
@@ -72,7 +72,7 @@ def verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def take_head(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.audit import head, signing
-    from riskengine.engine import Engine
+    from riskengine.home import open_for_audit
 
     path = _signing_key_path(settings)
     try:
@@ -80,7 +80,7 @@ def take_head(args: argparse.Namespace, settings: Settings) -> int:
     except signing.KeyFileError as error:
         print(f"riskengine audit head: {error}", file=sys.stderr)
         return 2
-    with Engine.for_audit(settings) as engine:
+    with open_for_audit(settings) as engine:
         rows = list(engine.store.audit_rows())
         mark = head.take(rows, datetime.now(timezone.utc), private, engine.audit_key)
     head.write(mark, Path(args.out))
@@ -106,7 +106,7 @@ def keygen(args: argparse.Namespace, settings: Settings) -> int:
 
 def export(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.audit import trail
-    from riskengine.engine import Engine
+    from riskengine.home import open_for_audit
 
     try:
         since = trail.parse_time(args.since) if args.since else None
@@ -114,7 +114,7 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as bad:
         print(f"riskengine audit export: --since/--until: {bad}", file=sys.stderr)
         return 2
-    with Engine.for_audit(settings) as engine:
+    with open_for_audit(settings) as engine:
         records, _, problems = engine.verify_audit()
         selected = trail.select(engine.store.audit_rows(), since, until, engine.event_ids())
         if args.out:
@@ -142,7 +142,7 @@ def _silence_stdout() -> None:
 
 def prune(args: argparse.Namespace, settings: Settings) -> int:
     from riskengine.audit import trail
-    from riskengine.engine import Engine
+    from riskengine.home import open_for_audit
     from riskengine.policy.file import PolicyError, load_policy, resolve
 
     days = args.days if args.days is not None else settings.audit_retention_days
@@ -155,7 +155,7 @@ def prune(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as error:                     # PolicyError is one too
         print(f"riskengine audit prune: {error}", file=sys.stderr)
         return 2 if not isinstance(error, PolicyError) else 1
-    with Engine.for_audit(settings) as engine:
+    with open_for_audit(settings) as engine:
         pruned = engine.prune_audit(days, minimum)
     kept = max(days, minimum or 0)
     print(f"pruned {pruned} audit records whose time (`at`) is more than {kept:g} days ago"

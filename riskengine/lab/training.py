@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from riskengine.lab import evaluation, population, promotion
+from riskengine.lab.replay import Replayed, replay
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
-from riskengine.events import event_from_request, row_to_request
 from riskengine.features import FEATURE_NAMES, MONOTONIC
 from riskengine.scoring.model import RiskModel, StatisticalScorer, TrainedScorer
 from riskengine.policy.decide import Policy
@@ -51,33 +51,29 @@ def backfill(rows: Iterable[Mapping[str, Any]], enricher: Enricher | None = None
              progress: Progress | None = None, chunk: int = 10_000) -> Dataset:
     """Features for every row as ``/score`` would have computed them at that moment."""
     engine = Engine(memory_store(keep_events=False, keep_audit=False), enricher or Enricher(),
-                    StatisticalScorer(), policy, record=False)
+                    StatisticalScorer(), policy, keep_records=False)
     blocks: list[np.ndarray] = []
     buffer: list[list[float]] = []
     meta: dict[str, list] = {k: [] for k in ("event_id", "timestamp", "action", "attack_class", "history",
                                              "freeman", "decision")}
     labels: list[int] = []
-    for n, row in enumerate(rows, 1):
-        event = event_from_request(row_to_request(row))
-        scored = engine.score_and_record(event)
-        label = int(row.get("label", 0) or 0)
-        if scored.decision.decision == "step_up" and not scored.learned:
-            if label == 0:
-                engine.apply_step_up(event, learn=event.success)     # the real user passes the step-up
-            else:
-                engine.fail_step_up(event)                           # an attacker does not
-        buffer.append(scored.signals.row())
-        labels.append(label)
-        for key, value in (("event_id", event.event_id), ("timestamp", event.timestamp),
-                           ("action", event.action), ("attack_class", row.get("attack_class", "legit")),
-                           ("history", scored.signals.values["history_logins"]),
-                           ("freeman", scored.score.risk), ("decision", scored.decision.decision)):
+    def each(seen: Replayed) -> None:
+        nonlocal buffer
+        signals = seen.scored.signals
+        buffer.append(signals.row())
+        labels.append(seen.label)
+        for key, value in (("event_id", seen.event.event_id), ("timestamp", seen.event.timestamp),
+                           ("action", seen.event.action), ("attack_class", seen.row.get("attack_class", "legit")),
+                           ("history", signals.values["history_logins"]),
+                           ("freeman", seen.scored.score.risk), ("decision", seen.scored.decision.decision)):
             meta[key].append(value)
         if len(buffer) >= chunk:
             blocks.append(np.asarray(buffer, dtype=np.float64))
             buffer = []
             if progress:
-                progress(n)
+                progress(seen.n)
+
+    replay(engine, rows, each)
     if buffer:
         blocks.append(np.asarray(buffer, dtype=np.float64))
     X = np.concatenate(blocks) if blocks else np.empty((0, len(FEATURE_NAMES)))

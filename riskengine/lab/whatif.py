@@ -20,7 +20,7 @@ from riskengine.engine import Engine
 from riskengine.enrich import Enricher
 from riskengine.lab import population
 from riskengine.lab.evaluation import wilson_interval
-from riskengine.events import event_from_request, row_to_request
+from riskengine.lab.replay import Replayed, replay
 from riskengine.scoring.model import Scorer
 from riskengine.policy.decide import Policy
 from riskengine.stores import memory_store
@@ -68,32 +68,26 @@ def replay(rows: Iterable[Mapping[str, Any]], current: Setup, candidate: Setup, 
 def _drive(rows: list[Mapping[str, Any]], driver: Setup, shadows: list[Setup], enricher: Enricher,
            progress: Callable[[int], None] | None) -> pd.DataFrame:
     store = memory_store(keep_events=False, keep_audit=False)
-    engine = Engine(store, enricher, driver.scorer, driver.policy, record=False)
+    engine = Engine(store, enricher, driver.scorer, driver.policy, keep_records=False)
     # shadows share the store: they read the same history and, with ``evaluate``, never write it
-    watchers = [(s.name, Engine(store, enricher, s.scorer, s.policy, record=False)) for s in shadows]
+    watchers = [(s.name, Engine(store, enricher, s.scorer, s.policy, keep_records=False)) for s in shadows]
     columns: dict[str, list] = {k: [] for k in ("event_id", "action", "success", "label", "attack_class")}
     for name in [driver.name] + [n for n, _ in watchers]:
         columns[f"{name}_risk"], columns[f"{name}_decision"] = [], []
-    for n, row in enumerate(rows, 1):
-        event = event_from_request(row_to_request(row))
-        label = int(row.get("label", 0) or 0)
-        for name, watcher in watchers:
-            seen = watcher.evaluate(event).decision
-            columns[f"{name}_risk"].append(seen.risk_score)
-            columns[f"{name}_decision"].append(seen.decision)
-        scored = engine.score_and_record(event)
-        if scored.decision.decision == "step_up" and not scored.learned:
-            if label == 0:
-                engine.apply_step_up(event, learn=event.success)      # the real user passes it
-            else:
-                engine.fail_step_up(event)                            # an attacker does not (as backfill)
-        columns[f"{driver.name}_risk"].append(scored.decision.risk_score)
-        columns[f"{driver.name}_decision"].append(scored.decision.decision)
-        for key, value in (("event_id", event.event_id), ("action", event.action), ("success", event.success),
-                           ("label", label), ("attack_class", row.get("attack_class") or "legit")):
+    def each(seen: Replayed) -> None:
+        for (name, _), watched in zip(watchers, seen.watched):
+            columns[f"{name}_risk"].append(watched.decision.risk_score)
+            columns[f"{name}_decision"].append(watched.decision.decision)
+        columns[f"{driver.name}_risk"].append(seen.scored.decision.risk_score)
+        columns[f"{driver.name}_decision"].append(seen.scored.decision.decision)
+        for key, value in (("event_id", seen.event.event_id), ("action", seen.event.action),
+                           ("success", seen.event.success), ("label", seen.label),
+                           ("attack_class", seen.row.get("attack_class") or "legit")):
             columns[key].append(value)
-        if progress and n % 10_000 == 0:
-            progress(n)
+        if progress and seen.n % 10_000 == 0:
+            progress(seen.n)
+
+    replay(engine, rows, each, tuple(watcher for _, watcher in watchers))
     if progress:
         progress(len(rows))
     return pd.DataFrame(columns)

@@ -54,9 +54,10 @@ class Reason:
                 "user_message": self.user_message}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
-    """The answer to one event: API.md's ``/score`` response fields."""
+    """The answer to one event: API.md's ``/score`` response fields. Built by keyword only: a new
+    field is one line here, in ``to_dict`` and in the response schema."""
 
     event_id: str
     risk_score: float
@@ -370,8 +371,9 @@ class Policy:
         exemption, decided_by = None, None
         if not event.success and event.action == "login":
             verdict = "deny"                     # a failed password is never let through, nor shadowed
-            return Decision(event.event_id, risk, level, verdict, self.levels[rank].acr[0], max_age, None,
-                            reasons, None, model_version, self.version, (AMR_RBA,))
+            return Decision(event_id=event.event_id, risk_score=risk, risk_level=level, decision=verdict,
+                            required_acr=self.levels[rank].acr[0], max_age=max_age, challenge=None, reasons=reasons,
+                            model_version=model_version, policy_version=self.version, amr=(AMR_RBA,))
         denied = bool(seen.on("deny"))
         matched = None if denied else self._first_rule(event, risk, level, reasons, seen)
         if denied:
@@ -393,9 +395,11 @@ class Policy:
             if exempt is not None:
                 verdict, exemption, (rank, max_age) = "allow", exempt[0], exempt[1]
         requirement = self._as_requirement(rank, max_age)
-        decision = Decision(event.event_id, risk, level, verdict, requirement.acr, requirement.max_age,
-                            challenge(requirement) if verdict == "step_up" else None, reasons, exemption,
-                            model_version, self.version, (AMR_RBA,), rule=decided_by)
+        decision = Decision(event_id=event.event_id, risk_score=risk, risk_level=level, decision=verdict,
+                            required_acr=requirement.acr, max_age=requirement.max_age,
+                            challenge=challenge(requirement) if verdict == "step_up" else None, reasons=reasons,
+                            exemption=exemption, model_version=model_version, policy_version=self.version,
+                            amr=(AMR_RBA,), rule=decided_by)
         if verdict == "step_up":
             decision = self._performable(event, rule, decision, rank)
         return self._shadowed(decision) if rule.shadow else decision
@@ -465,10 +469,11 @@ class Policy:
         rank, max_age = self._need(rule, worst)
         requirement = self._as_requirement(rank, max_age)
         verdict = "deny" if rule.on_failure == "deny" or (not event.success and event.action == "login") else "step_up"
-        decision = Decision(event.event_id, 1.0, "high", verdict, requirement.acr, requirement.max_age,
-                            challenge(requirement) if verdict == "step_up" else None,
-                            (Reason(cause, message, 1.0, "We could not check this request just now."),), None,
-                            model_version, self.version, (), None, cause)
+        decision = Decision(event_id=event.event_id, risk_score=1.0, risk_level="high", decision=verdict,
+                            required_acr=requirement.acr, max_age=requirement.max_age,
+                            challenge=challenge(requirement) if verdict == "step_up" else None,
+                            reasons=(Reason(cause, message, 1.0, "We could not check this request just now."),),
+                            model_version=model_version, policy_version=self.version, failure=cause)
         return self._shadowed(decision) if rule.shadow else decision
 
     # -- PSD2 counters -------------------------------------------------------

@@ -212,6 +212,13 @@ class Batched:
         self.backend.update_profile(user_id, expected_version, profile,
                                     {a: self.keyed(v) for a, v in learned_values.items()}, audit)
 
+    async def blocking(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A rare blocking store call from the loop (feedback, a repeated event id): on a thread of
+        its own, so the loop never waits on the disk or network; at once for the memory backend."""
+        if self._writer is None:
+            return call(*args)
+        return await asyncio.to_thread(call, *args)
+
     # -- helpers ------------------------------------------------------------
     def _on_loop(self, turns: LoopTurns, worker: Worker | None, run: GroupRun, item: Any,
                  follow: Follow | None) -> asyncio.Future:
