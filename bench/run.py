@@ -192,6 +192,7 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
         measure_stores(args, work, stream, models, riskengine, measure_with_bare)
     finally:
         bare.stop()
+    results["few_clients"] = FEW_ROWS
 
     if not args.skip_hotpath:
         print("hot path (in process) ...", flush=True)
@@ -225,8 +226,37 @@ def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, r
         try:
             server.wait_ready("/health")
             measure_with_bare(store, server)
+            for clients in (int(c) for c in args.latency_clients.split(",") if c.strip()):
+                few_clients(store, server, clients, args, work)
         finally:
             server.stop()
+
+
+#: issue 12's latency targets (ms) with few clients: (p50, p99 or None)
+FEW_CLIENT_TARGETS = {4: (2.0, 5.0), 1: (1.5, None)}
+FEW_ROWS: dict[str, dict] = {}         # label -> row, for the summary and the JSON
+
+
+def few_clients(store: str, server: "Server", clients: int, args: argparse.Namespace, work: Path) -> dict:
+    """Latency with ``clients`` connections, each sending its next request when the last is answered."""
+    wrk, bodies = need_wrk(), work / "bodies.lua"
+    target = Target(f"{store}@{clients}", server, KEY)
+    target.run(wrk, bodies, args.warmup, argparse.Namespace(**{**vars(args), "connections": clients}), work)
+    row = aggregate([target.run(wrk, bodies, args.duration / args.rounds,
+                                argparse.Namespace(**{**vars(args), "connections": clients}), work)
+                     for _ in range(args.rounds)], target.sent)
+    p50_goal, p99_goal = FEW_CLIENT_TARGETS.get(clients, (None, None))
+    lat = row["latency_us"]
+    met = [f"p50 goal <= {p50_goal} ms: {'met' if lat['p50'] / 1e3 <= p50_goal else 'MISSED'}"] if p50_goal else []
+    met += [f"p99 goal <= {p99_goal} ms: {'met' if lat['p99'] / 1e3 <= p99_goal else 'MISSED'}"] if p99_goal else []
+    row["goals"] = met
+    FEW_ROWS[f"{LABELS.get(store, store)}, {clients} client{'s' * (clients > 1)}"] = row
+    print(few_line(*list(FEW_ROWS.items())[-1]), flush=True)
+    return row
+
+
+def few_line(label: str, row: dict) -> str:
+    return line(label, row) + (f"\n  {'':26s} {', '.join(row['goals'])}" if row["goals"] else "")
 
 
 def stores_to_run(args: argparse.Namespace) -> list[str]:
@@ -305,6 +335,8 @@ def main() -> int:
                         help="a row and the bare endpoint take turns this many times (duration split evenly)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--latency-clients", default="4,1",
+                        help="after each /score row, its latency with this many clients (comma list; '' for none)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the server needs the other core)")
     parser.add_argument("--users", type=int, default=800)
     parser.add_argument("--days", type=int, default=50)     # ~33,000 /score bodies: none reused at 1,800 req/s
@@ -370,6 +402,7 @@ def summary(results: dict, info: dict, command: str) -> str:
             continue
         lines.append(line("bare FastAPI, its turns", results["http"][f"bare@{name}"]))
         lines.append(line(LABELS.get(name, name), r))
+    lines += [few_line(label, row) for label, row in results.get("few_clients", {}).items()]
     if "hotpath" in results:
         lines.append(report(results["hotpath"]))
     if "hotpath_profile" in results:

@@ -19,6 +19,7 @@ from riskengine.engine import learns
 from riskengine.features import FEATURE_NAMES
 from riskengine.scoring.model import RiskModel, TrainedScorer
 from riskengine.scoring.registry import ModelRefused, ModelRegistry, read_key, sign
+from riskengine.events import row_to_request
 from tests.conftest import API_KEY
 
 
@@ -51,7 +52,7 @@ def test_backfill_equals_serving(frame, dataset, settings):
     with TestClient(create_app(settings)) as client:
         client.headers["Authorization"] = f"Bearer {API_KEY}"
         for row in part.to_dict("records"):
-            answer = client.post("/score", json=training.row_to_request(row))
+            answer = client.post("/score", json=row_to_request(row))
             assert answer.status_code == 200, answer.text
             d = answer.json()
             learned = learns(row["success"], d["decision"], d["risk_level"])
@@ -185,7 +186,7 @@ def test_train_from_service_learns_from_feedback_labels(frame, settings, monkeyp
     with TestClient(create_app(settings)) as client:
         client.headers["Authorization"] = f"Bearer {API_KEY}"
         for row in part.to_dict("records"):
-            answer = client.post("/score", json=training.row_to_request(row))
+            answer = client.post("/score", json=row_to_request(row))
             assert answer.status_code == 200, answer.text
             if row["label"] == 1:
                 assert client.post("/feedback", json={"event_id": row["event_id"],
