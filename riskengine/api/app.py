@@ -71,7 +71,7 @@ def _signals(settings: Settings, engine: Engine) -> Iterator[Any]:
     from riskengine.signals.config import load_config
     from riskengine.signals.transmitter import Transmitter
 
-    transmitter = Transmitter(load_config(settings.signals), engine.subject)
+    transmitter = Transmitter(load_config(settings.signals), engine.pseudonyms.subject)
     engine.listeners.append(transmitter.on_recorded)
     try:
         yield transmitter

@@ -29,7 +29,7 @@ class Replayed:
     watched: tuple[Scored, ...]
 
 
-def replay(engine: Engine, rows: Iterable[Mapping[str, Any]], each: Callable[[Replayed], None],
+def replay_stream(engine: Engine, rows: Iterable[Mapping[str, Any]], each: Callable[[Replayed], None],
            watchers: tuple[Engine, ...] = ()) -> None:
     """Record every row with ``engine`` (the driver); ``watchers`` (engines over the same store) are
     asked first about each event on the same history, changing nothing. ``each`` sees every event."""

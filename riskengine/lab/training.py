@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from riskengine.lab import evaluation, population, promotion
-from riskengine.lab.replay import Replayed, replay
+from riskengine.lab.replay import Replayed, replay_stream
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
 from riskengine.features import FEATURE_NAMES, MONOTONIC
@@ -73,7 +73,7 @@ def backfill(rows: Iterable[Mapping[str, Any]], enricher: Enricher | None = None
             if progress:
                 progress(seen.n)
 
-    replay(engine, rows, each)
+    replay_stream(engine, rows, each)
     if buffer:
         blocks.append(np.asarray(buffer, dtype=np.float64))
     X = np.concatenate(blocks) if blocks else np.empty((0, len(FEATURE_NAMES)))

@@ -20,7 +20,7 @@ from riskengine.engine import Engine
 from riskengine.enrich import Enricher
 from riskengine.lab import population
 from riskengine.lab.evaluation import wilson_interval
-from riskengine.lab.replay import Replayed, replay
+from riskengine.lab.replay import Replayed, replay_stream
 from riskengine.scoring.model import Scorer
 from riskengine.policy.decide import Policy
 from riskengine.stores import memory_store
@@ -87,7 +87,7 @@ def _drive(rows: list[Mapping[str, Any]], driver: Setup, shadows: list[Setup], e
         if progress and seen.n % 10_000 == 0:
             progress(seen.n)
 
-    replay(engine, rows, each, tuple(watcher for _, watcher in watchers))
+    replay_stream(engine, rows, each, tuple(watcher for _, watcher in watchers))
     if progress:
         progress(len(rows))
     return pd.DataFrame(columns)
