@@ -97,7 +97,7 @@ def _train_from(data: Path, settings: Settings, promote: bool, force: bool = Fal
 
     datafiles.require(data, ("label",))                # before a replay that may take minutes
     started = time.perf_counter()
-    dataset = training.replay_file(data)
+    dataset = training.replay_file(data, _enricher(settings))
     print(f"features for {len(dataset.y):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     report = training.train(dataset, ModelRegistry.open(settings), promote=promote, source=str(data), force=force)
     print(report.text())
@@ -181,12 +181,19 @@ def _policy_schema(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _replay(data: Path):
+def _enricher(settings: Settings):
+    """The service's enrichment (geo databases, named lists): replays see what serving sees."""
+    from riskengine.enrich import Enricher
+
+    return Enricher(settings.geoip_city_db, settings.geoip_asn_db, settings.lists)
+
+
+def _replay(data: Path, settings: Settings | None = None):
     """A labelled data file -> the point-in-time feature rows, with a progress bar on stderr."""
     from riskengine.lab import datafiles, training
 
     datafiles.require(data, ("label",))                # before a replay that may take minutes
-    return training.replay_file(data)
+    return training.replay_file(data, _enricher(settings) if settings is not None else None)
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -203,7 +210,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         version = report.pick_model(registry, args.model)
         policy = load_policy(resolve(settings.policy))
-        result = report.evaluate_dataset(_replay(Path(args.data)), registry, version, window=args.window,
+        result = report.evaluate_dataset(_replay(Path(args.data), settings), registry, version, window=args.window,
                                          policy=policy, data_name=Path(args.data).name)
     except (ModelRefused, PolicyError, ValueError) as refused:
         print(f"riskengine evaluate: {refused}", file=sys.stderr)
@@ -240,7 +247,7 @@ def _whatif(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     mode = "counterfactual" if args.counterfactual else "shadow"
     frame = training.load_frame(Path(args.data))
-    replayed = whatif.replay(frame.to_dict("records"), current, candidate, mode,
+    replayed = whatif.replay(frame.to_dict("records"), current, candidate, mode, enricher=_enricher(settings),
                              progress=training.terminal_progress(len(frame), "replaying events"))
     print(whatif.render(replayed, current, candidate, mode))
     return 0

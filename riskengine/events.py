@@ -211,12 +211,30 @@ def event_from_request(body: Mapping[str, Any], received_at: datetime | None = N
 
 
 def event_to_request(event: Event) -> dict:
-    """The event in API.md's ``/score`` form (absent values left out): what is recorded and replayed."""
+    """The event in API.md's ``/score`` form (absent values left out, ``factors: []`` kept): what is
+    recorded and replayed.
+
+    >>> from datetime import datetime, timezone
+    >>> at = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    >>> event_to_request(Event("e1", "u1", "payment", at, "10.0.0.1", factors=()))["factors"]
+    []
+    >>> "factors" in event_to_request(Event("e1", "u1", "payment", at, "10.0.0.1"))
+    False
+    """
     return _plain_fields(event)
 
 
+@cache
+def _said_when_empty(kind: type) -> frozenset[str]:
+    """Fields whose default is None, so an empty value says something (``factors: []``: none
+    enrolled, unlike ``factors`` absent: not said) and is kept in the body."""
+    return frozenset(f.name for f in fields(kind) if f.init and f.default is None)
+
+
 def _plain_fields(value: Any) -> dict[str, Any]:
+    """``value``'s fields as a body; empty texts, lists and objects are left out unless they say something."""
     body: dict[str, Any] = {}
+    said = _said_when_empty(type(value))
     for name, _ in _converters(type(value)):
         item = getattr(value, name)
         if isinstance(item, datetime):
@@ -225,7 +243,8 @@ def _plain_fields(value: Any) -> dict[str, Any]:
             item = _plain_fields(item)
         elif isinstance(item, (dict, tuple, list)):
             item = dict(item) if isinstance(item, dict) else list(item)
-        if item is not None and not (isinstance(item, (str, dict, list)) and not item):
+        if item is not None and ((name in said and isinstance(item, list))
+                                 or not (isinstance(item, (str, dict, list)) and not item)):
             body[name] = item
     return body
 

@@ -25,6 +25,7 @@ NEVER_STEPPED_UP_H = 24 * 365.0
 ACTION_SENSITIVITY = {"view_dashboard": 0.0, "login": 1.0, "payment": 3.0, "add_payee": 3.0,
                       "change_email": 3.0, "change_password": 3.0, "export_data": 3.0}
 UNKNOWN_ACTION_SENSITIVITY = 2.0
+ANONYMIZER, TRAVEL_EXEMPT = "anonymizer", "travel_exempt"      # list roles features read
 
 
 def _positive(value: float) -> bool:
@@ -71,6 +72,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("failed_logins_1h", "recent_failures_1h", "{failed_logins_1h:.0f} failed logins in the last hour", direction=UP),
     Feature("ip_failures_1h", "ip_failures", "{ip_failures_1h:.0f} failed logins from this address in the last hour", direction=UP),
     Feature("ip_users_1h", "ip_many_users", "{ip_users_1h:.0f} different users from this address in the last hour", direction=UP),
+    Feature("anonymizer_network", "anonymizer_network", "the address is on anonymizer list {anonymizer_lists}", direction=UP),
     Feature("login_failed", "login_failed", "the primary credential check failed", direction=UP),
     Feature("action_sensitivity", "sensitive_action", "sensitive action ({action})", lambda v: v >= 2),
     Feature("hours_since_step_up", "no_recent_step_up", "no passed step-up for {hours_since_step_up:,.0f} hours",
@@ -173,9 +175,15 @@ def _hour_unusualness(hours: list[float], hour: int) -> float:
     return -math.log(24 * p)
 
 
+def on_lists(enriched: EnrichedEvent, role: str) -> list[str]:
+    """The named lists with this role the event's address or ASN is on (``enrich/lists.py``)."""
+    return sorted(name for name, has in enriched.roles if has == role)
+
+
 def _travel(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]) -> tuple[float, float, float]:
     last, geo = profile.last_success, enriched.geo
-    if last is None or not geo.has_coordinates:
+    if last is None or not geo.has_coordinates or on_lists(enriched, TRAVEL_EXEMPT):
+        # a travel_exempt network (satellite, mobile carrier, proxy) places its users anywhere: no journey
         return math.nan, math.nan, 0.0
     at, lat, lon, accuracy = last
     km = haversine_km(lat, lon, geo.latitude, geo.longitude)
@@ -242,6 +250,9 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
                              "browser": ua.browser, "os": ua.os, "hour": event.timestamp.hour,
                              "unknown_reason": geo.unknown_reason}
     km, kmh, impossible = _travel(enriched, profile, facts)
+    anonymous = on_lists(enriched, ANONYMIZER)
+    if anonymous:
+        facts["anonymizer_lists"] = ", ".join(anonymous)
     amount_log, amount_z, first_payment = _amount(enriched, profile, facts)
     novel = lambda table, key: float(has_history and bool(key) and key not in table)  # noqa: E731
     values: dict[str, float] = {
@@ -269,6 +280,7 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
         "failed_logins_1h": float(profile.failures_since(now - HOUR)),
         "ip_failures_1h": float(context.ip.failures),
         "ip_users_1h": float(context.ip.distinct_users),
+        "anonymizer_network": float(bool(anonymous)),
         "login_failed": float(event.action == "login" and not event.success),
         "action_sensitivity": ACTION_SENSITIVITY.get(event.action, UNKNOWN_ACTION_SENSITIVITY),
         "hours_since_step_up": (min((now - profile.last_step_up_at) / HOUR, NEVER_STEPPED_UP_H)
@@ -337,6 +349,7 @@ USER_MESSAGES: dict[str, str] = {
     "recent_failures_1h": "There were several failed sign-in attempts on your account.",
     "ip_failures": "This network has had many failed sign-in attempts.",
     "ip_many_users": "This network has had many failed sign-in attempts.",
+    "anonymizer_network": "This request comes through an anonymizing network.",
     "login_failed": "The password was not correct.",
     "sensitive_action": "This action needs an extra check.",
     "no_recent_step_up": "You have not confirmed your identity for a while.",

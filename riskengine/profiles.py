@@ -267,7 +267,10 @@ def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float,
         new.amount_m2 += delta * (x - new.amount_mean)
     if new.oldest_seen_at is not None:
         new.oldest_seen_at = min(new.oldest_seen_at, at)      # every map entry bumped above is at ``at``
-    if geo.has_coordinates and (new.last_success is None or at >= new.last_success[0]):
+    # an address on a travel_exempt list (satellite, carrier, proxy) places the user nowhere: the
+    # next sign-in's journey is measured from the last place that meant something
+    placed = geo.has_coordinates and not any(role == "travel_exempt" for _, role in enriched.roles)
+    if placed and (new.last_success is None or at >= new.last_success[0]):
         new.last_success = [at, geo.latitude, geo.longitude, geo.accuracy_km]
     _prune(new, _clock(profile, at, now), retention_s)
     return new

@@ -20,6 +20,7 @@ class EnrichedEvent:
     geo: GeoInfo
     ua: UserAgentInfo
     lists: frozenset[str] = frozenset()        # the named lists (enrich/lists.py) its address or ASN is on
+    roles: tuple[tuple[str, str], ...] = ()    # (list name, role) of those lists that have a role
 
 
 class Enricher:
@@ -33,7 +34,9 @@ class Enricher:
         geo = self.geo.lookup(event.ip)
         if not geo.known and "geo_country" in event.attributes:
             geo = _from_hints(geo, event.attributes)
-        return EnrichedEvent(event, geo, parse_user_agent(event.user_agent), self.lists.poll().match(event.ip, geo.asn))
+        lists = self.lists.poll()
+        matched = lists.match(event.ip, geo.asn)
+        return EnrichedEvent(event, geo, parse_user_agent(event.user_agent), matched, lists.roles(matched))
 
     def close(self) -> None:
         self.geo.close()

@@ -235,8 +235,9 @@ def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
         yield from frame.to_dict("records")
 
 
-def replay_file(path: Path) -> Dataset:
-    """``backfill`` over a data file, with a progress bar on stderr."""
+def replay_file(path: Path, enricher: Enricher | None = None) -> Dataset:
+    """``backfill`` over a data file, with a progress bar on stderr (``enricher``: the service's
+    geo databases and named lists, so list signals such as ``anonymizer_network`` are learnt)."""
     path = Path(path)
     total = None
     if path.suffix == ".parquet":
@@ -244,7 +245,7 @@ def replay_file(path: Path) -> Dataset:
 
         total = pq.ParquetFile(path).metadata.num_rows
     show = terminal_progress(total, "replaying events")
-    data = backfill(iter_rows(path), progress=show)
+    data = backfill(iter_rows(path), enricher=enricher, progress=show)
     show(len(data.y), final=True)
     return data
 

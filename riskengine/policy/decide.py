@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from riskengine.policy import exemptions
 from riskengine.events import Event
+from riskengine.features import USER_MESSAGES
 from riskengine.policy.exemptions import Exemption, FraudRate, LowValue
 from riskengine.profiles import UserProfile
 
@@ -26,7 +27,7 @@ MAX_FACTORS = 16
 DENYLISTED = "denylisted_network"
 ANONYMIZER = "anonymizer_network"
 LIST_USER_MESSAGES = {DENYLISTED: "Requests from this network are not accepted.",
-                      ANONYMIZER: "This request comes through an anonymizing network."}
+                      ANONYMIZER: USER_MESSAGES[ANONYMIZER]}      # also the model signal's (features.py)
 #: RFC 8176 authentication method reference for risk-based authentication
 AMR_RBA = "rba"
 
@@ -184,6 +185,9 @@ class When:
     True
     >>> when.matches(e, 0.2, "low", (), Seen("SE", 64500))
     False
+    >>> When(tenants=("acme",)).matches(e, 0.2, "low", (), Seen()), When(tenants=("default",)).matches(
+    ...     e, 0.2, "low", (), Seen())
+    (False, True)
     """
 
     actions: tuple[str, ...] = ()
@@ -195,6 +199,8 @@ class When:
     lists: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     attributes: tuple[tuple[str, Any], ...] = ()
+    #: the tenant of the API key that sent the event (``Event.tenant``; ``default`` without one)
+    tenants: tuple[str, ...] = ()
 
     def matches(self, event: Event, risk: float, risk_level: str, reasons: tuple[Reason, ...], seen: Seen) -> bool:
         """Lists match when the address is on any of them; every other list field is "one of"."""
@@ -207,6 +213,7 @@ class When:
                 and (not self.asns or seen.asn in self.asns)
                 and (not self.lists or not seen.lists.isdisjoint(self.lists))
                 and (not self.reasons or not codes.isdisjoint(self.reasons))
+                and (not self.tenants or event.tenant in self.tenants)
                 and all(_same(event.attributes.get(key, _MISSING), value) for key, value in self.attributes))
 
 

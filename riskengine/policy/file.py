@@ -252,7 +252,8 @@ class _Builder:
             rules.append(PolicyRule(spec.name, When(
                 tuple(when.actions or ()), tuple(when.risk_level or ()), when.risk_at_least, when.risk_below,
                 tuple(when.countries or ()), tuple(when.asns or ()), tuple(when.lists or ()),
-                tuple(when.reasons or ()), tuple((when.attributes or {}).items())), then.decision, level, max_age))
+                tuple(when.reasons or ()), tuple((when.attributes or {}).items()), tuple(when.tenants or ())),
+                then.decision, level, max_age))
         return rules
 
     def exemptions(self, specs: dict[str, LowValueSpec | RiskAnalysisSpec], names: dict[str, int]) -> dict[str, Exemption]:

@@ -27,7 +27,7 @@ SCHEMA_FILE = Path(__file__).parent / "policy.schema.json"
 RISK_LEVELS = ("low", "medium", "high")
 VERDICTS = ("allow", "deny", "step_up")
 #: every reason code an answer may carry: the model's, the lists', the failure answer's
-REASON_CODES = (*USER_MESSAGES, DENYLISTED, ANONYMIZER, "score_unavailable")
+REASON_CODES = tuple(dict.fromkeys((*USER_MESSAGES, DENYLISTED, ANONYMIZER, "score_unavailable")))
 NAME = r"^[A-Za-z0-9_.:\-]{1,64}$"
 _SHORT = r"^[A-Za-z0-9_.\-]{1,64}$"
 
@@ -119,6 +119,12 @@ def _country(value: Any) -> str:
     return _text(r"^[A-Z]{2}$", "must be an ISO 3166 country code such as 'SE'")(value)
 
 
+def _tenant(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 64 or not value.isprintable():
+        raise _fail("must be a tenant name as API keys give it (1 to 64 printable characters)", value)
+    return value
+
+
 def _strict_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail("must be true or false", value)
@@ -185,6 +191,7 @@ Rate = Annotated[float, WithJsonSchema({"anyOf": [{"type": "number", "minimum": 
 Factor = Annotated[str, WithJsonSchema({"enum": list(FACTORS)}), BeforeValidator(_choice(*FACTORS))]
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$"), BeforeValidator(_country)]
 Asn = Annotated[int, Field(ge=0), BeforeValidator(_whole(0, "an AS number"))]
+Tenant = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(_tenant)]
 ListName = Annotated[str, Field(pattern=LIST_NAME.pattern), BeforeValidator(_text(
     LIST_NAME.pattern, "must be a list name (a file stem in the lists folder: lowercase, digits, '-', '_', '.')"))]
 # the JSON Schema says "a code" only: the codes grow with the features, the shipped schema file need not
@@ -287,6 +294,7 @@ class WhenSpec(_Spec):
     reasons: Annotated[list[ReasonCode], Field(min_length=1)] | None = None
     attributes: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], Scalar],
                           Field(min_length=1)] | None = None
+    tenants: Annotated[list[Tenant], Field(min_length=1)] | None = None
 
 
 class ThenSpec(_Spec):

@@ -67,6 +67,9 @@ class StatisticalScorer:
         evidence = {_NOVELTY.get(a, f"lr_{a}") if v.get(_NOVELTY.get(a, "")) else f"lr_{a}": max(0.0, v[f"lr_{a}"])
                     for a in FREEMAN_ATTRIBUTES}
         evidence["new_device"] = 3.0 * v["new_device"]
+        # alone below the default medium band (0.26); with any other novelty a step-up
+        # (NaN, as in events recorded before the signal existed, is no evidence)
+        evidence["anonymizer_network"] = 3.0 * float(v.get("anonymizer_network", 0.0) > 0)
         evidence["impossible_travel"] = 8.0 * v["impossible_travel"]
         z = v["amount_zscore"]
         evidence["amount_zscore"] = 1.5 * max(0.0, z - 2.0) if not math.isnan(z) else 0.0
@@ -186,9 +189,14 @@ class TrainedScorer:
     correlated features but costs far more per event and another dependency.
     """
 
-    def __init__(self, model: CompiledModel | RiskModel, version: str, anomaly_floor: float | None = None) -> None:
+    def __init__(self, model: CompiledModel | RiskModel, version: str, anomaly_floor: float | None = None,
+                 feature_names: Sequence[str] | None = None) -> None:
         self.version = version
         self.compiled = as_compiled(model)
+        # a model registered before a feature was added reads its own columns of today's rows
+        self.feature_names = tuple(feature_names) if feature_names is not None else FEATURE_NAMES
+        self._columns = (None if self.feature_names == FEATURE_NAMES
+                         else [FEATURE_NAMES.index(name) for name in self.feature_names])
         if anomaly_floor is None and isinstance(model, RiskModel):
             anomaly_floor = model.anomaly_floor
         self.floor = StatisticalScorer(anomaly_floor) if anomaly_floor is not None else None
@@ -196,11 +204,14 @@ class TrainedScorer:
     @classmethod
     def loaded(cls, model: CompiledModel, entry: Any) -> "TrainedScorer":
         """A registered model as served: the trees, and the floor scale its signed metadata names."""
-        return cls(model, entry.version, entry.metadata.get("anomaly_floor"))
+        return cls(model, entry.version, entry.metadata.get("anomaly_floor"), entry.metadata.get("feature_names"))
 
     def score(self, signals: Signals) -> Score:
-        risk, contributions = self.compiled.score_one(signals.row())
-        explained = {n: c for n, c in zip(FEATURE_NAMES, contributions) if c > 0}
+        row = signals.row()
+        if self._columns is not None:
+            row = [row[i] for i in self._columns]
+        risk, contributions = self.compiled.score_one(row)
+        explained = {n: c for n, c in zip(self.feature_names, contributions) if c > 0}
         if self.floor is not None:
             floor = self.floor.score(signals)
             if floor.risk > risk:               # the anomaly outweighs the model: its evidence is the reason
@@ -212,7 +223,8 @@ class TrainedScorer:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Batch risks, for evaluation and champion comparison (the floor included)."""
-        risk = self.compiled.predict_proba(X)[:, 1]
+        X = np.asarray(X)
+        risk = self.compiled.predict_proba(X if self._columns is None else X[:, self._columns])[:, 1]
         return risk if self.floor is None else np.maximum(risk, floor_of(self.floor, X))
 
 

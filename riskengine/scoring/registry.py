@@ -228,9 +228,13 @@ class ModelRegistry:
         if meta.get("format") != FORMAT or meta.get("model_file") != MODEL_FILE:
             raise ModelRefused(f"model {version}: artefact format {meta.get('format')!r:.40}; "
                                f"this engine reads {FORMAT!r}")
-        if meta.get("feature_names") != list(FEATURE_NAMES):
+        names = meta.get("feature_names")
+        if not _known_features(names):
+            unknown = sorted(set(names) - set(FEATURE_NAMES)) if isinstance(names, list) and all(
+                isinstance(n, str) for n in names) else []
             raise ModelRefused(f"model {version}: trained on other features than this engine computes "
-                               f"({len(meta.get('feature_names') or [])} vs {len(FEATURE_NAMES)}); retrain it")
+                               f"({len(names) if isinstance(names, list) else 0} vs {len(FEATURE_NAMES)}"
+                               f"{'; unknown: ' + ', '.join(unknown[:5]) if unknown else ''}); retrain it")
         try:
             blob = (entry.path / MODEL_FILE).read_bytes()   # read once: what is checked is what is parsed
         except FileNotFoundError:
@@ -246,9 +250,13 @@ class ModelRegistry:
             raise ModelRefused(f"model {version}: {MODEL_FILE} is not an array archive "
                                f"({type(exc).__name__}: {str(exc)[:120]})") from None
         try:
-            return CompiledModel.from_data(meta.get("trees"), arrays), entry
+            model = CompiledModel.from_data(meta.get("trees"), arrays)
         except InvalidModelData as exc:
             raise ModelRefused(f"model {version}: {exc}") from None
+        if model.n_features != len(names):
+            raise ModelRefused(f"model {version}: trained on other features than this engine computes "
+                               f"({model.n_features} columns, {len(names)} feature names); retrain it")
+        return model, entry
 
 
 class ChampionWatcher:
@@ -292,6 +300,13 @@ class ChampionWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _known_features(names: Any) -> bool:
+    """A model's feature names this engine can feed: its own, or an older model's (a subset of them
+    without repeats, in any order: a feature added later is left out of its rows, ``TrainedScorer``)."""
+    return (isinstance(names, list) and bool(names) and all(isinstance(n, str) for n in names)
+            and len(set(names)) == len(names) and set(names) <= set(FEATURE_NAMES))
 
 
 def _listed(values: Any) -> list[int] | None:
