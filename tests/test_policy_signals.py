@@ -5,6 +5,7 @@ fallback; recorded ``factors: []`` replays as none enrolled (feedback and whatif
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sqlite3
@@ -19,6 +20,7 @@ from pydantic import SecretStr
 from riskengine import cli
 from riskengine.api import create_app
 from riskengine.engine import Engine
+from riskengine.home import open_engine
 from riskengine.enrich import Enricher
 from riskengine.events import event_from_request, event_to_request, tenant_key
 from riskengine.features import BY_NAME, FEATURE_NAMES, MONOTONIC, USER_MESSAGES, Context, Signals, extract
@@ -66,7 +68,7 @@ def service(tmp_path: Path, policy: str | Path | None = None, lists: Path | None
         policy = tmp_path / "policy.yaml"
     settings = Settings(home=tmp_path, api_keys=SecretStr(keys), policy=policy, lists=lists,
                         sqlite_synchronous="NORMAL")
-    engine = Engine.open(settings)
+    engine = open_engine(settings)
     return TestClient(create_app(settings, engine=engine)), engine, settings
 
 
@@ -339,7 +341,7 @@ def test_whatif_replays_recorded_requests_and_applies_the_fallback(tmp_path):
                     factors=factors) for n, factors in enumerate([(), None, ("email",), ("totp",)])]
     recorded = []
     for e in events:
-        assert engine.score(e).decision == "step_up"                    # the default policy has no fallback
+        assert asyncio.run(engine.score(e)).decision == "step_up"                    # the default policy has no fallback
         recorded.append(engine.store.find_event(e.event_id).request)
     assert [("factors" in r, r.get("factors")) for r in recorded] == \
         [(True, []), (False, None), (True, ["email"]), (True, ["totp"])]
