@@ -33,12 +33,12 @@ def test_a_users_events_sent_at_once_are_decided_in_turn(enricher):
     assert engine.store.get("alice").events == 20
 
 
-def test_a_user_moved_on_by_another_process_is_decided_again_on_the_fresh_profile(tmp_path, enricher):
+def test_a_user_moved_on_by_another_process_is_decided_again_on_the_fresh_profile(tmp_path):
     """Two engines over one SQLite file, each with its own cache (two processes): the stale one's
     commit conflicts, and its retry decides on the profile the other wrote."""
     path = tmp_path / "profiles.db"
-    here, there = (Engine(CachedStore(Batched(SQLiteStore(path), None)), enricher, pseudonym_key=b"k" * 32)
-                   for _ in range(2))
+    here, there = (Engine(CachedStore(Batched(SQLiteStore(path), None)), Enricher(), pseudonym_key=b"k" * 32)
+                   for _ in range(2))                     # their own enrichers: closing an engine closes its own
     decided: list[int] = []
     decide = here._decide
     here._decide = lambda *args: decided.append(1) or decide(*args)          # type: ignore[method-assign]
