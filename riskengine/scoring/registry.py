@@ -256,7 +256,7 @@ class ModelRegistry:
             model = CompiledModel.from_data(meta.get("trees"), arrays)
         except InvalidModelData as exc:
             raise ModelRefused(f"model {version}: {exc}") from None
-        if model.n_features != len(names):
+        if model.n_features != len(names) + bool(meta.get("anomaly_input")):     # + the stacked anomaly column
             raise ModelRefused(f"model {version}: trained on other features than this engine computes "
                                f"({model.n_features} columns, {len(names)} feature names); retrain it")
         return model, entry
