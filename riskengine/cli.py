@@ -204,8 +204,11 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
     from riskengine.policy.file import PolicyError, load_policy, resolve
 
+    if args.json and not args.leave_one_out:
+        print("riskengine evaluate: --json goes with --leave-one-out (the report writes metrics.json)", file=sys.stderr)
+        return 2
     if args.leave_one_out:
-        return _leave_one_out(Path(args.data))
+        return _leave_one_out(Path(args.data), Path(args.json) if args.json else None)
     registry = ModelRegistry.open(settings)
     try:
         version = report.pick_model(registry, args.model)
@@ -224,13 +227,18 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _leave_one_out(data: Path) -> int:
+def _leave_one_out(data: Path, json_out: Path | None = None) -> int:
+    import json
+
     from riskengine.lab import holdout
 
     table, summary = holdout.leave_one_class_out(_replay(data))
     print("catch rate per attacker class, at most 1% of legitimate logins stepped up:")
     print(table.round(4).to_string())
     print("\n".join(f"{name}: {value:.4f}" for name, value in summary.items()))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"classes": table.to_dict(orient="index"), "summary": summary}, indent=2))
     return 0
 
 
@@ -289,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="events to score: auto = the later quarter if the model was trained on this data")
     evaluate.add_argument("--leave-one-out", action="store_true",
                           help="per attacker class: train without it, report its catch rate beside all-trained and Freeman")
+    evaluate.add_argument("--json", metavar="FILE", help="with --leave-one-out: also write the table and summary as JSON")
     evaluate.set_defaults(run=_evaluate)
     whatif = commands.add_parser("whatif", help="replay events under a candidate policy/model, beside the current")
     whatif.add_argument("--data", required=True, help="labelled or recorded events: Parquet/JSONL or the RBA CSV")

@@ -184,3 +184,16 @@ def test_app_fraud_comes_from_the_owner_device_and_session(events):
     owner = events[(events.attack_class == "legit") & (events.action == "login")].set_index("session_id")
     assert len(fraud) and (fraud.device_id.to_numpy() == owner.loc[fraud.session_id, "device_id"].to_numpy()).all()
     assert set(fraud.action) <= {"add_payee", "payment"}
+
+
+def test_shared_family_devices_serve_two_accounts_from_one_home(events):
+    logins = _legit_logins(events)
+    users_per_device = logins.groupby("device_id").user_id.nunique()
+    shared = users_per_device[users_per_device == 2].index
+    assert len(shared) >= 10 and users_per_device.max() == 2        # 15% of users, in pairs
+    for device in shared[:10]:
+        on_it = logins[logins.device_id == device]
+        assert on_it.user_agent.nunique() <= 3                      # one browser, updating
+        # the household's home address: both accounts sign in from it (on any of their devices)
+        addresses = [set(logins.ip[logins.user_id == user]) for user in on_it.user_id.unique()]
+        assert addresses[0] & addresses[1]

@@ -24,7 +24,7 @@ from riskengine.lab.replay import Replayed, replay_stream
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
 from riskengine.features import FEATURE_NAMES, MONOTONIC
-from riskengine.scoring.model import RiskModel, StatisticalScorer, TrainedScorer
+from riskengine.scoring.model import FLOOR_SIGNALS, RiskModel, StatisticalScorer, TrainedScorer
 from riskengine.policy.decide import Policy
 from riskengine.scoring.registry import ModelRegistry, ModelVersion
 from riskengine.stores import memory_store
@@ -129,8 +129,9 @@ def evaluate(scores: dict[str, np.ndarray], data: Dataset, policy: Policy) -> tu
 
 def default_model() -> RiskModel:
     """The model the retraining job and a fresh service fit: risk only rises with evidence
-    (``FEATURES``' directions), and never below the label-free anomaly score."""
-    return RiskModel(monotonic_cst=MONOTONIC, anomaly_floor=ANOMALY_FLOOR)
+    (``FEATURES``' directions), and never below the label-free money anomaly (the user's own amount
+    and payee, ``FLOOR_SIGNALS``); no stacked anomaly input (README: measured)."""
+    return RiskModel(monotonic_cst=MONOTONIC, anomaly_floor=ANOMALY_FLOOR, floor_signals=FLOOR_SIGNALS)
 
 
 def fingerprint(data: Dataset) -> str:

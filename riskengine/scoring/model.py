@@ -8,7 +8,7 @@ the few hard signals no attacker model should outvote. It needs no labels.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +30,13 @@ STATISTICAL_VERSION = "freeman-statistical@1"
 ISOTONIC_MIN_POSITIVES = 500
 #: a floor at least this high (the default policy's medium band) adds its evidence to a model's reasons
 FLOOR_EXPLAINS = 0.3
+#: the floor's evidence: the user's own money anomaly (an amount far above their usual, a payee never paid).
+#: Login novelty (Freeman's likelihood ratios, a new device) and session evidence are left to the trees,
+#: which learn them from many attacker classes: as a floor they raised legitimate logins' risk (and so
+#: every threshold) more than they caught (README, "Stacked, floor or both", measured).
+FLOOR_SIGNALS = ("amount_zscore", "new_payee")
+#: the stacked anomaly input's column name (after the ``FEATURES`` columns), its reasons are the anomaly's own
+ANOMALY_COLUMN = "anomaly"
 #: a never-seen value's likelihood ratio is credited to the plainer "new_*" signal in reasons
 _NOVELTY = {"ip": "new_ip", "network": "new_network", "country": "new_country", "browser": "new_browser",
             "os": "new_os"}
@@ -59,8 +66,10 @@ class StatisticalScorer:
 
     version = STATISTICAL_VERSION
 
-    def __init__(self, scale: float = 10.0) -> None:
+    def __init__(self, scale: float = 10.0, signals: Collection[str] | None = None) -> None:
+        """``signals``: count only these evidence names (``FLOOR_SIGNALS`` for the in-session floor)."""
         self.scale = scale
+        self.signals = None if signals is None else frozenset(signals)
 
     def evidence(self, v: dict[str, float]) -> dict[str, float]:
         """Each signal's contribution to the score, in log-likelihood-ratio units."""
@@ -88,7 +97,7 @@ class StatisticalScorer:
         evidence["step_ups_failed_24h"] = 3.0 * min(v["step_ups_failed_24h"], 5.0)
         evidence["trusted_device"] = -3.0 * v["trusted_device"]
         evidence["trusted_place"] = -3.0 * v["trusted_place"]
-        return {k: w for k, w in evidence.items() if w != 0.0}
+        return {k: w for k, w in evidence.items() if w != 0.0 and (self.signals is None or k in self.signals)}
 
     def score(self, signals: Signals) -> Score:
         evidence = self.evidence(signals.values)
@@ -102,7 +111,10 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     ``monotonic_cst`` (``features.MONOTONIC`` for ``FEATURES`` rows) fixes the way each column may
     move risk, so no fit can learn that more novelty or a new payee is safer. ``anomaly_floor``
     (``FEATURES`` rows only) is the scale of the label-free statistical score the risk never goes
-    below: what the training data never showed still counts. Rows must come in time order: the last ``calibration_share`` of them (the most
+    below: what the training data never showed still counts. ``anomaly_input`` (``FEATURES`` rows
+    only) appends that label-free score (``StatisticalScorer()``'s risk) as one more column, with a
+    rising constraint when ``monotonic_cst`` is set: a stacked input the trees may weigh, which (unlike
+    the floor) they can also learn to discount. Rows must come in time order: the last ``calibration_share`` of them (the most
     recent) calibrate the probabilities, so calibration sees the natural attack rate
     while the trees train with balanced class weights. ``calibration="auto"`` uses
     isotonic regression when the slice holds enough attacks to fit a step function
@@ -112,11 +124,13 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
                  l2_regularization: float = 1.0, class_weight: str | None = "balanced",
                  calibration_share: float = 0.2, calibration: str = "auto", random_state: int | None = 0,
-                 monotonic_cst: Sequence[int] | None = None, anomaly_floor: float | None = None) -> None:
+                 monotonic_cst: Sequence[int] | None = None, anomaly_floor: float | None = None,
+                 anomaly_input: bool = False, floor_signals: Sequence[str] | None = None) -> None:
         self.max_iter, self.learning_rate, self.max_leaf_nodes = max_iter, learning_rate, max_leaf_nodes
         self.l2_regularization, self.class_weight = l2_regularization, class_weight
         self.calibration_share, self.calibration, self.random_state = calibration_share, calibration, random_state
-        self.monotonic_cst, self.anomaly_floor = monotonic_cst, anomaly_floor
+        self.monotonic_cst, self.anomaly_floor, self.anomaly_input = monotonic_cst, anomaly_floor, anomaly_input
+        self.floor_signals = floor_signals
 
     def fit(self, X, y) -> "RiskModel":
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan")
@@ -131,6 +145,9 @@ class RiskModel(ClassifierMixin, BaseEstimator):
             # a constant column is never split on, so NaN at scoring time changes nothing
             X = X.copy()
             X[:, empty] = 0.0
+        X, monotonic = self._stacked(X), self.monotonic_cst
+        if self.anomaly_input and monotonic is not None:
+            monotonic = [*monotonic, 1]                   # more anomaly is never safer
         n_cal = max(int(len(y) * self.calibration_share), 1)
         for part, labels in (("the training rows", y[:-n_cal]), (f"the calibration rows (latest {n_cal})", y[-n_cal:])):
             if len(np.unique(labels)) != 2:
@@ -139,7 +156,7 @@ class RiskModel(ClassifierMixin, BaseEstimator):
         trees = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
             l2_regularization=self.l2_regularization, class_weight=self.class_weight, early_stopping=False,
-            monotonic_cst=None if self.monotonic_cst is None else list(self.monotonic_cst),
+            monotonic_cst=None if monotonic is None else list(monotonic),
             random_state=self.random_state).fit(X[:-n_cal], y[:-n_cal])
         method = self.calibration
         if method == "auto":
@@ -162,17 +179,21 @@ class RiskModel(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
-        proba = self.calibrated_.predict_proba(X)
+        proba = self.calibrated_.predict_proba(self._stacked(X))
         if self.anomaly_floor is not None:
             risk = np.maximum(proba[:, 1], self.floor(X))
             proba = np.column_stack([1.0 - risk, risk])
         return proba
 
+    def _stacked(self, X: np.ndarray) -> np.ndarray:
+        """The rows with the anomaly column appended when ``anomaly_input`` (else as they are)."""
+        return np.column_stack([X, anomaly_of(X)]) if self.anomaly_input else X
+
     def floor(self, X: np.ndarray) -> np.ndarray:
         """The label-free risk of each ``FEATURES`` row (zeros without ``anomaly_floor``)."""
         if self.anomaly_floor is None:
             return np.zeros(len(X))
-        return floor_of(StatisticalScorer(self.anomaly_floor), X)
+        return floor_of(StatisticalScorer(self.anomaly_floor, self.floor_signals), X)
 
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self)
@@ -190,7 +211,8 @@ class TrainedScorer:
     """
 
     def __init__(self, model: CompiledModel | RiskModel, version: str, anomaly_floor: float | None = None,
-                 feature_names: Sequence[str] | None = None) -> None:
+                 feature_names: Sequence[str] | None = None, anomaly_input: bool | None = None,
+                 floor_signals: Sequence[str] | None = None) -> None:
         self.version = version
         self.compiled = as_compiled(model)
         # a model registered before a feature was added reads its own columns of today's rows
@@ -198,20 +220,35 @@ class TrainedScorer:
         self._columns = (None if self.feature_names == FEATURE_NAMES
                          else [FEATURE_NAMES.index(name) for name in self.feature_names])
         if anomaly_floor is None and isinstance(model, RiskModel):
-            anomaly_floor = model.anomaly_floor
-        self.floor = StatisticalScorer(anomaly_floor) if anomaly_floor is not None else None
+            anomaly_floor, floor_signals = model.anomaly_floor, model.floor_signals
+        if anomaly_input is None:
+            anomaly_input = bool(getattr(model, "anomaly_input", False))
+        self.floor = StatisticalScorer(anomaly_floor, floor_signals) if anomaly_floor is not None else None
+        self.stacked = StatisticalScorer() if anomaly_input else None
 
     @classmethod
     def loaded(cls, model: CompiledModel, entry: Any) -> "TrainedScorer":
-        """A registered model as served: the trees, and the floor scale its signed metadata names."""
-        return cls(model, entry.version, entry.metadata.get("anomaly_floor"), entry.metadata.get("feature_names"))
+        """A registered model as served: the trees, the columns it was fitted on, and the floor scale,
+        floor signals and stacked anomaly input its signed metadata names."""
+        return cls(model, entry.version, entry.metadata.get("anomaly_floor"), entry.metadata.get("feature_names"),
+                   bool(entry.metadata.get("anomaly_input", False)), entry.metadata.get("floor_signals"))
 
     def score(self, signals: Signals) -> Score:
         row = signals.row()
         if self._columns is not None:
             row = [row[i] for i in self._columns]
+        anomaly = None
+        if self.stacked is not None:
+            anomaly = self.stacked.score(signals)
+            row.append(anomaly.risk)
         risk, contributions = self.compiled.score_one(row)
         explained = {n: c for n, c in zip(self.feature_names, contributions) if c > 0}
+        if anomaly is not None and len(contributions) > len(self.feature_names) and contributions[-1] > 0:
+            # the stacked column's share goes to the anomaly's own evidence, in proportion: reasons stay exact
+            evidence = {n: w for n, w in anomaly.contributions.items() if w > 0}
+            total = sum(evidence.values()) or 1.0
+            for name, weight in evidence.items():
+                explained[name] = explained.get(name, 0.0) + contributions[-1] * weight / total
         if self.floor is not None:
             floor = self.floor.score(signals)
             if floor.risk > risk:               # the anomaly outweighs the model: its evidence is the reason
@@ -224,13 +261,19 @@ class TrainedScorer:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Batch risks, for evaluation and champion comparison (the floor included)."""
         X = np.asarray(X)
-        risk = self.compiled.predict_proba(X if self._columns is None else X[:, self._columns])[:, 1]
+        own = X if self._columns is None else X[:, self._columns]
+        risk = self.compiled.predict_proba(np.column_stack([own, anomaly_of(X)]) if self.stacked else own)[:, 1]
         return risk if self.floor is None else np.maximum(risk, floor_of(self.floor, X))
 
 
 def floor_of(scorer: "StatisticalScorer", X: np.ndarray) -> np.ndarray:
     """The label-free risk of each ``FEATURES`` row."""
     return np.array([scorer.score(Signals(dict(zip(FEATURE_NAMES, row.tolist())), {})).risk for row in X])
+
+
+def anomaly_of(X: np.ndarray) -> np.ndarray:
+    """The stacked anomaly input of each ``FEATURES`` row: ``StatisticalScorer()``'s label-free risk."""
+    return floor_of(StatisticalScorer(), X) if len(X) else np.zeros(0)
 
 
 def as_compiled(model: Any) -> CompiledModel:

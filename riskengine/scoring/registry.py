@@ -144,6 +144,9 @@ class ModelRegistry:
                 "feature_names": list(FEATURE_NAMES), "libraries": library_versions(), "format": FORMAT,
                 "model_file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "trees": spec,
                 "git_commit": _git_commit(), "anomaly_floor": getattr(model, "anomaly_floor", None),
+                "anomaly_input": bool(getattr(model, "anomaly_input", False)),
+                "floor_signals": (None if (signals := getattr(model, "floor_signals", None)) is None
+                                  else [str(name) for name in signals]),
                 "monotonic_cst": _listed(getattr(model, "monotonic_cst", None))}
         meta = json.loads(json.dumps(meta, default=float))   # what is signed is what is read back
         meta["signature"] = sign(key, meta)
@@ -253,7 +256,7 @@ class ModelRegistry:
             model = CompiledModel.from_data(meta.get("trees"), arrays)
         except InvalidModelData as exc:
             raise ModelRefused(f"model {version}: {exc}") from None
-        if model.n_features != len(names):
+        if model.n_features != len(names) + bool(meta.get("anomaly_input")):     # + the stacked anomaly column
             raise ModelRefused(f"model {version}: trained on other features than this engine computes "
                                f"({model.n_features} columns, {len(names)} feature names); retrain it")
         return model, entry

@@ -14,7 +14,7 @@ from riskengine.datasets.synth.places import GeoPools
 from riskengine.datasets.synth.users import Population
 
 # Incidents per user per 30 days (password spraying: campaigns, each over many users).
-FRAUD_RATES = {"app_fraud": 0.02, "mfa_fatigue": 0.015, "sim_swap": 0.02, "residential_proxy": 0.025,
+FRAUD_RATES = {"app_fraud": 0.1, "mfa_fatigue": 0.015, "sim_swap": 0.02, "residential_proxy": 0.05,
                "mid_session_hijack": 0.025, "scripted_client": 0.015, "password_spraying": 0.003}
 
 

@@ -103,11 +103,12 @@ def _devices(pop: Population, user, day, hour, away, clock: Clock, rng: np.rando
 
 def _ips(pop: Population, trips: Trips, pools: GeoPools, user, day, phone, workday, away,
          rng: np.random.Generator) -> np.ndarray:
-    """Home broadband (address rotates per lease), office, hotel while away, mobile data anywhere in
+    """Home broadband (address rotates per lease, shared within a household), office, hotel while away, mobile data anywhere in
     the home country (roaming is home-routed), and a VPN exit for VPN users."""
     n = len(user)
     lease = pop.lease_days[user]
-    home = pools.host_ips(pop.home_net[user], pop.home_host[user] + (day + user) // lease * 7919)
+    household = pop.household[user]  # one household, one address: it rotates for both at once
+    home = pools.host_ips(pop.home_net[user], pop.home_host[user] + (day + household) // lease * 7919)
     work = pools.host_ips(np.maximum(pop.work_net[user], 0), pop.work_host[user])
     hotel = pools.host_ips(np.maximum(trips.net[user, day], 0), user * 131 + day)
     cell = phone & (rng.random(n) < pop.cell_share[user])

@@ -19,7 +19,9 @@ IPHONE_SHARE = {"US": 0.57, "CA": 0.55, "GB": 0.5, "JP": 0.65, "AU": 0.55, "SE":
                 "CH": 0.55, "IN": 0.05, "BR": 0.15, "PL": 0.2, "ES": 0.25, "IT": 0.3}
 MAX_DEVICES = 3
 MAX_PAYEES = 5
+HOUSEHOLD_SHARE = 0.15  # users who live with another user: one home connection, one family device
 NEVER = np.iinfo(np.int64).max
+_DEVICE_COLUMNS = ("dev_family", "dev_phase", "dev_lag", "dev_key", "dev_change_day", "dev_new_key", "dev_upgrade")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Population:
     amount_sigma: np.ndarray
     payees: np.ndarray  # (users, MAX_PAYEES) habitual payee numbers
     payee_cdf: np.ndarray  # (users, MAX_PAYEES) cumulative choice probabilities
+    household: np.ndarray  # the user whose home connection and family device this one shares (self: none)
 
     @property
     def size(self) -> int:
@@ -138,13 +141,40 @@ def _money(countries: np.ndarray, rng: np.random.Generator) -> dict:
         payee_cdf=np.cumsum(weights, axis=1) / weights.sum(axis=1, keepdims=True))
 
 
+def _households(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of users under one roof: (heads, partners)."""
+    pairs = int(n * HOUSEHOLD_SHARE / 2)
+    chosen = rng.permutation(n)[:2 * pairs]
+    return chosen[:pairs], chosen[pairs:]
+
+
+def _share_home(fields: dict, heads: np.ndarray, partners: np.ndarray) -> None:
+    """Legitimate and odd-looking: the partner is on the head's broadband and also uses the head's
+    main device (same id, same browser) beside their own, so one device and one address serve two
+    accounts."""
+    household = np.arange(len(fields["home"]))
+    household[partners] = heads
+    fields["household"] = household
+    for name in ("home_net", "home_host", "lease_days"):
+        fields[name][partners] = fields[name][heads]
+    # the family device takes the partner's last slot (an empty one if they have fewer devices)
+    slot = np.minimum((fields["dev_family"][partners] >= 0).sum(axis=1), MAX_DEVICES - 1)
+    for name in _DEVICE_COLUMNS:
+        fields[name][partners, slot] = fields[name][heads, 0]
+    fields["dev_weight"][partners, slot] = np.maximum(fields["dev_weight"][partners, slot], 0.5)
+
+
 def draw_population(n: int, days: int, pools: GeoPools, rng: np.random.Generator) -> Population:
-    """Users spread over the home cities in proportion to their home weights."""
+    """Users spread over the home cities in proportion to their home weights; some share a home."""
     p = pools.home_weight / pools.home_weight.sum()
     home = rng.choice(len(p), size=n, p=p)
+    heads, partners = _households(n, rng)
+    home[partners] = home[heads]
     countries = pools.country[home]
-    return Population(home=home, **_networks(home, pools, rng), **_rhythm(n, rng),
-                      **_devices(countries, days, rng), **_money(countries, rng))
+    fields = dict(home=home, **_networks(home, pools, rng), **_rhythm(n, rng),
+                  **_devices(countries, days, rng), **_money(countries, rng))
+    _share_home(fields, heads, partners)
+    return Population(**fields)
 
 
 @dataclass(frozen=True)
