@@ -12,7 +12,6 @@ from pathlib import Path
 
 
 from riskengine.engine import Engine
-from riskengine.enrich import Enricher
 from riskengine.stores import SQLiteStore, memory_store
 from riskengine.stores.batching import Batched
 from riskengine.stores.cached import CachedStore
