@@ -6,13 +6,17 @@ PORT ?= 8000
 RISKENGINE_API_KEYS ?= demo:demo-key
 export RISKENGINE_API_KEYS
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test lint constraints bench clean
 
+# dev = the serving install + the lab extra (training: `make serve` trains the first model) + test tools.
+# Not quiet: a first install downloads a few hundred MB and takes minutes; pip shows what it is doing.
 $(VENV)/.installed: pyproject.toml
+	@echo "== installing riskengine[dev] into $(VENV) (first run: a few minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install --progress-bar on --upgrade pip
+	$(PY) -m pip install --progress-bar on -e '.[dev]'
 	touch $@
+	@echo "== installed"
 
 install: $(VENV)/.installed
 
@@ -21,6 +25,15 @@ serve: install
 
 test: install
 	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# the service image's pinned versions (Dockerfile): regenerate after changing dependencies
+constraints: install
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra lab --python-version 3.11 --universal -o constraints.txt
 
 bench: install
 	$(PY) bench/run.py

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from riskengine.api.schemas import ScoreRequest, ScoreResponse  # noqa: E402
+from riskengine.api.schemas import ScoreRequest, ScoreResponse
 
 app = FastAPI(title="riskengine bare baseline")
 _ANSWER = {"risk_score": 0.02, "risk_level": "low", "decision": "allow", "required_acr": "aal1", "max_age": None,

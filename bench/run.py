@@ -279,7 +279,6 @@ def redis_ready() -> bool:
 
 def warm_store(home: Path, env: dict[str, str], history) -> float:
     """Replay the history through the serving engine into the store the server will open."""
-    from riskengine.engine import Engine
     from riskengine.home import open_engine
     from riskengine.settings import Settings
     from workload import warm

@@ -24,7 +24,7 @@ from riskengine.lab import training  # noqa: E402
 from riskengine.engine import Engine  # noqa: E402
 from riskengine.events import event_from_request, row_to_request  # noqa: E402
 from riskengine.scoring.registry import ModelRegistry  # noqa: E402
-from riskengine.lab.replay import run
+from riskengine.lab.replay import run  # noqa: E402
 
 
 @dataclass

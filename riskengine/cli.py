@@ -15,6 +15,9 @@ from riskengine.audit import commands as audit_commands
 if TYPE_CHECKING:                      # imported in main(): `riskengine --help` stays light (no pydantic)
     from riskengine.settings import Settings
 
+#: what generating and training import: the `riskengine[lab]` extra, absent from a serving install
+_LAB_MODULES = ("pandas", "pyarrow", "scipy", "sklearn", "matplotlib")
+
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
@@ -63,6 +66,17 @@ def _bootstrap(settings: Settings) -> None:
 
     registry = ModelRegistry.open(settings)
     if registry.champion_version() is not None:
+        return
+    try:
+        from riskengine.datasets import synth  # noqa: F401  (pandas, pyarrow)
+        from riskengine.lab import training  # noqa: F401  (scikit-learn)
+    except ModuleNotFoundError as missing:
+        if (missing.name or "").partition(".")[0] not in _LAB_MODULES:
+            raise
+        print(f"no trained model in {settings.models}, and this install cannot train one ({missing.name} is not "
+              "installed: the serving install leaves out the lab); serving the label-free statistical score "
+              "until a model is promoted. To train: pip install 'riskengine[lab]', then riskengine train; "
+              "RISKENGINE_BOOTSTRAP_MODEL=false silences this.", file=sys.stderr)
         return
     print(f"no trained model in {settings.models}: generating {settings.bootstrap_users} users x "
           f"{settings.bootstrap_days} days of synthetic events and training a first one", file=sys.stderr)
@@ -325,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args, Settings())
     except (ValueError, FileNotFoundError) as exc:          # bad data or paths: a sentence, not a traceback
         print(f"riskengine {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:                       # a lab command on the serving install
+        if (exc.name or "").partition(".")[0] not in _LAB_MODULES:
+            raise
+        print(f"riskengine {args.command}: needs {exc.name}, which the serving install leaves out; "
+              "pip install 'riskengine[lab]'", file=sys.stderr)
         return 2
 
 

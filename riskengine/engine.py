@@ -23,7 +23,7 @@ from riskengine.ordering import Turns, retried
 from riskengine.policy.decide import Decision, Policy, Reason, Seen
 from riskengine.policy.file import PolicyWatcher
 from riskengine.policy.fraud_rates import FraudRates
-from riskengine.scoring.model import Score, Scorer, StatisticalScorer, TrainedScorer
+from riskengine.scoring.scorers import Score, Scorer, StatisticalScorer, TrainedScorer
 from riskengine.scoring.registry import ChampionWatcher, ModelRegistry, ModelVersion
 from riskengine.signals.recorded import Recorded
 from riskengine.stores import Commit, DuplicateEvent, ProfileStore, StoredEvent, StoreUnavailable

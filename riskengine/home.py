@@ -14,7 +14,7 @@ from riskengine.engine import Engine
 from riskengine.enrich import Enricher
 from riskengine.policy.decide import Policy
 from riskengine.policy.file import load_policy, resolve
-from riskengine.scoring.model import Scorer, StatisticalScorer
+from riskengine.scoring.scorers import Scorer, StatisticalScorer
 from riskengine.scoring.registry import ModelRegistry
 from riskengine.settings import Settings
 from riskengine.stores import ProfileStore, open_store

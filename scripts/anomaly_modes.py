@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.modes.split(","):
         params = modes(args.floor)[name]
         started = time.perf_counter()
-        table, summary = holdout.leave_one_class_out(data, lambda: RiskModel(monotonic_cst=MONOTONIC, **params),
+        table, summary = holdout.leave_one_class_out(data, lambda params=params: RiskModel(monotonic_cst=MONOTONIC, **params),
                                                      only=args.classes.split(",") if args.classes else None)
         summaries[name] = {**summary, "seconds": time.perf_counter() - started}
         per_class[name] = table["held_out"]

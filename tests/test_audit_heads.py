@@ -6,7 +6,6 @@ auditor check without any key that could forge. Offline tools never create keys.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import uuid

@@ -10,7 +10,6 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
-
 from riskengine.engine import Engine
 from riskengine.enrich import Enricher
 from riskengine.stores import SQLiteStore, memory_store

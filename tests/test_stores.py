@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-import threading
 import time
 import uuid
 from datetime import timedelta

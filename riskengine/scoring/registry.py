@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy
-import sklearn
 
 from riskengine.features import FEATURE_NAMES
-from riskengine.scoring.model import as_compiled
+from riskengine.scoring.scorers import as_compiled
 from riskengine.scoring.trees import FORMAT, CompiledModel, InvalidModelData
 
 if TYPE_CHECKING:
@@ -55,6 +54,8 @@ class ModelVersion:
 
 
 def library_versions() -> dict[str, str]:
+    import sklearn          # registering is the lab's (riskengine[lab]); serving never imports it
+
     return {"python": platform.python_version(), "scikit-learn": sklearn.__version__, "numpy": numpy.__version__}
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.special import expit
 
 __all__ = ["FORMAT", "CompiledModel", "InvalidModelData", "Impute", "Isotonic", "Logistic", "Sigmoid",
            "Standardize", "model_data"]
@@ -73,7 +72,7 @@ class Logistic:
     kind: ClassVar[str] = "logistic"
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
-        return expit(raw)
+        return _expit(raw)
 
     def one(self, raw: float) -> float:
         return _expit_one(raw)
@@ -88,7 +87,7 @@ class Sigmoid:
     b: float
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
-        return expit(-(self.a * raw + self.b))
+        return _expit(-(self.a * raw + self.b))
 
     def one(self, raw: float) -> float:
         return _expit_one(-(self.a * raw + self.b))
@@ -113,6 +112,13 @@ Step = Standardize | Impute
 Calibrator = Logistic | Sigmoid | Isotonic
 _STEPS: dict[str, type] = {c.kind: c for c in (Standardize, Impute)}
 _CALIBRATORS: dict[str, type] = {c.kind: c for c in (Logistic, Sigmoid, Isotonic)}
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    """scipy.special.expit's values without scipy (the serving install has none): 1 / (1 + e^-z),
+    from e^-|z| so neither side overflows."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _expit_one(z: float) -> float:

@@ -10,8 +10,7 @@ import numpy as np
 from riskengine.datasets.synth import useragents
 from riskengine.datasets.synth.places import GeoPools
 from riskengine.datasets.synth.legit import (ADD_PAYEE, CHANGE_EMAIL, CHANGE_PASSWORD, DASHBOARD, DAY,
-                                    EXPORT_DATA, LOGIN, PAYMENT, Clock, Rows, rows_from_records,
-                                    take)
+                                    EXPORT_DATA, LOGIN, PAYMENT, Clock, Rows, take)
 from riskengine.datasets.synth.users import NEVER, Population
 
 ATTACK_CLASSES = ("legit", "naive", "vpn", "targeted", "very_targeted", "credential_stuffing",
