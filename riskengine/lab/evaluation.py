@@ -102,23 +102,50 @@ def roc_pr(y: Any, score: Any) -> dict[str, Any]:
 def threshold_at_fpr(y: Any, score: Any, fpr: float) -> float:
     """Lowest threshold that steps up at most ``fpr`` of legit rows (a row flags when score >= it).
 
-    Only legit scores decide it: the threshold sits just above the highest legit score that must
+    Only legit scores decide which rows flag: every row above the highest legit score that must
     stay unflagged. Legit rows tied at that score all stay unflagged, so when a tie straddles the
-    budget the realised rate falls below ``fpr``, never above. ``fpr=1`` flags every row.
+    budget the realised rate falls below ``fpr``, never above. ``fpr=1`` flags every row. The
+    threshold itself sits halfway to the next higher score (:func:`threshold_between`), so the
+    value a report prints or a JSON file keeps flags the same rows.
 
-    >>> t = threshold_at_fpr([0, 0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.9, 0.8, 0.95], 0.25)
-    >>> 0.3 < t < 0.3001
-    True
+    >>> threshold_at_fpr([0, 0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.9, 0.8, 0.95], 0.25)
+    0.55
     """
     _check_rate(fpr, "fpr")
     y, score = _arrays(y, score)
-    legit = np.sort(score[y == 0])[::-1]
-    if legit.size == 0:
+    if not (y == 0).any():
         raise ValueError("no legit rows (y == 0): a false-positive rate is undefined")
-    allowed = int(np.floor(fpr * legit.size + 1e-9))  # tolerance: 0.02 * 50 must allow 1 row
-    if allowed >= legit.size:
-        return float(score.min())
-    return float(np.nextafter(legit[allowed], np.inf))
+    return threshold_between(score[y == 0], fpr, score)
+
+
+def threshold_between(legit: Any, share: float, scores: Any = None) -> float:
+    """The one definition of a threshold set from legitimate scores alone.
+
+    Flags (score >= threshold) at most ``share`` of ``legit``: the rows above the highest legit score
+    that must stay unflagged, ties at it included in the unflagged side. It lies halfway between
+    that score and the next higher one among ``scores`` (default: ``legit``), not one float step
+    above it: a threshold one step above a score flags that score's ties again once it is rounded
+    (a JSON file, a report table, a policy file), and a model with an anomaly floor scores many
+    legit events the same. With nothing above, it is one float step above.
+
+    >>> round(threshold_between([0.1, 0.2, 0.3, 0.9], 0.25), 9)
+    0.6
+    >>> round(threshold_between([0.1, 0.2, 0.3, 0.9], 0.25, [0.1, 0.2, 0.3, 0.9, 0.5]), 9)
+    0.4
+    """
+    _check_rate(share, "share")
+    ranked = np.sort(np.asarray(legit, dtype=float).ravel())[::-1]
+    if ranked.size == 0:
+        raise ValueError("no legit scores: a false-positive rate is undefined")
+    allowed = int(np.floor(share * ranked.size + 1e-9))  # tolerance: 0.02 * 50 must allow 1 row
+    everything = ranked if scores is None else np.asarray(scores, dtype=float).ravel()
+    if allowed >= ranked.size:
+        return float(min(ranked.min(), everything.min()))
+    kept = ranked[allowed]
+    above = everything[everything > kept]
+    if above.size == 0:
+        return float(np.nextafter(kept, np.inf))
+    return float(kept + (above.min() - kept) / 2)
 
 
 def tpr_at_fpr(y: Any, score: Any, fpr: float) -> float:

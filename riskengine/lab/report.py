@@ -167,8 +167,8 @@ class Report:
     def metrics(self) -> dict[str, Any]:
         """Every table as plain JSON-ready dicts, for CI checks and dashboards."""
         return {"title": self.title, "n": int(self.y.size), "attacks": int(self.y.sum()), "model": self.main,
-                "model_version": self.model_version, "data": self.data_name, "notes": self.notes, **{part.key: json.loads(part.table.to_json(orient="index"))
-                                        for part in self.sections()}}
+                "model_version": self.model_version, "data": self.data_name, "notes": self.notes,
+                **{part.key: json_table(part.table) for part in self.sections()}}
 
     def write(self, out_dir: str | Path) -> str:
         """``report.md``, ``report.html`` (self-contained), ``report.txt``, ``metrics.json`` and the PNGs
@@ -182,8 +182,24 @@ class Report:
         (out / "report.md").write_text(text, encoding="utf-8")
         (out / "report.html").write_text(render_html(self, out), encoding="utf-8")
         (out / "report.txt").write_text(self.text(), encoding="utf-8")
-        (out / "metrics.json").write_text(json.dumps(self.metrics(), indent=2), encoding="utf-8")
+        (out / "metrics.json").write_text(json.dumps(self.metrics(), indent=2, default=str), encoding="utf-8")
         return text
+
+
+def json_table(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """A table as {row: {column: value}} with every float exact (``json`` writes the shortest repr
+    that reads back the same float; pandas' ``to_json`` keeps 10 digits, and a threshold cut to 10
+    digits can flag rows the report did not), NaN as null.
+
+    >>> json_table(pd.DataFrame({"t": [0.16686920082637371, float("nan")], "n": [3, 4]}, index=["a", "b"]))
+    {'a': {'t': 0.16686920082637371, 'n': 3}, 'b': {'t': None, 'n': 4}}
+    """
+    def plain(value: Any) -> Any:
+        value = value.item() if isinstance(value, np.generic) else value
+        return None if isinstance(value, float) and not np.isfinite(value) else value
+
+    return {str(row): {str(column): plain(value) for column, value in zip(df.columns, values)}
+            for row, values in zip(df.index, df.itertuples(index=False))}
 
 
 def markdown_table(df: pd.DataFrame) -> str:
