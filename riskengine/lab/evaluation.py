@@ -502,6 +502,27 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return lower, upper
 
 
+def aim_within(budget: float, n: int, confidence: float = 0.95) -> float:
+    """The share to aim at on ``n`` events so that a budget holds beyond this sample: the largest
+    ``k / n`` whose Wilson upper bound (:func:`wilson_interval`) is still within ``budget``.
+
+    Bands chosen on a few hundred logins at exactly the budget exceed it on the next window about
+    half the time; aiming at this share keeps the true rate within the budget at ``confidence``
+    (for the same population), and it approaches the budget as ``n`` grows. 0 when even none of
+    ``n`` cannot show the budget holds (then the band is set above every legitimate score).
+
+    >>> aim_within(0.02, 500), round(aim_within(0.02, 100_000), 4), aim_within(0.001, 500)
+    (0.006, 0.0191, 0.0)
+    """
+    _check_rate(budget, "budget")
+    if n <= 0:
+        raise ValueError(f"aim_within needs at least one event, got n={n}")
+    k = 0
+    while k < n and wilson_interval(k + 1, n, confidence)[1] <= budget:
+        k += 1
+    return k / n
+
+
 # --- comparison -------------------------------------------------------------------------------
 
 
