@@ -199,7 +199,7 @@ def _replay(data: Path, settings: Settings | None = None):
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import datetime, timezone
 
-    from riskengine.lab import report
+    from riskengine.lab import registered
     from riskengine.scoring.registry import ModelRefused, ModelRegistry
 
     from riskengine.policy.file import PolicyError, load_policy, resolve
@@ -208,9 +208,9 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         return _leave_one_out(Path(args.data))
     registry = ModelRegistry.open(settings)
     try:
-        version = report.pick_model(registry, args.model)
+        version = registered.pick_model(registry, args.model)
         policy = load_policy(resolve(settings.policy))
-        result = report.evaluate_dataset(_replay(Path(args.data), settings), registry, version, window=args.window,
+        result = registered.evaluate_dataset(_replay(Path(args.data), settings), registry, version, window=args.window,
                                          policy=policy, data_name=Path(args.data).name)
     except (ModelRefused, PolicyError, ValueError) as refused:
         print(f"riskengine evaluate: {refused}", file=sys.stderr)

@@ -13,14 +13,14 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from riskengine.lab.evaluation import threshold_between
+from riskengine.lab.ranking import threshold_between
 from riskengine.lab.training import Dataset, default_model, split_by_time
 from riskengine.scoring.model import RiskModel, TrainedScorer
 
 
 def threshold_at_friction(scores: np.ndarray, share: float) -> float:
     """The lowest threshold at which at most ``share`` of these (legitimate) scores reach it
-    (``evaluation.threshold_between``: the one definition ``evaluate`` and the bands use).
+    (``ranking.threshold_between``: the one definition ``evaluate`` and the bands use).
 
     >>> threshold_at_friction(np.array([0.1, 0.2, 0.3, 0.9]), 0.25) > 0.3
     True

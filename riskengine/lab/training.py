@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from riskengine.lab import evaluation, population, promotion
+from riskengine.lab import population, promotion, ranking, segments
 from riskengine.lab.replay import Replayed, replay_stream
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
@@ -113,12 +113,12 @@ class Report:
 
 def evaluate(scores: dict[str, np.ndarray], data: Dataset, policy: Policy) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Side-by-side table, per-class catch at 1% FPR, and legit step-up rates at the policy's bands."""
-    table = evaluation.compare(data.y, scores, FPRS)
+    table = ranking.compare(data.y, scores, FPRS)
     classes = data.meta["attack_class"].astype(str).to_numpy()
     per_class = {}
     for name, s in scores.items():
-        threshold = evaluation.threshold_at_fpr(data.y, s, FPRS[0])
-        rates = evaluation.catch_rate_by_class(data.y, s, classes, threshold)["caught_share"]
+        threshold = ranking.threshold_at_fpr(data.y, s, FPRS[0])
+        rates = segments.catch_rate_by_class(data.y, s, classes, threshold)["caught_share"]
         per_class[name] = rates.drop("legit", errors="ignore")
     legit = data.y == 0
     actions = data.meta["action"].to_numpy()
