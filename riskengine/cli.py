@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
     whatif = commands.add_parser("whatif", help="replay events under a candidate policy/model, beside the current")
     whatif.add_argument("--data", required=True, help="labelled or recorded events: Parquet/JSONL or the RBA CSV")
-    whatif.add_argument("--policy", required=True, help="candidate policy file")
+    whatif.add_argument("--policy", required=True, help="candidate policy: a file or a preset name (default, psd2, hipaa, gdpr)")
     whatif.add_argument("--model", help="candidate model version (default: the current champion)")
     whatif.add_argument("--counterfactual", action="store_true",
                         help="let the candidate's own decisions shape later history (labelled data only)")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from riskengine.datasets import synth
-from riskengine.lab import population, training
+from riskengine.datasets import rba, synth
+from riskengine.lab import datafiles, population, training
 from riskengine.cli import main
 from riskengine.lab.evaluation import history_bucket
 from riskengine.scoring.model import TrainedScorer
@@ -218,3 +218,20 @@ def test_data_and_models_folders_keep_only_their_readme_in_git():
                                   f"{folder}/raw/events.parquet", f"{folder}/2026-12-06T00-00-00Z-abcd/model.joblib"],
                                  cwd=root, capture_output=True, text=True)
         assert ignored.stdout.split() == [f"{folder}/raw/events.parquet", f"{folder}/2026-12-06T00-00-00Z-abcd/model.joblib"]
+
+
+def test_an_unsorted_rba_csv_is_named_too(tmp_path, capsys):
+    """The issue's case was a CSV: the RBA loader's chunks go through the same time-order check,
+    across chunk boundaries too, and a sorted CSV says nothing."""
+    sample = Path(__file__).parent / "data" / "rba-dataset-sample.csv"
+    header, *rows = sample.read_text().splitlines()
+    unsorted = tmp_path / "rba-unsorted.csv"
+    unsorted.write_text("\n".join([header, *rows[:5], rows[6], rows[5], *rows[7:]]) + "\n")
+    capsys.readouterr()
+    assert len(training.load_frame(unsorted)) == len(rows)
+    assert ("warning: rba-unsorted.csv is not in time order (row 7 is earlier than the row before it)"
+            in capsys.readouterr().err)
+    list(datafiles.in_time_order(rba.iter_rba_events(unsorted, chunksize=6), unsorted.name))   # swap at a chunk edge
+    assert "row 7 is earlier than the row before it" in capsys.readouterr().err
+    assert len(training.load_frame(sample)) == len(rows)
+    assert "not in time order" not in capsys.readouterr().err
