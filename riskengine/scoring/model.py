@@ -128,6 +128,7 @@ class StatisticalScorer:
         z = col["amount_zscore"]
         terms = [floored(col[f"lr_{a}"]) for a in FREEMAN_ATTRIBUTES] + [
             3.0 * col["new_device"],
+            3.0 * (col["anonymizer_network"] > 0).astype(np.float64),    # NaN: no evidence
             8.0 * col["impossible_travel"],
             np.where(np.isnan(z), 0.0, 1.5 * floored(z - 2.0)),
             2.5 * col["new_payee"],
