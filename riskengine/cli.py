@@ -213,7 +213,7 @@ def _replay(data: Path, settings: Settings | None = None):
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import datetime, timezone
 
-    from riskengine.lab import report
+    from riskengine.lab import registered
     from riskengine.scoring.registry import ModelRefused, ModelRegistry
 
     from riskengine.policy.file import PolicyError, load_policy, resolve
@@ -225,9 +225,9 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         return _leave_one_out(Path(args.data), Path(args.json) if args.json else None)
     registry = ModelRegistry.open(settings)
     try:
-        version = report.pick_model(registry, args.model)
+        version = registered.pick_model(registry, args.model)
         policy = load_policy(resolve(settings.policy))
-        result = report.evaluate_dataset(_replay(Path(args.data), settings), registry, version, window=args.window,
+        result = registered.evaluate_dataset(_replay(Path(args.data), settings), registry, version, window=args.window,
                                          policy=policy, data_name=Path(args.data).name)
     except (ModelRefused, PolicyError, ValueError) as refused:
         print(f"riskengine evaluate: {refused}", file=sys.stderr)
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
     whatif = commands.add_parser("whatif", help="replay events under a candidate policy/model, beside the current")
     whatif.add_argument("--data", required=True, help="labelled or recorded events: Parquet/JSONL or the RBA CSV")
-    whatif.add_argument("--policy", required=True, help="candidate policy file")
+    whatif.add_argument("--policy", required=True, help="candidate policy: a file or a preset name (default, psd2, hipaa, gdpr)")
     whatif.add_argument("--model", help="candidate model version (default: the current champion)")
     whatif.add_argument("--counterfactual", action="store_true",
                         help="let the candidate's own decisions shape later history (labelled data only)")

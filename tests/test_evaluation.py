@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -62,6 +63,24 @@ def test_ties_straddling_the_budget_stay_unflagged():
     assert tpr_at_fpr(y, score, 0.05) == 0.5
     # a 10% budget takes the whole tie, and the attack tied with it
     assert tpr_at_fpr(y, score, 0.10) == 1.0
+
+
+def test_a_threshold_flags_the_same_rows_once_stored_or_rounded():
+    """Issue 15: a band one float step above a tied legit score flagged the tie again once
+    metrics.json kept 10 digits of it (2.10% of legit logins instead of the report's 1.94%). An
+    anomaly floor scores many legit events the same, so the threshold sits between scores."""
+    tie = 0.16686920082637371
+    legit = np.r_[np.full(30, tie), np.linspace(0.0, 0.1, 950), np.linspace(0.2, 0.9, 20)]
+    y = np.r_[np.zeros(legit.size), np.ones(5)]
+    score = np.r_[legit, [tie, 0.3, 0.5, 0.7, 0.95]]
+    t = threshold_at_fpr(y, score, 0.02)             # 20 of 1,000 may flag: the 20 above the tie
+    assert tie < t < 0.2
+    flagged = score >= t
+    assert np.mean(flagged[y == 0]) == 0.02 and flagged[y == 1].sum() == 4
+    for stored in (json.loads(json.dumps(t)), float(f"{t:.10g}"), round(t, 4), float(np.float32(t))):
+        assert ((score >= stored) == flagged).all()
+    bands = suggest_bands(y, score, np.full(y.size, "login"))
+    assert bands["medium"] == t and bands["login_legit_stepped_up"] == 0.02
 
 
 @pytest.mark.parametrize("fpr", [0.0, 0.001, 0.01, 0.02, 0.05, 0.2, 1.0])

@@ -245,3 +245,67 @@ def test_predict_before_fit_raises_not_fitted():
             getattr(RiskModel(), method)(np.zeros((2, len(FEATURE_NAMES))))
     with pytest.raises(NotFittedError):
         TrainedScorer(RiskModel(), "unfitted")
+
+
+def test_the_vectorized_anomaly_floor_equals_the_served_score_bit_for_bit(dataset):
+    """``floor_of`` scores a batch with numpy (notebooks, evaluation, the gate); ``score`` scores one
+    event as ``/score`` does. Same values, to the last bit, on replayed rows and on edge values."""
+    from riskengine.features import Signals
+    from riskengine.scoring.model import FLOOR_SIGNALS, StatisticalScorer, floor_of
+
+    rng = np.random.default_rng(15)
+    edges = np.array([np.nan, -np.inf, np.inf, -7.5, -0.0, 0.0, 0.5, 1.0, 2.0, 2.5, 3.0, 3.5, 5.0, 5.5, 6.0,
+                      40.0, 1e6])
+    odd = rng.choice(edges, size=(3000, len(FEATURE_NAMES)))
+    plain = rng.uniform(-2.0, 8.0, size=(3000, len(FEATURE_NAMES))).round(rng.integers(0, 3))
+    X = np.vstack([dataset.X, odd, plain])
+    for scorer in (StatisticalScorer(10.0), StatisticalScorer(40.0), StatisticalScorer(40.0, FLOOR_SIGNALS),
+                   StatisticalScorer(10.0, ("new_ip", "lr_country", "new_device", "trusted_place"))):
+        one_by_one = np.array([scorer.score(Signals(dict(zip(FEATURE_NAMES, row.tolist())), {})).risk for row in X])
+        batch = floor_of(scorer, X)
+        assert batch.dtype == np.float64 and batch.shape == (len(X),)
+        assert np.array_equal(batch, one_by_one, equal_nan=True)
+    assert (floor_of(StatisticalScorer(40.0), dataset.X) > 0).mean() > 0.1      # not trivially zero
+    with pytest.raises(ValueError, match="FEATURES columns"):
+        floor_of(StatisticalScorer(), dataset.X[:, :3])
+
+
+def test_train_from_service_says_why_the_windows_cannot_train(dataset, settings, tmp_path, monkeypatch, capsys):
+    """Issue 15: four live events weeks after the rest formed the later window, and the refusal gave
+    no counts or dates. It names each window's dates and counts and what to do."""
+    import pandas as pd
+
+    from riskengine.cli import main
+
+    last = pd.to_datetime(dataset.meta["timestamp"], utc=True).max()
+    late = dataset.window(np.isin(np.arange(len(dataset.y)), np.flatnonzero(dataset.y == 0)[:4]))
+    late.meta["timestamp"] = [last + pd.Timedelta(days=40, minutes=i) for i in range(4)]
+    stretched = training.Dataset(np.vstack([dataset.X, late.X]), np.r_[dataset.y, late.y],
+                                 pd.concat([dataset.meta, late.meta], ignore_index=True))
+    attacks = int(dataset.y.sum())
+    first = pd.to_datetime(dataset.meta["timestamp"], utc=True).min()
+    with pytest.raises(ValueError) as refused:
+        training.train(stretched, ModelRegistry(tmp_path / "models"), source="service")
+    message = str(refused.value)
+    assert (f"earlier window (the first 75% of the time range) {first:%Y-%m-%d} .. {last:%Y-%m-%d}: "
+            f"{len(dataset.y) - attacks:,} legitimate, {attacks:,} attacks") in message
+    stamp = f"{late.meta['timestamp'][0]:%Y-%m-%d}"
+    assert f"later window (the last 25%) {stamp} .. {stamp}: 4 legitimate, 0 attacks." in message
+    assert f"the largest gap between events is 40 days, {last:%Y-%m-%d} .. {stamp}" in message
+    assert "train on data without them" in message
+    assert not list((tmp_path / "models").glob("*/metadata.json"))          # nothing registered
+
+    # from the command line: one sentence on stderr, exit 2, as every refusal of bad data
+    with TestClient(create_app(settings)):                                  # the service's home and keys
+        pass
+    monkeypatch.setenv("RISKENGINE_HOME", str(settings.home))
+    monkeypatch.setattr(training, "from_store", lambda store: stretched)
+    assert main(["train", "--from-service"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("riskengine train: training needs attacks and legitimate events")
+    assert "4 legitimate" in err and err.endswith("attacks after the cut\n")
+
+    # a window without any attack label: say how labels reach the service
+    unlabelled = training.Dataset(dataset.X, np.zeros_like(dataset.y), dataset.meta)
+    with pytest.raises(ValueError, match="No event is labelled as an attack: post /feedback with confirmed_fraud"):
+        training.train(unlabelled, ModelRegistry(tmp_path / "models"), source="service")

@@ -17,12 +17,16 @@ from nbformat.v4 import new_code_cell
 from riskengine.cli import main
 
 from riskengine.features import FEATURE_NAMES
+from riskengine.lab import evaluation
 from riskengine.policy.file import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KERNEL = "riskengine-tests"
-BUDGET_S = 150.0                # CPU seconds per notebook: a guard against a runaway cell, not a speed test
+# CPU seconds per notebook: a guard against a runaway cell, not a speed test. Measured 2026-12-06 on
+# the shared 2-core machine (load ~10): 01 12.4 s, 02 36.5 s, 03 18.8 s, with OpenMP threads waiting
+# passively (riskengine/lab/__init__.py); spinning, 03's model fit alone took 15.6 s instead of 2.4 s.
+BUDGET_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +122,17 @@ def test_02_bands_hold_their_budget_on_a_later_window(tmp_path, kernel_dir, monk
     assert 1.0 < cpu < BUDGET_S
     folder = tmp_path / "out" / "02-threshold-tuning"
     bands = json.loads((folder / "bands.json").read_text())
-    assert bands["login_legit_stepped_up"] <= 0.015 and bands["login_legit_denied"] <= 0.00075
+    # chosen where the budgets hold at 95% on the logins they were chosen on (a few hundred: well under them)
+    n = bands["choice_legit_logins"]
+    assert n > 300
+    assert bands["login_legit_stepped_up"] <= evaluation.aim_within(0.02, n) < 0.015
+    assert bands["login_legit_denied"] <= evaluation.aim_within(0.001, n) == 0.0
     # the window the bands never saw: the candidate policy's own decisions in the replay
-    assert bands["later_logins"] > 300
-    assert bands["later_login_legit_stepped_up"] <= 0.02 and bands["later_login_legit_denied"] <= 0.002
+    later, stepped, denied = bands["later_logins"], bands["later_login_legit_stepped_up"], bands["later_login_legit_denied"]
+    assert later > 300
+    assert stepped + denied <= 0.02                       # every legit login asked for more than a password
+    # one login of ~500 is 0.2%: this window cannot show 0.1% denied, only that it is not ruled out
+    assert evaluation.wilson_interval(round(denied * later), later)[0] <= 0.001
     policy = load_policy(folder / "suggested-policy.yaml")
     assert policy.version == "default-suggested@2"      # the default policy is at version 2
     assert bands["medium"] <= policy.medium_at < bands["medium"] + 1e-4    # rounded up to 4 decimals, no lower

@@ -60,6 +60,7 @@ def test_report_figures_match_a_direct_computation(tmp_path):
     report.write(tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["comparison"]["model"]["roc_auc"] == pytest.approx(roc_auc_score(y, score))
+    assert metrics["bands"]["model"]["medium"] == report.thresholds["model"]     # exact, not 10 digits
     assert metrics["feature_drift"]["moving"]["shift"] == "major"
     text = (tmp_path / "report.txt").read_text()
     assert text == report.text() and "Drift: features" in text and "model under review: model" in text

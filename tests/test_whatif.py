@@ -188,6 +188,21 @@ def test_whatif_command_prints_both_setups_with_intervals(tmp_path, monkeypatch,
     assert "deny_at" in capsys.readouterr().err
 
 
+def test_whatif_takes_a_preset_name_as_the_candidate_policy(tmp_path, monkeypatch, capsys, rows):
+    """Issue 15: `whatif --policy psd2` was refused while preset names worked elsewhere."""
+    monkeypatch.setenv("RISKENGINE_HOME", str(tmp_path))
+    data = tmp_path / "events.parquet"
+    synth.write_events(pd.DataFrame(rows), data)
+    assert main(["whatif", "--data", str(data), "--policy", "psd2"]) == 0
+    assert "candidate  policy psd2@" in capsys.readouterr().out
+    assert main(["whatif", "--data", str(data), "--policy", "psd3"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("riskengine whatif: psd3:") and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main(["whatif", "--help"])
+    assert "preset name (default, psd2, hipaa, gdpr)" in " ".join(capsys.readouterr().out.split())
+
+
 # --- candidate policies -------------------------------------------------------------------------
 
 

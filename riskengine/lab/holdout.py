@@ -13,21 +13,19 @@ from collections.abc import Callable, Collection
 import numpy as np
 import pandas as pd
 
+from riskengine.lab.ranking import threshold_between
 from riskengine.lab.training import Dataset, default_model, split_by_time
 from riskengine.scoring.model import RiskModel, TrainedScorer
 
 
 def threshold_at_friction(scores: np.ndarray, share: float) -> float:
-    """The lowest threshold at which at most ``share`` of these (legitimate) scores reach it.
+    """The lowest threshold at which at most ``share`` of these (legitimate) scores reach it
+    (``ranking.threshold_between``: the one definition ``evaluate`` and the bands use).
 
     >>> threshold_at_friction(np.array([0.1, 0.2, 0.3, 0.9]), 0.25) > 0.3
     True
     """
-    ranked = np.sort(scores)[::-1]
-    allowed = int(np.floor(share * len(ranked)))
-    if allowed >= len(ranked):
-        return float(ranked[-1])
-    return float(np.nextafter(ranked[allowed], np.inf))
+    return threshold_between(scores, share)
 
 
 def _caught(scores: np.ndarray, classes: np.ndarray, threshold: float) -> pd.Series:

@@ -1,6 +1,6 @@
 """Plots of the offline evaluation (matplotlib, headless): what ``report.py`` puts beside its tables.
 
-Each function draws one figure from labels and scores via ``evaluation.py`` and writes a PNG.
+Each function draws one figure from labels and scores via the evaluation modules (``ranking``, ``bands``, ``segments``, ``calibration``) and writes a PNG.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from riskengine.lab.evaluation import _pct, budget_curve, calibration, catch_rate_by_class, roc_pr
+from riskengine.lab.bands import budget_curve
+from riskengine.lab.calibration import calibration
+from riskengine.lab.ranking import roc_pr
+from riskengine.lab.scored import _pct
+from riskengine.lab.segments import catch_rate_by_class
 
 
 def _figure(size: tuple[float, float] = (6.0, 4.5)) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from riskengine.lab import evaluation, population, promotion
+from riskengine.lab import population, promotion, ranking, segments
 from riskengine.lab.replay import Replayed, replay_stream
 from riskengine.enrich import Enricher
 from riskengine.engine import Engine
@@ -113,12 +113,12 @@ class Report:
 
 def evaluate(scores: dict[str, np.ndarray], data: Dataset, policy: Policy) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Side-by-side table, per-class catch at 1% FPR, and legit step-up rates at the policy's bands."""
-    table = evaluation.compare(data.y, scores, FPRS)
+    table = ranking.compare(data.y, scores, FPRS)
     classes = data.meta["attack_class"].astype(str).to_numpy()
     per_class = {}
     for name, s in scores.items():
-        threshold = evaluation.threshold_at_fpr(data.y, s, FPRS[0])
-        rates = evaluation.catch_rate_by_class(data.y, s, classes, threshold)["caught_share"]
+        threshold = ranking.threshold_at_fpr(data.y, s, FPRS[0])
+        rates = segments.catch_rate_by_class(data.y, s, classes, threshold)["caught_share"]
         per_class[name] = rates.drop("legit", errors="ignore")
     legit = data.y == 0
     actions = data.meta["action"].to_numpy()
@@ -140,6 +140,51 @@ def fingerprint(data: Dataset) -> str:
     return digest.hexdigest()
 
 
+def windows_refused(data: Dataset, train_set: Dataset, eval_set: Dataset, source: str = "") -> str:
+    """Why the time split cannot train: each window's dates and counts, and what to do about it.
+
+    >>> stamps = pd.to_datetime(["2026-11-01", "2026-11-02", "2026-11-03", "2026-12-01"], utc=True)
+    >>> data = Dataset(np.zeros((4, 1)), np.array([0, 1, 0, 0], dtype=np.int8), pd.DataFrame({"timestamp": stamps}))
+    >>> print(windows_refused(data, *split_by_time(data)))  # doctest: +NORMALIZE_WHITESPACE
+    training needs attacks and legitimate events in both the earlier and the later window; earlier window
+    (the first 75% of the time range) 2026-11-01 .. 2026-11-03: 2 legitimate, 1 attacks; later window
+    (the last 25%) 2026-12-01 .. 2026-12-01: 1 legitimate, 0 attacks. The later window holds only 1 of 4
+    events: a few events long after the rest stretch the time range (the largest gap between events is
+    28 days, 2026-11-03 .. 2026-12-01); train on data without them, or on a longer stretch of events
+    with attacks after the cut
+    """
+    def window(name: str, part: Dataset) -> str:
+        if not len(part.y):
+            return f"{name}: no events"
+        ts = pd.to_datetime(part.meta["timestamp"], utc=True)
+        attacks = int(part.y.sum())
+        return (f"{name} {ts.min():%Y-%m-%d} .. {ts.max():%Y-%m-%d}: {len(part.y) - attacks:,} legitimate, "
+                f"{attacks:,} attacks")
+
+    lines = ["training needs attacks and legitimate events in both the earlier and the later window; "
+             + window("earlier window (the first 75% of the time range)", train_set) + "; "
+             + window("later window (the last 25%)", eval_set) + "."]
+    ts = pd.to_datetime(data.meta["timestamp"], utc=True).sort_values().reset_index(drop=True)
+    gaps = ts.diff()
+    if len(ts) > 1 and gaps.max() > (ts.iloc[-1] - ts.iloc[0]) * 0.25:      # a hole longer than the later window
+        at = int(gaps.idxmax())
+        lines.append(f" The later window holds only {len(eval_set.y):,} of {len(data.y):,} events: a few events "
+                     f"long after the rest stretch the time range (the largest gap between events is "
+                     f"{gaps[at].days} days, {ts[at - 1]:%Y-%m-%d} .. {ts[at]:%Y-%m-%d}); train on data without "
+                     "them, or on a longer stretch of events with attacks after the cut")
+    elif int(data.y.sum()) == 0:
+        lines.append(" No event is labelled as an attack" + (
+            ": post /feedback with confirmed_fraud or step_up_failed for the attacks the service saw"
+            if source == "service" else ": check the label column (1 = attack)"))
+    else:
+        missing = [name for name, part in (("earlier", train_set), ("later", eval_set))
+                   if len(np.unique(part.y)) < 2]
+        lines.append(f" Label more outcomes in the {' and '.join(missing)} window" + (
+            " (/feedback: confirmed_fraud, step_up_failed, confirmed_legit)" if source == "service" else "")
+            + ", or train on a longer stretch of events")
+    return "".join(lines)
+
+
 def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy: Policy | None = None,
           model: RiskModel | None = None, source: str = "", force: bool = False) -> Report:
     """Fit on earlier weeks, evaluate on later ones next to the Freeman baseline, register; promote
@@ -149,7 +194,7 @@ def train(data: Dataset, registry: ModelRegistry, promote: bool = False, policy:
     kept = population.evaluated(population.of_dataset(eval_set))      # population.py: failed logins apart
     eval_set = eval_set.window(kept)
     if len(np.unique(train_set.y)) < 2 or len(np.unique(eval_set.y)) < 2:
-        raise ValueError("training needs attacks and legitimate events in both the earlier and the later window")
+        raise ValueError(windows_refused(data, train_set, eval_set, source))
     fitted = (model or default_model()).fit(train_set.X, train_set.y)
     candidate = TrainedScorer(fitted, "candidate")
     scores = {"model": candidate.predict(eval_set.X), "freeman": eval_set.meta["freeman"].to_numpy()}

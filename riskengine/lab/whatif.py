@@ -19,7 +19,7 @@ import yaml
 from riskengine.engine import Engine
 from riskengine.enrich import Enricher
 from riskengine.lab import population
-from riskengine.lab.evaluation import wilson_interval
+from riskengine.lab.calibration import wilson_interval
 from riskengine.lab.replay import Replayed, replay_stream
 from riskengine.scoring.model import Scorer
 from riskengine.policy.decide import Policy
