@@ -29,8 +29,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             print(keys.refusal(missing), file=sys.stderr)
             return 1
     else:                                  # this home's own store: its keys are made on first start, once,
-        for key, created in keys.create_missing(settings)[:2]:       # before any worker could race for them
-            if created:
+        for key in keys.keys(settings)[:2]:            # before any worker could race for them (registry: with a model)
+            if keys.create(key):
                 print(f"created the {key.name} key at {key.path} (keep it: `riskengine init` explains)",
                       file=sys.stderr)
     logs.configure(settings.log_format, settings.log_level)      # a bad format: ValueError, one sentence
