@@ -264,6 +264,8 @@ def few_clients(store: str, server: "Server", clients: int, args: argparse.Names
 
 def few_line(label: str, row: dict) -> str:
     return line(label, row) + (f"\n  {'':26s} {', '.join(row['goals'])}" if row["goals"] else "")
+
+
 def measure_workers(args: argparse.Namespace, work: Path, env: dict[str, str], riskengine: str, one: Server,
                     in_turns: Callable[[list[Target]], list[dict]], results: dict) -> None:
     """``serve --workers N`` against one worker on the same Redis, in turns (same minutes of the
@@ -431,11 +433,11 @@ def summary(results: dict, info: dict, command: str) -> str:
         if f"bare@{name}" in results["http"]:
             lines.append(line("bare FastAPI, its turns", results["http"][f"bare@{name}"]))
         lines.append(line(LABELS.get(name, name), r))
-    lines += [few_line(label, row) for label, row in results.get("few_clients", {}).items()]
         if "vs_one_worker" in r:
             v = r["vs_one_worker"]
             lines.append(f"  {'':26s} vs 1 worker, same run: throughput x{v['throughput_ratio']:.2f}, "
                          f"p99 x{v['p99_ratio']:.2f}")
+    lines += [few_line(label, row) for label, row in results.get("few_clients", {}).items()]
     if "hotpath" in results:
         lines.append(report(results["hotpath"]))
     if "hotpath_profile" in results:

@@ -12,7 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-from riskengine.events import row_to_request
 from riskengine.datasets import synth
 from riskengine.lab import population, training
 from riskengine.api import create_app
