@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 PORT ?= 8000
+WORKERS ?= 1
 RISKENGINE_API_KEYS ?= demo:demo-key
 export RISKENGINE_API_KEYS
 
@@ -21,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 serve: install
-	$(VENV)/bin/riskengine serve --host 127.0.0.1 --port $(PORT)
+	$(VENV)/bin/riskengine serve --host 127.0.0.1 --port $(PORT) --workers $(WORKERS)
 
 test: install
 	$(PY) -m pytest

@@ -5,7 +5,8 @@ One run measures, each server in its own uvicorn process with one worker, loaded
 endpoint (a few slices each, alternating) so that both see the same minutes of a shared machine:
   (a) bench/bare_app.py: FastAPI + the same request schema, no engine;
   (b) ``riskengine serve`` /score with generated traffic, SQLite store (synchronous=FULL, the
-      default) and, when the Redis store is there and a Redis answers, the Redis store;
+      default) and, when the Redis store is there and a Redis answers, the Redis store; with
+      ``--workers N``, also ``serve --workers N`` on Redis in turns with one worker;
 and then (c) the in-process hot path, ``Engine.evaluate`` per event. ``--training`` instead
 measures (d) backfill + training time and peak memory at 100k and 1M events (minutes).
 Figures are printed and written to bench/results/ (git-ignored). See bench/README.md.
@@ -102,19 +103,21 @@ def wrk_run(wrk: str, port: int, bodies: Path, seconds: float, connections: int,
 
 
 class Target:
-    """A running server under load: where its next wrk run starts in the bodies, so none is sent twice."""
+    """A running server under load: where its next wrk run starts in the bodies, so none is sent twice.
+    Servers on one store share one position (``bodies_from``): that store then sees each body once."""
 
-    def __init__(self, name: str, server: Server, auth: str | None) -> None:
+    def __init__(self, name: str, server: Server, auth: str | None, bodies_from: "Target | None" = None) -> None:
         self.name, self.server, self.auth = name, server, auth
+        self.source = bodies_from or self
         self.sent = 0
         self.runs = 0
 
     def run(self, wrk: str, bodies: Path, seconds: float, args: argparse.Namespace, work: Path) -> dict:
         self.runs += 1
         label = f"{self.name}-{self.runs}"
-        result = wrk_run(wrk, self.server.port, bodies, seconds, args.connections, args.threads, self.sent,
+        result = wrk_run(wrk, self.server.port, bodies, seconds, args.connections, args.threads, self.source.sent,
                          label, self.auth, work / f"{label}.json")
-        self.sent += result["requests"]
+        self.source.sent += result["requests"]
         return result
 
 
@@ -129,7 +132,7 @@ def interleaved(targets: list[Target], wrk: str, bodies: Path, args: argparse.Na
     for _ in range(args.rounds):
         for target, taken in zip(targets, slices):
             taken.append(target.run(wrk, bodies, args.duration / args.rounds, args, work))
-    return [aggregate(taken, target.sent) for target, taken in zip(targets, slices)]
+    return [aggregate(taken, target.source.sent) for target, taken in zip(targets, slices)]
 
 
 def aggregate(slices: list[dict], sent: int) -> dict:
@@ -189,7 +192,8 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
             measure_with_bare("bare+stack", stack)
         finally:
             stack.stop()
-        measure_stores(args, work, stream, models, riskengine, measure_with_bare)
+        measure_stores(args, work, stream, models, riskengine, measure_with_bare,
+                       lambda targets: interleaved(targets, wrk, bodies, args, work), results)
     finally:
         bare.stop()
     results["few_clients"] = FEW_ROWS
@@ -205,7 +209,8 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
 
 
 def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, riskengine: str,
-                   measure_with_bare: Callable[[str, Server], None]) -> None:
+                   measure_with_bare: Callable[[str, Server], None],
+                   in_turns: Callable[[list[Target]], list[dict]], results: dict) -> None:
     """``riskengine serve`` on each store, warmed with the history, measured in turns with the bare endpoint."""
     for store in stores_to_run(args):
         home = work / f"home-{store}"
@@ -228,6 +233,8 @@ def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, r
             measure_with_bare(store, server)
             for clients in (int(c) for c in args.latency_clients.split(",") if c.strip()):
                 few_clients(store, server, clients, args, work)
+            if store == "redis" and args.workers > 1:
+                measure_workers(args, work, env, riskengine, server, in_turns, results)
         finally:
             server.stop()
 
@@ -257,6 +264,27 @@ def few_clients(store: str, server: "Server", clients: int, args: argparse.Names
 
 def few_line(label: str, row: dict) -> str:
     return line(label, row) + (f"\n  {'':26s} {', '.join(row['goals'])}" if row["goals"] else "")
+
+
+def measure_workers(args: argparse.Namespace, work: Path, env: dict[str, str], riskengine: str, one: Server,
+                    in_turns: Callable[[list[Target]], list[dict]], results: dict) -> None:
+    """``serve --workers N`` against one worker on the same Redis, in turns (same minutes of the
+    machine), drawing from one position in the bodies so the store sees each event once."""
+    name = f"redis-w{args.workers}"
+    port = free_port()
+    many = Server(name, [riskengine, "serve", "--port", str(port), "--workers", str(args.workers)], env, port,
+                  work / f"{name}.log")
+    try:
+        many.wait_ready("/health")
+        single = Target("redis-w1", one, KEY)
+        row_one, row_many = in_turns([single, Target(name, many, KEY, bodies_from=single)])
+    finally:
+        many.stop()
+    row_many["vs_one_worker"] = {"throughput_ratio": row_many["rps"] / row_one["rps"],
+                                 "p99_ratio": row_many["latency_us"]["p99"] / row_one["latency_us"]["p99"]}
+    results["http"]["redis-w1"], results["http"][name] = row_one, row_many
+    print(line("/score Redis, 1 worker", row_one), flush=True)
+    print(line(f"/score Redis, {args.workers} workers", row_many), flush=True)
 
 
 def stores_to_run(args: argparse.Namespace) -> list[str]:
@@ -341,6 +369,8 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=50)     # ~33,000 /score bodies: none reused at 1,800 req/s
     parser.add_argument("--stores", default="sqlite,sqlite-normal,redis",
                         help="comma list of sqlite (synchronous=FULL), sqlite-normal, redis")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also run `serve --workers N` on Redis, in turns with one worker (N > 1)")
     parser.add_argument("--skip-hotpath", action="store_true")
     parser.add_argument("--training", action="store_true", help="backfill + training time and memory instead")
     parser.add_argument("--sizes", default="100000,1000000", help="event counts for --training")
@@ -399,8 +429,13 @@ def summary(results: dict, info: dict, command: str) -> str:
     for name, r in results["http"].items():
         if name.startswith("bare@"):
             continue
-        lines.append(line("bare FastAPI, its turns", results["http"][f"bare@{name}"]))
+        if f"bare@{name}" in results["http"]:
+            lines.append(line("bare FastAPI, its turns", results["http"][f"bare@{name}"]))
         lines.append(line(LABELS.get(name, name), r))
+        if "vs_one_worker" in r:
+            v = r["vs_one_worker"]
+            lines.append(f"  {'':26s} vs 1 worker, same run: throughput x{v['throughput_ratio']:.2f}, "
+                         f"p99 x{v['p99_ratio']:.2f}")
     lines += [few_line(label, row) for label, row in results.get("few_clients", {}).items()]
     if "hotpath" in results:
         lines.append(report(results["hotpath"]))

@@ -1,10 +1,8 @@
-"""The ``riskengine`` command: serve | generate | train | models | evaluate | whatif | audit | policy."""
+"""The ``riskengine`` command: serve | init | generate | train | models | evaluate | whatif | audit | policy."""
 
 from __future__ import annotations
 
 import argparse
-import gc
-import logging
 import sys
 import time
 from pathlib import Path
@@ -20,30 +18,46 @@ _LAB_MODULES = ("pandas", "pyarrow", "scipy", "sklearn", "matplotlib")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
+    from riskengine import keys
+    from riskengine.api import logs, server
 
-    from riskengine.api import create_app
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    workers = args.workers if args.workers is not None else settings.workers
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     if (refused := _policy_refused(settings)) is not None:
         print(f"riskengine serve: the policy cannot be used:\n{refused}", file=sys.stderr)
         return 1
+    if keys.shared_store(settings):
+        if missing := keys.missing_for_shared_store(settings):
+            print(keys.refusal(missing), file=sys.stderr)
+            return 1
+    else:                                  # this home's own store: its keys are made on first start, once,
+        for key in keys.keys(settings)[:2]:            # before any worker could race for them (registry: with a model)
+            if keys.create(key):
+                print(f"created the {key.name} key at {key.path} (keep it: `riskengine init` explains)",
+                      file=sys.stderr)
+    logs.configure(settings.log_format, settings.log_level)      # a bad format: ValueError, one sentence
     if settings.bootstrap_model:
         _bootstrap(settings)
-    app = create_app(settings)
-    # Collect cycles every 20,000 net allocations rather than 700: a request makes a few hundred,
-    # nearly all freed by reference counting, and each collection walked the caches' objects (with
-    # gc.freeze at start-up: p99 at 16 connections fell from ~140 to ~40 ms in bench runs).
-    gc.set_threshold(20_000, 10, 10)
     _raise_open_files_limit()
-    # Public uvicorn options only. access_log off: its lines carry client IPs and raw paths
-    # (DELETE /users/<id>). No limit_concurrency: it counts open connections, so idle ones would
-    # turn real requests into 503s; the app caps requests in flight instead (max_in_flight), and
-    # header deadlines and per-peer connection limits belong to the reverse proxy (README).
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info",
-                timeout_keep_alive=settings.keep_alive_seconds, h11_max_incomplete_event_size=64 * 1024,
-                timeout_graceful_shutdown=30, backlog=4096,
-                proxy_headers=False)        # nothing reads the peer address (the event's ip is in the body)
+    server.run(settings, args.host, args.port, workers)
+    return 0
+
+
+def _init(args: argparse.Namespace, settings: Settings) -> int:
+    """Create the audit, pseudonym and registry keys once; never overwrite one."""
+    from riskengine import keys
+
+    made = keys.create_missing(settings)
+    for key, created in made:
+        state = "created" if created else "exists, left untouched"
+        print(f"{key.name:9} key  {key.path}  ({state}; {key.variable} moves it)")
+    if not any(created for _, created in made):
+        print("riskengine init: every key already exists; nothing was overwritten", file=sys.stderr)
+        return 1
+    print("Keep these files secret (mode 0600) and backed up: a lost audit key leaves the trail unverifiable, a "
+          "lost pseudonym key unlinks every user's history. Replicas on one Redis must all use the same audit and "
+          "pseudonym keys.", file=sys.stderr)
     return 0
 
 
@@ -281,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes (default: RISKENGINE_WORKERS, else 1); SIGTERM drains them all")
     serve.set_defaults(run=_serve)
+    init = commands.add_parser("init", help="create the audit, pseudonym and registry keys (once; never overwrites)")
+    init.set_defaults(run=_init)
     generate = commands.add_parser("generate", help="write a labelled synthetic event stream")
     generate.add_argument("--out", required=True, help="file to write: .parquet or .jsonl")
     generate.add_argument("--users", type=int, default=500)

@@ -27,6 +27,7 @@ from riskengine.scoring.scorers import Score, Scorer, StatisticalScorer, Trained
 from riskengine.scoring.registry import ChampionWatcher, ModelRegistry, ModelVersion
 from riskengine.signals.recorded import Recorded
 from riskengine.stores import Commit, DuplicateEvent, ProfileStore, StoredEvent, StoreUnavailable
+from riskengine.tracing import span
 
 log = logging.getLogger("riskengine")
 OUTCOMES = ("step_up_passed", "step_up_failed", "confirmed_fraud", "confirmed_legit")
@@ -96,6 +97,7 @@ class Engine:
         self.share_ip_stats = False               # True: per-IP and population statistics span tenants
         self.model_error: str | None = None
         self.policy_error: str | None = None
+        self.reload_failures = {"model": 0, "policy": 0}   # refused reloads, for /metrics
         self._turns = Turns()
         self._watcher: ChampionWatcher | None = None
         self._policy_watcher: PolicyWatcher | None = None
@@ -134,7 +136,8 @@ class Engine:
                 scored = await self.evaluate(event)
                 committed = self.store.submit_async(self._commit(event, scored, client))
             try:
-                await committed
+                with span("commit"):
+                    await committed
             except DuplicateEvent:
                 return await self._earlier(event, scored)
             self._tell(event, scored.decision)
@@ -147,16 +150,20 @@ class Engine:
         A scorer that fails gets the policy's ``on_failure`` answer for the action (or
         ``ScoreUnavailable``: a 503); an unreachable store raises ``StoreUnavailable``.
         """
-        read = self._read(event, await self.store.get_async(event.user_id))
-        if self.keep_records:                                  # the audit head's secret, cached for _commit (stores)
-            await self.store.user_secret_async(event.user_id, self.user_key(event.user_id), True)
-        context = await self.store.context_async(self._stats(event, event.ip), event.ts, read.values)
+        with span("profile"):
+            profile = await self.store.get_async(event.user_id)
+            if self.keep_records:                              # the audit head's secret, cached for _commit (stores)
+                await self.store.user_secret_async(event.user_id, self.user_key(event.user_id), True)
+        read = self._read(event, profile)
+        with span("context"):
+            context = await self.store.context_async(self._stats(event, event.ip), event.ts, read.values)
         return self._decide(event, read, Context(*context))
 
     def _read(self, event: Event, profile: profiles.UserProfile) -> _Read:
         if self._policy_watcher is not None:
             self._policy_watcher.poll()                  # a changed policy file: at most one stat a second
-        enriched = self.enricher.enrich(event)
+        with span("enrich"):
+            enriched = self.enricher.enrich(event)
         return _Read(self.policy, enriched, profile, self._values(event, enriched))
 
     def _stats(self, event: Event, value: str) -> str:
@@ -172,10 +179,12 @@ class Engine:
 
     def _decide(self, event: Event, read: _Read, context: Context) -> Scored:
         policy, enriched, profile, values = read
-        signals = extract(enriched, profile, context)
+        with span("features"):
+            signals = extract(enriched, profile, context)
         scorer = self.scorer
         try:
-            score = scorer.score(signals)
+            with span("score"):
+                score = scorer.score(signals)
         except Exception as exc:                         # the model, not the client, failed: never a 500 or a guess
             log.error("risk score failed (%s); answering the policy's on_failure", type(exc).__name__)
             decision = policy.on_failure(event, "score_unavailable", "the risk score could not be computed",
@@ -186,8 +195,9 @@ class Engine:
                           profile, policy)
         seen = Seen(enriched.geo.country, enriched.geo.asn, enriched.lists,
                     self.enricher.lists.current.roles(enriched.lists))
-        decision = policy.decide(event, score.risk, reasons_from(score, signals), score.model_version,
-                                 profile=profile, fraud_rate=self.fraud_rates.rate, seen=seen)
+        with span("decide"):
+            decision = policy.decide(event, score.risk, reasons_from(score, signals), score.model_version,
+                                     profile=profile, fraud_rate=self.fraud_rates.rate, seen=seen)
         learn = learns(event.success, decision.decision, decision.risk_level)
         return Scored(enriched, signals, score, decision, learn, profile, policy, values)
 
@@ -330,6 +340,7 @@ class Engine:
 
     def _model_refused(self, reason: str) -> None:
         self.model_error = reason
+        self.reload_failures["model"] += 1
         log.error("model refused, keeping %s: %s", self.scorer.version, reason)
 
     def watch_policy(self, path: Path, interval: float = 1.0) -> None:
@@ -357,6 +368,7 @@ class Engine:
         if error == self.policy_error:
             return
         self.policy_error = error
+        self.reload_failures["policy"] += 1
         log.error("policy file refused, still serving %s: %s", self.policy.version, error)
         self._record_change("policy", {"change": "refused", "policy_version": self.policy.version,
                                       "error": error, "pid": os.getpid()})

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     pseudonym_key_file: Path | None = None      # default: <home>/var/pseudonym.key
     signals: Path | None = None                 # webhooks and CAEP receivers (riskengine/signals/config.py)
     registry_key_file: Path | None = None       # signs model artefacts; default: <home>/var/registry.key
+    workers: int = 1                            # `riskengine serve` processes (--workers overrides)
+    log_format: str = "json"                    # json | text: the service's log lines (api/logs.py)
+    log_level: str = "INFO"
+    access_log: bool = False                    # one line per request: method, route template, status, time
+    tracing: bool = False                       # OpenTelemetry spans per request and /score stage ([otel] extra)
     bootstrap_model: bool = True                # serve trains a first model on generated data when none exists
     bootstrap_users: int = 1000
     bootstrap_days: int = 30

@@ -8,6 +8,7 @@ routes are mounted twice, at ``/`` and ``/v1/``: the same functions, not a copy.
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -16,6 +17,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 
+from riskengine import tracing
 from riskengine.api import errors, openapi, routes
 from riskengine.api.auth import KeyRing
 from riskengine.api.middleware import Gate
@@ -32,6 +34,14 @@ DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 DISCOVERY = ("/.well-known/ssf-configuration", "/jwks.json")
 
 
+#: FastAPI's own OpenTelemetry (its ``telemetry`` option, in recent versions) traces through the
+#: global provider with raw paths (``DELETE /users/<id>``) and client addresses; the spans of
+#: riskengine.tracing carry neither, so FastAPI's are switched off wherever it has them.
+_WITHOUT_NATIVE_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or Settings()
     keys = KeyRing(settings.api_keys.get_secret_value(), settings.api_keys_file)
@@ -42,13 +52,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI):
         if settings.worker_threads > 0:     # plain-def handlers share the GIL: few threads, no convoy
             anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        with (engine or open_engine(settings)) as opened, _signals(settings, opened) as signals:
-            gc.freeze()     # the model, GeoIP tables, policy...: kept for good, so no collection walks them
-            yield {"engine": opened, "signals": signals, "max_clock_skew_s": settings.max_clock_skew_seconds}
+        if settings.tracing:
+            tracing.enable()
+        try:
+            with (engine or open_engine(settings)) as opened, _signals(settings, opened) as signals:
+                gc.freeze()     # the model, GeoIP tables, policy...: kept for good, so no collection walks them
+                yield {"engine": opened, "signals": signals, "max_clock_skew_s": settings.max_clock_skew_seconds}
+        finally:
+            if settings.tracing:
+                tracing.disable()
 
     docs = settings.docs
     app = FastAPI(title="riskengine", version="1", lifespan=lifespan, docs_url="/docs" if docs else None,
-                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
+                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None,
+                  **_WITHOUT_NATIVE_TELEMETRY)
     app.state.keys = keys
     app.include_router(routes.router)
     app.include_router(routes.router, prefix="/v1")
@@ -58,7 +75,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     open_paths = [*PROBES, *(f"/v1{p}" for p in PROBES), *DISCOVERY, *(DOCS if docs else ())]
     app.add_middleware(Gate, keys=keys, buckets=Buckets(settings.rate_limit_per_second, settings.rate_limit_burst),
                        open_paths=open_paths, max_body_bytes=settings.max_body_bytes,
-                       read_timeout=settings.read_timeout_seconds, max_in_flight=settings.max_in_flight)
+                       read_timeout=settings.read_timeout_seconds, max_in_flight=settings.max_in_flight,
+                       access_log=settings.access_log)
     return app
 
 

@@ -1,16 +1,31 @@
-"""Prometheus metrics in our own registry (not the process-global default one)."""
+"""Prometheus metrics in our own registry (not the process-global default one).
+
+Every label takes values from a closed or operator-set list: route templates, decisions, actions
+the policy knows (others: ``other``), reason codes (policy/schema.py), feedback outcomes, policy
+versions. The engine's own counts (reload failures) and the GeoIP databases' build dates are read
+from the engine at scrape time.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from riskengine.policy.schema import REASON_CODES
 
 if TYPE_CHECKING:
     from riskengine.engine import Engine
+    from riskengine.policy.decide import Decision, Policy
 
 REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)          # process_cpu_seconds_total, process_resident_memory_bytes, fds...
+GCCollector(registry=REGISTRY)               # python_gc_objects_collected_total, python_gc_collections_total
+PlatformCollector(registry=REGISTRY)         # python_info
 LATENCY = Histogram("riskengine_request_seconds", "Request latency by route", ["route", "method", "status"],
                     registry=REGISTRY,
                     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
@@ -20,16 +35,64 @@ STORE_ERRORS = Counter("riskengine_store_errors_total", "Requests answered 503 b
                        registry=REGISTRY)
 MODEL = Gauge("riskengine_model_info", "The model and policy serving now", ["model_version", "policy_version"],
               registry=REGISTRY)
+RISK = Histogram("riskengine_risk_score", "Risk score of answered /score requests, by action", ["action"],
+                 registry=REGISTRY, buckets=(.01, .05, .1, .2, .3, .4, .5, .6, .7, .8, .9, .97, 1.0))
+REASONS = Counter("riskengine_reasons_total", "Reason codes given in /score answers", ["code"], registry=REGISTRY)
+POLICY_DECISIONS = Counter("riskengine_policy_decisions_total", "Decisions by the policy version that made them",
+                           ["policy_version", "decision"], registry=REGISTRY)
+FEEDBACK = Counter("riskengine_feedback_total", "Feedback by outcome; result: recorded or unknown_event",
+                   ["outcome", "result"], registry=REGISTRY)
 _KNOWN_ACTIONS = {"login", "view_dashboard", "payment", "add_payee", "change_email", "change_password",
                   "export_data"}
+_REASON_CODES = frozenset(REASON_CODES)
 
 
-def action_label(action: str) -> str:
-    """Bound the label's cardinality: client-chosen action names could be anything."""
-    return action if action in _KNOWN_ACTIONS else "other"
+def action_label(action: str, policy: "Policy | None" = None) -> str:
+    """Bound the label's cardinality: client-chosen action names could be anything; the
+    built-in actions and those the serving policy names are kept, the rest are ``other``."""
+    if action in _KNOWN_ACTIONS or (policy is not None and action in policy.actions):
+        return action
+    return "other"
+
+
+def observe(decision: "Decision", action: str, policy: "Policy | None") -> None:
+    """What one ``/score`` answer adds: decision, risk score, reason codes, policy version."""
+    label = action_label(action, policy)
+    DECISIONS.labels(decision=decision.decision, action=label).inc()
+    RISK.labels(action=label).observe(decision.risk_score)
+    POLICY_DECISIONS.labels(policy_version=decision.policy_version, decision=decision.decision).inc()
+    for reason in decision.reasons:
+        REASONS.labels(code=reason.code if reason.code in _REASON_CODES else "other").inc()
+
+
+class _EngineCollector:
+    """Counts and dates the serving engine keeps, read when scraped."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+
+    def collect(self) -> Iterator[Any]:
+        engine = self.engine
+        if engine is None:
+            return
+        failures = CounterMetricFamily("riskengine_reload_failures", "Policy or model reloads refused "
+                                       "(the previous one kept serving)", labels=["kind"])
+        for kind, count in sorted(engine.reload_failures.items()):
+            failures.add_metric([kind], count)
+        yield failures
+        built = GaugeMetricFamily("riskengine_geoip_build_timestamp_seconds", "Build date of each GeoIP "
+                                  "database in use (Unix time, from its metadata)", labels=["database"])
+        for database, epoch in sorted(engine.enricher.geo.build_epochs.items()):
+            built.add_metric([database], epoch)
+        yield built
+
+
+_ENGINE = _EngineCollector()
+REGISTRY.register(_ENGINE)
 
 
 def render(engine: "Engine") -> tuple[bytes, str]:
     MODEL.clear()
     MODEL.labels(engine.scorer.version, engine.policy.version).set(1)
+    _ENGINE.engine = engine
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from riskengine.api import metrics
+from riskengine.tracing import span
 from riskengine.api.auth import Client
 from riskengine.api.errors import COMMON, WITH_BODY, ErrorResponse, field_error, invalid_body
 from riskengine.api.schemas import (FeedbackRequest, FeedbackResponse, HealthResponse, ScoreRequest,
@@ -78,10 +79,12 @@ def body_doc(model: type[BaseModel]) -> dict[str, Any]:
                         "answer for the action), the score could not be computed, or the service is overloaded"}})
 async def score(request: Request) -> Response:
     client, engine = allowed(request, "score"), engine_of(request)
-    body = await parsed(request, ScoreRequest)
-    decision = await engine.score(body.to_event(datetime.now(timezone.utc), client.tenant,
-                                                     max_skew_s=request.scope["state"]["max_clock_skew_s"]), client.name)
-    metrics.DECISIONS.labels(decision=decision.decision, action=metrics.action_label(body.action)).inc()
+    with span("parse"):
+        body = await parsed(request, ScoreRequest)
+        event = body.to_event(datetime.now(timezone.utc), client.tenant,
+                              max_skew_s=request.scope["state"]["max_clock_skew_s"])
+    decision = await engine.score(event, client.name)
+    metrics.observe(decision, body.action, engine.policy)
     content = ScoreResponse.from_decision(decision, client.tenant).model_dump_json()
     if decision.failure == "store_unavailable":
         # a 200 promises a durable record; this answer was not recorded, so it is a 503 whose
@@ -96,7 +99,9 @@ async def score(request: Request) -> Response:
 async def feedback(request: Request) -> FeedbackResponse:
     client, engine = allowed(request, "feedback"), engine_of(request)
     body = await parsed(request, FeedbackRequest)
-    if not await engine.feedback(tenant_key(client.tenant, body.event_id), body.outcome, client.name):
+    recorded = await engine.feedback(tenant_key(client.tenant, body.event_id), body.outcome, client.name)
+    metrics.FEEDBACK.labels(outcome=body.outcome, result="recorded" if recorded else "unknown_event").inc()
+    if not recorded:
         raise field_error(404, "event_id", "unknown event_id")
     return FeedbackResponse(event_id=body.event_id, recorded=True)
 

@@ -83,6 +83,9 @@ class GeoLocator:
         if "City" not in kind and "Enterprise" not in kind:
             raise ValueError(f"{self.city_db} is a {kind} database, not a City one")
         self._asn = geoip2.database.Reader(str(asn_db)) if asn_db else None
+        #: when each database in use was built (Unix time, from its metadata): ``city``, ``asn``
+        self.build_epochs = {"city": int(self._city.metadata().build_epoch),
+                             **({"asn": int(self._asn.metadata().build_epoch)} if self._asn else {})}
         self.lookup = lru_cache(maxsize=cache_size)(self._lookup)
 
     @property
