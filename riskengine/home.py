@@ -17,7 +17,7 @@ from riskengine.policy.file import load_policy, resolve
 from riskengine.scoring.model import Scorer, StatisticalScorer
 from riskengine.scoring.registry import ModelRegistry
 from riskengine.settings import Settings
-from riskengine.stores import ProfileStore, open_store
+from riskengine.stores import REDIS_SCHEMES, ProfileStore, open_store
 
 
 class MissingKey(FileNotFoundError):
@@ -61,7 +61,7 @@ def open_configured_store(settings: Settings, create_keys: bool = True,
     key = load_key(settings.audit_key_file or settings.var / "audit.key", create_keys) if audit_key else None
     settings.var.mkdir(parents=True, exist_ok=True)
     options = {"synchronous": settings.sqlite_synchronous} if settings.store.startswith("sqlite") else {}
-    if settings.store.startswith(("redis://", "rediss://", "unix://")):
+    if settings.store.startswith(REDIS_SCHEMES):
         options = {"prefix": settings.redis_prefix}
     return open_store(settings.store, settings.home, audit_key=key, **options), key
 
