@@ -18,6 +18,7 @@ from riskengine.scoring.model import Scorer, StatisticalScorer
 from riskengine.scoring.registry import ModelRegistry
 from riskengine.settings import Settings
 from riskengine.stores import REDIS_SCHEMES, ProfileStore, open_store
+from riskengine.stores.durability import check_store
 
 
 class MissingKey(FileNotFoundError):
@@ -31,10 +32,12 @@ def open_engine(settings: Settings, scorer: Scorer | None = None) -> Engine:
     policy_path = resolve(settings.policy)
     policy = load_policy(policy_path)
     store, audit_key = open_configured_store(settings)
+    durability = check_store(store, settings.redis_durability)     # Redis: what a 200 carries; too little: no start
     enricher = Enricher(settings.geoip_city_db, settings.geoip_asn_db, settings.lists)
     engine = Engine(store, enricher, scorer, policy, settings.retention_days, pseudonym_key(settings),
                     audit_key=audit_key, fraud_rate_cache_s=settings.fraud_rate_cache_s)
     engine.share_ip_stats = settings.share_ip_stats
+    engine.durability = durability
     engine.use_policy(policy, "load")
     if settings.policy is not None:
         engine.watch_policy(policy_path, settings.policy_check_interval)

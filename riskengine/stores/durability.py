@@ -17,8 +17,11 @@ Levels, weakest first (the README has the table):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterable
+
+log = logging.getLogger("riskengine.store")
 
 LEVELS = ("none", "snapshot", "aof-no", "aof-everysec", "aof-always")
 
@@ -101,6 +104,23 @@ def require(durability: Durability, required: str) -> None:
             f"({durability.detail}). Turn on persistence (appendonly yes, appendfsync everysec or always: "
             f"see the README's durability table), or set RISKENGINE_REDIS_DURABILITY={durability.level} "
             "to accept it knowingly.")
+
+
+def check_store(store: Any, required: str) -> dict[str, str] | None:
+    """At the service's start: what a 200 carries on ``store`` (None: not a Redis store), said in the
+    log; a store weaker than ``required`` is closed and refused (``NotDurable``)."""
+    measure = getattr(store, "durability", None)
+    if measure is None:
+        return None
+    try:
+        found = measure()
+        require(found, required)
+    except Exception:
+        store.close()
+        raise
+    (log.warning if found.level in ("none", "snapshot") else log.info)(
+        "Redis store durability: %s: %s (%s)", found.level, found.guarantee, found.detail)
+    return found.as_dict()
 
 
 def _text(value: Any) -> str:
