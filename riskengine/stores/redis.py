@@ -48,12 +48,14 @@ from riskengine.stores.redis_scripts import (CHAIN_LUA, COMMIT_LUA, CONTEXT_LUA,
 #: the service answers 503 and a later request finds it back
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
                 redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
-                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+                redis.exceptions.SlotNotCoveredError, redis.exceptions.ClusterError)
 _IP_TTL_S = int(2 * IP_WINDOW_S)          # an IP idle for two windows holds nothing a read could count
 _USER_IPS_TTL_S = 7 * 86400               # outlives the IP entries it points at, so erasure finds them
 _HEAD_RETRIES = 5
 _CHUNK = 500
 _MARKER_TTL_S = 86400                     # Cluster: an operation's population counts are applied once within this
+_OPS_KEPT = 100_000                       # Cluster: a chain remembers its last this many operations (applied once)
 
 
 def connect(url: str, socket_timeout: float = 1.0) -> Any:
@@ -105,8 +107,6 @@ class RedisStore:
         self._chain_append = self._redis.register_script(CHAIN_LUA)
         self._user_erase = self._redis.register_script(USER_ERASE_LUA)
         self._ip_erase = self._redis.register_script(IP_ERASE_LUA)
-        self._applied: dict[str, None] = {}            # Cluster: operations whose audit record is on the chain
-        self._uncertain: list[tuple[tuple[int, str], list[str]]] = []   # appends whose replies were lost
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
         self._watcher: Any = None                      # the erasure subscription's thread, if watched
@@ -155,6 +155,8 @@ class RedisStore:
                     pipe.evalsha(self._context.sha, len(counts) + 1, self._key("ip", ip), *counts, *window, *pairs)
 
         replies = self._execute(queue)
+        if (failed := next((r for r in replies if isinstance(r, Exception)), None)) is not None:
+            raise failed
         if self.cluster:      # (failures, users) from the IP's slot, the counts from the population's
             replies = [[*replies[i][:2], *replies[i + 1][2:]] for i in range(0, len(replies), 2)]
         answers = []
@@ -419,7 +421,7 @@ class RedisStore:
         return {"ip": w.ip, "m": w.member.format(self._token(op)[:16]) if w.member else "", "at": w.at,
                 "trim": f"({prune_before(w.at)!r}",
                 "e": w.event.event_id if w.event else "", "cur": _payment_currency(w.event.request) if w.event else "",
-                "pop": learned, "audit": w.audit}
+                "pop": learned, "audit": w.audit, "ch": self.chain}
 
     def _token(self, op: str) -> str:
         """An operation's name in keys and IP entries outside the user's slot: a keyed digest, since an
@@ -457,11 +459,16 @@ class RedisStore:
         for span in spans:
             outcomes.append(next((_reply_error(r) for r in replies[start:start + span] if _reply_error(r)), None))
             start += span
-        audited = [(op, o["audit"]) for (_, op, o), failed in zip(items, outcomes) if failed is None and o["audit"]]
-        try:
-            self._append_chain(audited)
-        except StoreUnavailable as down:
-            outcomes = [down if failed is None and o["audit"] else failed for (_, _, o), failed in zip(items, outcomes)]
+        chains: dict[str, list[int]] = {}              # each record on the chain its first try began on
+        for i, ((_, _, o), failed) in enumerate(zip(items, outcomes)):
+            if failed is None and o["audit"]:
+                chains.setdefault(o.get("ch") or self.chain, []).append(i)
+        for chain, indexes in chains.items():
+            try:
+                self._append_chain([(items[i][1], items[i][2]["audit"]) for i in indexes], chain)
+            except (StoreUnavailable, Refused) as failed:
+                for i in indexes:
+                    outcomes[i] = failed
         done = [(user_id, op) for (user_id, op, _), failed in zip(items, outcomes) if failed is None]
         try:
             with _available():
@@ -484,60 +491,62 @@ class RedisStore:
             raise failed
         return True
 
-    def _append_chain(self, items: list[tuple[str | None, dict[str, Any]]]) -> None:
-        """Audit records onto this store's chain in the chain's slot, one pipeline, each sealed onto the
-        one before; an operation's record goes on once (``self._applied``), however often it is retried."""
+    def _append_chain(self, items: list[tuple[str | None, dict[str, Any]]], chain: str | None = None) -> None:
+        """Audit records onto a chain (this store's, or the one an earlier try of an operation began on)
+        in the chain's slot, one pipeline, each sealed onto the one before. An operation's record goes
+        on once: the script remembers the chain's recent operations (``_OPS_KEPT``) and answers DONE
+        for one it has, so a retry after a lost reply, from any process, appends nothing twice."""
         if not items:
             return
+        chain = chain or self.chain
+        own = chain == self.chain
         if not self._audit_lock.acquire(timeout=self._lock_timeout):
             raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
         try:
-            keys = [self._chain_key("ah", self.chain), self._chain_key("ar", self.chain)]
+            keys = [self._chain_key("ah", chain), self._chain_key("ar", chain), self._chain_key("ao", chain)]
+            head = self._head if own else None
+            if head is None:                   # first use, or after a failure: make sure the chain is listed
+                with _available():
+                    self._redis.sadd(self._key("chains"), chain)
             for _ in range(_HEAD_RETRIES):
-                seq, prev = self._head or self._read_head()
-                remaining = [(op, audit) for op, audit in items if op is None or op not in self._applied]
+                seq, prev = head or self._read_head(chain)
                 afters: list[tuple[int, str]] = []
 
                 def queue(pipe: Any) -> None:
                     s, p = seq, prev
                     afters.clear()
-                    for _, audit in remaining:
-                        args, p = self._sealed(audit, s, p)
+                    for op, audit in items:
+                        args, p = self._sealed(audit, s, p, chain)
                         s += 1
                         afters.append((s, p))
-                        pipe.evalsha(self._chain_append.sha, 2, *keys, *args)
-                    pipe.sadd(self._key("chains"), self.chain)
+                        pipe.evalsha(self._chain_append.sha, len(keys), *keys, *args,
+                                     self._token(op) if op else "", _OPS_KEPT)
 
                 try:
-                    replies = self._execute(queue) if remaining else [None]
-                except StoreUnavailable:
-                    self._head, self._uncertain, sent = None, [], []
-                    for (op, _), after in zip(remaining, afters):
-                        sent += [op] if op else []
-                        self._uncertain.append((after, list(sent)))
+                    replies = self._execute(queue)
+                    failed = next((_reply_error(r) for r in replies if _reply_error(r)), None)
+                    if failed is not None:
+                        raise failed
+                except (StoreUnavailable, Refused):
+                    if own:
+                        self._head = None      # the scripts may or may not have run: re-read the head
                     raise
-                done = 0
-                while done < len(remaining) and not _reply_error(replies[done]) and replies[done][0] == b"OK":
-                    done += 1
-                self._mark_applied([op for op, _ in remaining[:done] if op])
-                if done:
-                    self._head = afters[done - 1]
-                if done == len(remaining):
+                finished, head = 0, None
+                for i, reply in enumerate(replies):
+                    if reply[0] == b"HEAD":    # the chain moved (another writer, a failover): seal the rest again
+                        head = (int(reply[1]), reply[2].decode())
+                        break
+                    finished = i + 1
+                    if reply[0] == b"OK":
+                        head = afters[i]
+                if own:
+                    self._head = head
+                if finished == len(items):
                     return
-                items = remaining[done:]
-                bad = replies[done]
-                if _reply_error(bad) is not None:
-                    self._head = None
-                    raise StoreUnavailable(f"Redis refused an audit record ({type(bad).__name__})")
-                self._head = (int(bad[1]), bad[2].decode())        # HEAD: the chain moved; seal the rest again
+                items = items[finished:]
             raise StoreUnavailable("the audit chain head kept moving: does another writer use this chain id?")
         finally:
             self._audit_lock.release()
-
-    def _mark_applied(self, ops: list[str]) -> None:
-        self._applied.update(dict.fromkeys(ops))
-        while len(self._applied) > 100_000:
-            del self._applied[next(iter(self._applied))]
 
     def _erase_cluster(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
         """The other slots forget the user first (the event indexes, the IPs' entries), then the user's
@@ -579,10 +588,12 @@ class RedisStore:
             self._redis.publish(self._key("erased"), user_key)
         return int(status[1]) > 0
 
-    def _sealed(self, audit: dict[str, Any], seq: int, prev: str) -> tuple[list[Any], str]:
+    def _sealed(self, audit: dict[str, Any], seq: int, prev: str,
+                chain: str | None = None) -> tuple[list[Any], str]:
         """The write scripts' chain arguments (ARGV[1..7]) for ``audit`` sealed onto (seq, prev), and its seal."""
-        (row,), head = seal_records([audit], self.chain, seq, prev, self.audit_key)
-        return ["1", seq, prev, row.hash, f"{row.seq}\t{prev}\t{row.hash}\t{row.body}", self.chain, head.mac], row.hash
+        chain = chain or self.chain
+        (row,), head = seal_records([audit], chain, seq, prev, self.audit_key)
+        return ["1", seq, prev, row.hash, f"{row.seq}\t{prev}\t{row.hash}\t{row.body}", chain, head.mac], row.hash
 
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
@@ -711,6 +722,10 @@ class RedisStore:
             queue(pipe)
             with _available():
                 replies = pipe.execute(raise_on_error=False)
+            if (down := next((r for r in replies if isinstance(r, _UNAVAILABLE)), None)) is not None:
+                # a Cluster pipeline answers per node: one node down fails the group (what it did apply
+                # is found again by a retry: DUP, pending, HEAD)
+                raise StoreUnavailable(f"Redis store unavailable ({type(down).__name__})") from down
             if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 return replies
             if attempt:
@@ -721,17 +736,10 @@ class RedisStore:
                     self._redis.script_load(script.script)
         raise AssertionError("unreachable")
 
-    def _read_head(self) -> tuple[int, str]:
+    def _read_head(self, chain: str | None = None) -> tuple[int, str]:
         with _available():
-            seq, digest = self._redis.hmget(self._chain_key("ah", self.chain), ["seq", "hash"])
-        head = (int(seq), digest.decode()) if seq is not None else (0, GENESIS)
-        for after, operations in self._uncertain:     # Cluster: appends whose replies were lost, now settled
-            if after == head:
-                self._applied.update(dict.fromkeys(operations))
-                while len(self._applied) > 100_000:
-                    del self._applied[next(iter(self._applied))]
-        self._uncertain.clear()
-        return head
+            seq, digest = self._redis.hmget(self._chain_key("ah", chain or self.chain), ["seq", "hash"])
+        return (int(seq), digest.decode()) if seq is not None else (0, GENESIS)
 
     def _run(self, script: Script, keys: list[str], args: Sequence[Any]) -> list[bytes]:
         with _available():

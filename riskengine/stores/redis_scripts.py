@@ -197,12 +197,19 @@ end
 return 1
 """
 
-# An audit record alone, on its chain's slot: KEYS[1] head, [2] rows; ARGV as the audit append above
-# (the set of chain ids lives in its own slot and is added to apart).
+# An audit record alone, on its chain's slot: KEYS[1] head, [2] rows, [3] the chain's recent operations
+# (sorted set: operation token -> seq); ARGV[1..7] as the audit append above, [8] the operation's token
+# ('' = none), [9] how many operations to remember. An operation already on the chain: DONE, nothing
+# appended. (The set of chain ids lives in its own slot and is added to apart.)
 CHAIN_LUA = _AUDIT_LUA.replace("redis.call('SADD', KEYS[3], ARGV[6])", "") + """
+if ARGV[8] ~= '' and redis.call('ZSCORE', KEYS[3], ARGV[8]) then return {'DONE'} end
 local moved = head_moved()
 if moved then return moved end
 append_audit()
+if ARGV[8] ~= '' then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + 1, ARGV[8])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[9]) - 1)
+end
 return {'OK'}
 """
 
