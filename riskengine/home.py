@@ -65,7 +65,8 @@ def open_configured_store(settings: Settings, create_keys: bool = True,
     settings.var.mkdir(parents=True, exist_ok=True)
     options = {"synchronous": settings.sqlite_synchronous} if settings.store.startswith("sqlite") else {}
     if settings.store.startswith(REDIS_SCHEMES):
-        options = {"prefix": settings.redis_prefix}
+        options = {"prefix": settings.redis_prefix, "wait_replicas": settings.redis_wait_replicas,
+                   "wait_timeout_ms": settings.redis_wait_timeout_ms}
     return open_store(settings.store, settings.home, audit_key=key, **options), key
 
 

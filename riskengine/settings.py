@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     redis_prefix: str = "re:"                   # key prefix: several deployments (or test runs) share one Redis
     redis_durability: str = "snapshot"          # the least a Redis store must keep to start: none | snapshot | aof-no |
                                                 # aof-everysec | aof-always (stores/durability.py, README table)
+    redis_wait_replicas: int = 0                # a write is answered once this many replicas have it (WAIT); 0: not waited
+    redis_wait_timeout_ms: int = 500            # ... within this; fewer replicas acknowledging: 503
     max_body_bytes: int = 64 * 1024
     rate_limit_per_second: float = 2000.0       # per API key and per process (N workers: N x this); 0 disables
     rate_limit_burst: float = 4000.0

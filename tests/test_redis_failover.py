@@ -3,6 +3,10 @@ primary is killed (SIGKILL) mid-load: requests answer 200 or 503 (never 500), a 
 503 with the same event id gets its 200 once the replica has taken over, and no 200 was wrong:
 every answered event is stored with the decision that was answered, answers the same on a retry,
 and counts once in the profiles, the per-IP entries, the population counts and the audit trail.
+With replicas the services WAIT for one (RISKENGINE_REDIS_WAIT_REPLICAS=1): replication is
+asynchronous, and without it a Sentinel run lost a 200 the killed primary had not yet sent on. With
+one replica a primary, the promoted one has none until the killed server is back, so every test
+restarts it (3 s later, as a supervisor would): until then, writes answer 503.
 
 Each test starts its own servers (free ports, temp directories); the machine's Redis is never touched.
 """
@@ -10,6 +14,7 @@ Each test starts its own servers (free ports, temp directories); the machine's R
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -41,7 +46,7 @@ DEADLINE_S = 90.0
 class Services:
     """``PROCESSES`` service processes on one store URL, sharing their key files (as replicas must)."""
 
-    def __init__(self, tmp_path: Path, url: str) -> None:
+    def __init__(self, tmp_path: Path, url: str, wait_replicas: int = 0) -> None:
         self.url, self.prefix = url, f"fo-{uuid.uuid4().hex[:10]}:"
         shared = tmp_path / "shared"
         shared.mkdir()
@@ -55,8 +60,9 @@ class Services:
         env = {**os.environ, "RISKENGINE_STORE": url, "RISKENGINE_REDIS_PREFIX": self.prefix,
                "RISKENGINE_API_KEYS": "tests:k", "RISKENGINE_BOOTSTRAP_MODEL": "false",
                "RISKENGINE_AUDIT_KEY_FILE": str(shared / "audit.key"),
-               "RISKENGINE_PSEUDONYM_KEY_FILE": str(shared / "pseudonym.key")}
-        env.pop("RISKENGINE_REDIS_DURABILITY")       # these servers persist (AOF): the default check passes
+               "RISKENGINE_PSEUDONYM_KEY_FILE": str(shared / "pseudonym.key"),
+               "RISKENGINE_REDIS_WAIT_REPLICAS": str(wait_replicas)}
+        env.pop("RISKENGINE_REDIS_DURABILITY", None)   # these servers persist (AOF): the default check passes
         for port in free_ports(PROCESSES):
             home = tmp_path / f"home-{port}"
             home.mkdir()
@@ -123,6 +129,15 @@ def _load(services: Services, kill, after: int) -> tuple[dict[tuple[str, int], d
     return answered, statuses
 
 
+def _kill_and_restart(server, after_s: float = 3.0):
+    """SIGKILL now, started again (same port, directory and AOF) ``after_s`` later, as a supervisor would;
+    a restarted primary that was failed over rejoins as a replica of the one promoted."""
+    def kill() -> None:
+        server.kill()
+        threading.Timer(after_s, server.start).start()
+    return kill
+
+
 def _check_no_wrong_200(services: Services, answered: dict[tuple[str, int], dict]) -> None:
     """Each 200 is what the store keeps, answers the same again, and counts exactly once everywhere."""
     with httpx.Client(base_url=services.urls[0], headers=HEADERS, timeout=30.0) as client:
@@ -165,12 +180,13 @@ def cluster_with_replicas(tmp_path: Path) -> Iterator[Cluster]:
 def test_a_cluster_primary_killed_mid_load_fails_over_and_no_200_was_wrong(cluster_with_replicas: Cluster,
                                                                           tmp_path: Path) -> None:
     cluster = cluster_with_replicas
-    services = Services(tmp_path, cluster.url)
+    services = Services(tmp_path, cluster.url, wait_replicas=1)     # a 200 waits for the replica (WAIT)
     victim = cluster.primaries()[0]
+    victim_port = victim.port
     try:
-        answered, statuses = _load(services, victim.kill, after=len(USERS) * EVENTS_PER_USER // 3)
+        answered, statuses = _load(services, _kill_and_restart(victim), after=len(USERS) * EVENTS_PER_USER // 3)
         print(f"cluster failover: statuses {dict(statuses)}")
-        assert victim.process.poll() is not None and len(cluster.primaries()) == 3    # a replica took over
+        assert victim_port not in [s.port for s in cluster.primaries()]           # its replica took over
         within(30, cluster.healthy, "the cluster healthy again")
         _check_no_wrong_200(services, answered)
     finally:
@@ -187,12 +203,8 @@ def test_a_cluster_without_replicas_answers_503_while_a_primary_is_down_and_reco
     services = Services(tmp_path, cluster.url)
     victim = cluster.primaries()[0]
 
-    def kill_and_restart_later() -> None:
-        victim.kill()
-        threading.Timer(3.0, victim.start).start()
-
     try:
-        answered, statuses = _load(services, kill_and_restart_later, after=len(USERS) * EVENTS_PER_USER // 3)
+        answered, statuses = _load(services, _kill_and_restart(victim), after=len(USERS) * EVENTS_PER_USER // 3)
         print(f"cluster without replicas: statuses {dict(statuses)}")
         assert statuses[503] > 0                            # the outage was seen, as 503s
         _check_no_wrong_200(services, answered)
@@ -203,13 +215,39 @@ def test_a_cluster_without_replicas_answers_503_while_a_primary_is_down_and_reco
 
 def test_a_sentinel_primary_killed_mid_load_fails_over_and_no_200_was_wrong(tmp_path: Path) -> None:
     sentinels = SentinelSet(tmp_path / "sentinel", sentinels=3, down_after_ms=1000).start()
-    services = Services(tmp_path, sentinels.url)
+    services = Services(tmp_path, sentinels.url, wait_replicas=1)  # without WAIT a run lost one 200 here
     old = sentinels.primary.port
     try:
-        answered, statuses = _load(services, sentinels.primary.kill, after=len(USERS) * EVENTS_PER_USER // 3)
+        answered, statuses = _load(services, _kill_and_restart(sentinels.primary),
+                                   after=len(USERS) * EVENTS_PER_USER // 3)
         print(f"sentinel failover: statuses {dict(statuses)}")
         assert sentinels.primary_port() == sentinels.replica.port != old      # the replica was promoted
         _check_no_wrong_200(services, answered)
     finally:
         services.stop()
         sentinels.stop()
+
+
+def test_wait_answers_503_when_no_replica_acknowledges(redis_sentinel) -> None:
+    """With WAIT 1, a write the replica does not acknowledge in time is not a success: the replica
+    paused (SIGSTOP), a commit gets StoreUnavailable (503); resumed, commits succeed again."""
+    from riskengine.stores import StoreUnavailable
+    from tests.test_stores import AUDIT_KEY, change
+
+    store = open_store(redis_sentinel.url, prefix=f"wait-{uuid.uuid4().hex[:8]}:", audit_key=AUDIT_KEY,
+                       wait_replicas=1, wait_timeout_ms=300)
+    replica = redis_sentinel.replica.process
+    try:
+        store.commit(change("w1"))
+        assert store.backend.durability().as_dict()["wait_replicas"] == "1"
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailable, match="replicas acknowledged"):
+                store.commit(change("w2", version=1))
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        within(10, lambda: redis_sentinel.primary.client().info("replication")["connected_slaves"] == 1, "replica back")
+        store.commit(change("w3", version=2))
+    finally:
+        store.clear()
+        store.close()

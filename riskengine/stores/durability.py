@@ -44,13 +44,18 @@ class NotDurable(RuntimeError):
 class Durability:
     level: str                    # one of LEVELS
     detail: str                   # the settings read, e.g. "appendonly=yes appendfsync=everysec save=''"
+    replicas: int = 0             # replicas each write waits for (WAIT; RISKENGINE_REDIS_WAIT_REPLICAS)
 
     @property
     def guarantee(self) -> str:
-        return GUARANTEES[self.level]
+        if not self.replicas:
+            return GUARANTEES[self.level]
+        return (f"{GUARANTEES[self.level]}; and it is on {self.replicas} replica(s) before it is answered (WAIT), "
+                "so a failover keeps it")
 
     def as_dict(self) -> dict[str, str]:
-        return {"level": self.level, "guarantee": self.guarantee, "settings": self.detail}
+        return {"level": self.level, "guarantee": self.guarantee, "settings": self.detail,
+                "wait_replicas": str(self.replicas)}
 
 
 def level_of(config: dict[str, str]) -> str:

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 import redis
@@ -87,8 +87,12 @@ class RedisStore:
     """Thread-safe; one audit chain per store (so per process), appended under a local lock."""
 
     def __init__(self, url: str, chain: str | None = None, prefix: str = "re:",
-                 socket_timeout: float = 1.0, audit_key: bytes | None = None) -> None:
+                 socket_timeout: float = 1.0, audit_key: bytes | None = None,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 500) -> None:
         self.prefix = prefix
+        # WAIT: a write is answered only once this many replicas have it (0: not waited for)
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
+        self._wait_keys: dict[str, str] = {}
         self.chain = chain or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.audit_key = audit_key
         self.cluster = url.startswith(("redis+cluster://", "rediss+cluster://"))
@@ -265,8 +269,13 @@ class RedisStore:
 
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
         key = self._user("s", user_id, user_key)
+        if not create:
+            with _available():
+                return self._redis.get(key)
         with _available():
-            return self._secret(keys=[key], args=[os.urandom(32)]) if create else self._redis.get(key)
+            secret = self._secret(keys=[key], args=[os.urandom(32)])
+        self._replicated()
+        return secret
 
     # -- writes -------------------------------------------------------------
     def _commit_one(self, change: Commit) -> None:
@@ -350,7 +359,7 @@ class RedisStore:
                 self._commit_one(changes[i])
             except (Conflict, DuplicateEvent, StoreUnavailable) as refused:
                 outcomes[i] = refused
-        return outcomes
+        return self._replicated_outcomes(outcomes)
 
     # -- Cluster: each write cut along hash slots -------------------------------------------------
     # A user's write runs in the user's slot (version check, duplicate check, profile, event) and
@@ -414,7 +423,7 @@ class RedisStore:
         for (i, *_), failed in zip(owing, self._apply_owed([item[1:] for item in owing])):
             if failed is not None:
                 outcomes[i] = failed
-        return outcomes
+        return self._replicated_outcomes(outcomes)
 
     def _owed(self, w: "_UserWrite", op: str) -> dict[str, Any]:
         learned = list(w.learned.items()) if w.profile is not None else []
@@ -584,6 +593,7 @@ class RedisStore:
         else:
             raise StoreUnavailable("the user kept changing while being erased")
         self._append_chain([(None, audit)])
+        self._replicated()
         with _available():
             self._redis.publish(self._key("erased"), user_key)
         return int(status[1]) > 0
@@ -622,12 +632,14 @@ class RedisStore:
             status = self._run(self._outcome, [key] * 4, ["0", 0, "", "", "", "", "", outcome])
             if status[0] == b"OK":
                 self._append_chain([(None, audit)])
+                self._replicated()
             return status[0] == b"OK"
         return self._write(self._outcome, [self._key("e", event_id)], [outcome], audit)[0] == b"OK"
 
     def append_audit(self, audit: dict[str, Any]) -> None:
         if self.cluster:
             self._append_chain([(None, audit)])
+            self._replicated()
             return
         args = ["", "0", 0, "", "0", "", "0", "", 0, "", 0, "0", "", "", "", "", ""]
         self._write(self._commit, self._unused(8), args, audit)
@@ -672,6 +684,7 @@ class RedisStore:
                                ["0", 0, "", "", "", "", "", index, through_seq, cut_hash, start.mac])
             if status[0] == b"OK":
                 self._append_chain([(None, audit)])
+                self._replicated()
             return int(status[1]) if status[0] == b"OK" and len(status) > 1 else 0
         status = self._write(self._prune, [rows, self._key("as", chain)],
                              [index, through_seq, cut_hash, start.mac], audit)
@@ -686,7 +699,10 @@ class RedisStore:
         """Run one write script, sealing ``audit`` onto this store's chain inside it."""
         chain_keys = [self._key("ah", self.chain), self._key("ar", self.chain), self._key("chains")]
         if audit is None:
-            return self._run(script, chain_keys + keys, ["0", 0, "", "", "", self.chain, "", *args])
+            status = self._run(script, chain_keys + keys, ["0", 0, "", "", "", self.chain, "", *args])
+            if status[0] == b"OK":
+                self._replicated()
+            return status
         # One append at a time per chain: each record is sealed onto the one before it.
         if not self._audit_lock.acquire(timeout=self._lock_timeout):
             raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
@@ -706,6 +722,7 @@ class RedisStore:
                     continue                     # the chain moved: Redis lost its data, or a shared chain id
                 if status[0] == b"OK":
                     self._head = (seq + 1, digest)
+                    self._replicated()
                 return status
             raise StoreUnavailable("the audit chain head kept moving: does another writer use this chain id?")
         finally:
@@ -751,12 +768,15 @@ class RedisStore:
             self._redis.ping()
 
     def durability(self) -> Durability:
-        """What the primary (Cluster: the weakest primary) keeps across a restart or power loss."""
+        """What the primary (Cluster: the weakest primary) keeps across a restart or power loss, and
+        how many replicas a write waits for."""
         with _available():
             if self.cluster:
-                return weakest(server_durability(self._redis.get_redis_connection(node))
-                               for node in self._redis.get_primaries())
-            return server_durability(self._redis)
+                found = weakest(server_durability(self._redis.get_redis_connection(node))
+                                for node in self._redis.get_primaries())
+            else:
+                found = server_durability(self._redis)
+        return replace(found, replicas=self.wait_replicas)
 
     def clear(self) -> None:
         """Delete this prefix's keys only: other stores (and tests) may share the server."""
@@ -771,6 +791,41 @@ class RedisStore:
             if batch:
                 self._unlink(batch)
         self._head = None
+
+    def _replicated(self) -> None:
+        """WAIT for ``wait_replicas`` replicas to hold every write made so far (on a Cluster, on each
+        primary): an increment of a key of ours on that primary, then WAIT on the same connection,
+        which covers everything the primary wrote before. Raises StoreUnavailable (503) when too few
+        replicas acknowledge within ``wait_timeout_ms``: the write may be lost in a failover."""
+        if not self.wait_replicas:
+            return
+        with _available():
+            targets = ([(self._redis.get_redis_connection(node), self._wait_key(node))
+                        for node in self._redis.get_primaries()] if self.cluster else [(self._redis, self._key("w"))])
+            for client, key in targets:
+                pipe = client.pipeline(transaction=False)
+                pipe.incr(key)
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                acknowledged = pipe.execute()[-1]
+                if acknowledged < self.wait_replicas:
+                    raise StoreUnavailable(f"only {acknowledged} of {self.wait_replicas} replicas acknowledged "
+                                           f"the write within {self.wait_timeout_ms} ms")
+
+    def _replicated_outcomes(self, outcomes: list[BaseException | None]) -> list[BaseException | None]:
+        if any(outcome is None for outcome in outcomes):
+            try:
+                self._replicated()
+            except StoreUnavailable as unsure:
+                return [unsure if outcome is None else outcome for outcome in outcomes]
+        return outcomes
+
+    def _wait_key(self, node: Any) -> str:
+        """A key of ours in a slot ``node`` serves (Cluster), found once per node."""
+        if node.name not in self._wait_keys:
+            self._wait_keys[node.name] = next(
+                key for key in (f"{self.prefix}w:{{{i}}}" for i in range(1_000_000))
+                if self._redis.get_node_from_key(key).name == node.name)
+        return self._wait_keys[node.name]
 
     def _unlink(self, keys: list[bytes]) -> None:
         if not self.cluster:
