@@ -219,6 +219,8 @@ def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, r
                "RISKENGINE_REDIS_PREFIX": "bench:"}
         if store == "redis":
             env["RISKENGINE_STORE"] = REDIS_URL
+            # the service refuses a Redis without persistence unless told; the bench's may keep nothing
+            env["RISKENGINE_REDIS_DURABILITY"] = os.environ.get("RISKENGINE_REDIS_DURABILITY", "none")
         if store == "sqlite-normal":
             env["RISKENGINE_SQLITE_SYNCHRONOUS"] = "NORMAL"
         shutil.copytree(models, home / "models")
@@ -313,7 +315,9 @@ def warm_store(home: Path, env: dict[str, str], history) -> float:
 
     settings = Settings(home=home, store=env.get("RISKENGINE_STORE", "sqlite"), sqlite_synchronous="NORMAL",
                         **({"redis_prefix": env["RISKENGINE_REDIS_PREFIX"]}
-                           if "redis_prefix" in Settings.model_fields else {}))
+                           if "redis_prefix" in Settings.model_fields else {}),
+                        **({"redis_durability": env["RISKENGINE_REDIS_DURABILITY"]}
+                           if "RISKENGINE_REDIS_DURABILITY" in env else {}))
     with open_engine(settings) as engine:
         engine.store.clear()                     # Redis: only this prefix's keys
         return warm(engine, history)

@@ -27,6 +27,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if (refused := _policy_refused(settings)) is not None:
         print(f"riskengine serve: the policy cannot be used:\n{refused}", file=sys.stderr)
         return 1
+    if (refused := _store_refused(settings)) is not None:
+        print(f"riskengine serve: the store cannot be used:\n{refused}", file=sys.stderr)
+        return 1
     if keys.shared_store(settings):
         if missing := keys.missing_for_shared_store(settings):
             print(keys.refusal(missing), file=sys.stderr)
@@ -182,6 +185,29 @@ def _policy_refused(settings: Settings) -> str | None:
         load_policy(resolve(settings.policy))
     except PolicyError as error:
         return str(error)
+    return None
+
+
+def _store_refused(settings: Settings) -> str | None:
+    """Why a Redis store cannot serve, before anything starts: it keeps less than
+    RISKENGINE_REDIS_DURABILITY asks, or it does not answer (its persistence cannot be read, so the
+    service does not start: a supervisor starts it again once Redis is up). None: it can, or not Redis."""
+    from riskengine.stores import REDIS_SCHEMES, StoreUnavailable
+
+    if not settings.store.startswith(REDIS_SCHEMES):
+        return None
+    from riskengine.stores.durability import NotDurable, require
+    from riskengine.stores.redis import RedisStore
+
+    store = RedisStore(settings.store, prefix=settings.redis_prefix)
+    try:
+        require(store.durability(), settings.redis_durability)
+    except (NotDurable, ValueError) as refused:
+        return str(refused)
+    except StoreUnavailable as down:
+        return f"{down}: start Redis first (its persistence settings are read at start)"
+    finally:
+        store.close()
     return None
 
 

@@ -95,6 +95,7 @@ class Engine:
         self.fraud_rates = FraudRates(store, fraud_rate_cache_s)
         self.listeners: list[Callable[[Recorded], None]] = []   # told after a durable record (signals/)
         self.share_ip_stats = False               # True: per-IP and population statistics span tenants
+        self.durability: dict[str, str] | None = None   # Redis: the persistence read at start (/health)
         self.model_error: str | None = None
         self.policy_error: str | None = None
         self.reload_failures = {"model": 0, "policy": 0}   # refused reloads, for /metrics
@@ -323,6 +324,8 @@ class Engine:
             health["model_error"] = self.model_error
         if self.policy_error:
             health["policy_error"] = self.policy_error
+        if self.durability:
+            health["durability"] = self.durability
         return health
 
     # -- what serves: models and policies swapped in without a restart ------------

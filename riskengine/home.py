@@ -17,7 +17,8 @@ from riskengine.policy.file import load_policy, resolve
 from riskengine.scoring.scorers import Scorer, StatisticalScorer
 from riskengine.scoring.registry import ModelRegistry
 from riskengine.settings import Settings
-from riskengine.stores import ProfileStore, open_store
+from riskengine.stores import REDIS_SCHEMES, ProfileStore, open_store
+from riskengine.stores.durability import check_store
 
 
 class MissingKey(FileNotFoundError):
@@ -31,10 +32,12 @@ def open_engine(settings: Settings, scorer: Scorer | None = None) -> Engine:
     policy_path = resolve(settings.policy)
     policy = load_policy(policy_path)
     store, audit_key = open_configured_store(settings)
+    durability = check_store(store, settings.redis_durability)     # Redis: what a 200 carries; too little: no start
     enricher = Enricher(settings.geoip_city_db, settings.geoip_asn_db, settings.lists)
     engine = Engine(store, enricher, scorer, policy, settings.retention_days, pseudonym_key(settings),
                     audit_key=audit_key, fraud_rate_cache_s=settings.fraud_rate_cache_s)
     engine.share_ip_stats = settings.share_ip_stats
+    engine.durability = durability
     engine.use_policy(policy, "load")
     if settings.policy is not None:
         engine.watch_policy(policy_path, settings.policy_check_interval)
@@ -61,8 +64,9 @@ def open_configured_store(settings: Settings, create_keys: bool = True,
     key = load_key(settings.audit_key_file or settings.var / "audit.key", create_keys) if audit_key else None
     settings.var.mkdir(parents=True, exist_ok=True)
     options = {"synchronous": settings.sqlite_synchronous} if settings.store.startswith("sqlite") else {}
-    if settings.store.startswith(("redis://", "rediss://", "unix://")):
-        options = {"prefix": settings.redis_prefix}
+    if settings.store.startswith(REDIS_SCHEMES):
+        options = {"prefix": settings.redis_prefix, "wait_replicas": settings.redis_wait_replicas,
+                   "wait_timeout_ms": settings.redis_wait_timeout_ms}
     return open_store(settings.store, settings.home, audit_key=key, **options), key
 
 

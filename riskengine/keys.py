@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from riskengine.settings import Settings
+from riskengine.stores.base import REDIS_SCHEMES
 
 KEY_BYTES = 32
-SHARED_STORES = ("redis://", "rediss://", "unix://")
+SHARED_STORES = REDIS_SCHEMES          # one primary, Sentinel or Cluster: shared by every process
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RISKENGINE_", extra="ignore")
 
     home: Path = Path(".")
-    store: str = "sqlite"                       # sqlite | sqlite:///PATH | memory:// | redis://HOST:PORT/DB
+    store: str = "sqlite"                       # sqlite | sqlite:///PATH | memory:// | redis://HOST:PORT/DB |
+                                                # redis+sentinel://HOST:PORT/SERVICE | redis+cluster://HOST:PORT
     api_keys: SecretStr = SecretStr("")         # "client:key[:tenant[:scope+scope]],..." (a str, not a dict)
     api_keys_file: Path | None = None           # the same entries, one a line; re-read when it changes
     share_ip_stats: bool = False                # per-IP and population statistics span tenants (default: each its own)
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: float = 300.0      # a timestamp or auth_time further ahead of the server's clock: 422
     sqlite_synchronous: str = "FULL"            # FULL: a 200 survives power loss, not just a crash
     redis_prefix: str = "re:"                   # key prefix: several deployments (or test runs) share one Redis
+    redis_durability: str = "snapshot"          # the least a Redis store must keep to start: none | snapshot | aof-no |
+                                                # aof-everysec | aof-always (stores/durability.py, README table)
+    redis_wait_replicas: int = 0                # a write is answered once this many replicas have it (WAIT); 0: not waited
+    redis_wait_timeout_ms: int = 500            # ... within this; fewer replicas acknowledging: 503
     max_body_bytes: int = 64 * 1024
     rate_limit_per_second: float = 2000.0       # per API key and per process (N workers: N x this); 0 disables
     rate_limit_burst: float = 4000.0

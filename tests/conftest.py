@@ -16,6 +16,11 @@ from riskengine.events import Event, SessionInfo
 from riskengine.settings import Settings
 
 REDIS_URL = os.environ.get("RISKENGINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The machine's Redis keeps nothing across a restart (--save "" --appendonly no): services the tests
+# start on it are told to accept that (stores/durability.py); the durability tests say otherwise.
+os.environ.setdefault("RISKENGINE_REDIS_DURABILITY", "none")
+#: the Redis topologies the store contract runs on: the shared server, and this run's own Cluster and Sentinel
+REDIS_TOPOLOGIES = ["redis", "redis-cluster", "redis-sentinel"]
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
 OSLO_IP = "129.240.2.3"            # GeoLite2: Oslo, NO, accuracy 1 km
 BOMLO_IP = "81.167.144.58"         # GeoLite2: Bomlo, NO
@@ -36,6 +41,39 @@ def event(n: int | str = 0, user: str = "alice", action: str = "login", at: date
 
 def iso(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real three-primary Redis Cluster of this run's own (free ports, AOF on), stopped at the end."""
+    from tests.redis_servers import Cluster
+
+    cluster = Cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory):
+    """A real primary + replica watched by three Sentinels, of this run's own, stopped at the end."""
+    from tests.redis_servers import SentinelSet
+
+    sentinels = SentinelSet(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        yield sentinels.start()
+    finally:
+        sentinels.stop()
+
+
+def redis_url(request: pytest.FixtureRequest, topology: str = "redis") -> str:
+    """The URL of a topology of ``REDIS_TOPOLOGIES`` (Cluster and Sentinel started on first use)."""
+    if topology == "redis-cluster":
+        return request.getfixturevalue("redis_cluster").url
+    if topology == "redis-sentinel":
+        return request.getfixturevalue("redis_sentinel").url
+    return REDIS_URL
 
 
 @pytest.fixture(scope="session")

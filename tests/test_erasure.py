@@ -11,7 +11,6 @@ from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
-import redis
 
 from fastapi.testclient import TestClient
 
@@ -20,7 +19,8 @@ from riskengine.audit.chain import pseudonym
 from riskengine.cli import main
 from riskengine.audit.records import event_ref
 from riskengine.engine import Engine
-from tests.conftest import API_KEY, CHROME_WIN, OSLO_IP, REDIS_URL, T0, iso
+from riskengine.stores.redis import connect
+from tests.conftest import API_KEY, CHROME_WIN, OSLO_IP, T0, iso, redis_url
 
 USERS = ("alice.smith@example.org", "bob.jones@example.org")
 
@@ -85,16 +85,16 @@ ALICE_DEVICE, ALICE_PAYEE = "device-7f3e-kept-nowhere", "payee-7f3e-kept-nowhere
 BOB_DEVICE = "device-of-bob-0c41"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def any_store_settings(request: pytest.FixtureRequest, settings):
-    if request.param == "redis":
-        settings = settings.model_copy(update={"store": REDIS_URL, "redis_prefix": f"erasure-{uuid.uuid4().hex[:12]}:"})
+    if request.param != "sqlite":
+        settings = settings.model_copy(update={"store": redis_url(request, request.param),
+                                               "redis_prefix": f"erasure-{uuid.uuid4().hex[:12]}:"})
     yield settings
-    if request.param == "redis":
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
-        if keys:
-            client.unlink(*keys)
+    if request.param != "sqlite":
+        client = connect(settings.store)
+        for key in list(client.scan_iter(match=f"{settings.redis_prefix}*", count=1000)):
+            client.unlink(key)
         client.close()
 
 
@@ -103,7 +103,7 @@ def _kept_bytes(settings) -> bytes:
     included), and with Redis every key and value under its prefix."""
     kept = b"".join(path.read_bytes() for path in sorted(settings.home.rglob("*")) if path.is_file())
     if settings.store.startswith("redis"):
-        client = redis.Redis.from_url(REDIS_URL)
+        client = connect(settings.store)                   # the one primary, or every Cluster node
         for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
             kind = client.type(key)
             value = {b"string": lambda: client.get(key), b"hash": lambda: client.hgetall(key),

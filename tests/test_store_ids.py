@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from riskengine.profiles import UserProfile
 from riskengine.stores import Commit, ProfileStore, StoredEvent, open_store
-from tests.conftest import REDIS_URL, T0
+from tests.conftest import T0, redis_url
 
 #: what the API accepts for a user or event id: no control characters (Cc), no lone surrogates (Cs)
 IDS = st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=256)
@@ -23,14 +23,14 @@ CHECKS = settings(max_examples=60, deadline=None, database=None,   # no example 
                   suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProfileStore]:
     if request.param == "memory":
         opened = open_store("memory://")
     elif request.param == "sqlite":
         opened = open_store(f"sqlite:///{tmp_path}/profiles.db", synchronous="OFF")
     else:
-        opened = open_store(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:12]}:")
+        opened = open_store(redis_url(request, request.param), prefix=f"test-{uuid.uuid4().hex[:12]}:")
     try:
         yield opened
     finally:

@@ -26,22 +26,24 @@ from riskengine.policy.payments import EXECUTED_OUTCOMES, payment_totals
 from riskengine.stores import (Commit, Conflict, DuplicateEvent, MemoryStore, ProfileStore, Refused, SQLiteStore,
                                StoredEvent, open_store)
 from riskengine.stores.redis import RedisStore
-from tests.conftest import REDIS_URL, T0, event
+from tests.conftest import REDIS_TOPOLOGIES, REDIS_URL, T0, event, redis_url
 
 AT = T0.timestamp()
 IP = "203.0.113.7"
 AUDIT_KEY = b"contract-suite audit key"
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", *REDIS_TOPOLOGIES])
 def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ProfileStore]:
-    """A fresh store; the Redis one lives under its own key prefix on db 15 and is cleared after."""
+    """A fresh store; a Redis one lives under its own key prefix and is cleared after: on the shared
+    server's test database, on this run's own three-primary Cluster, and behind this run's own Sentinels."""
     if request.param == "memory":
         opened: ProfileStore = open_store("memory://", audit_key=AUDIT_KEY)
     elif request.param == "sqlite":
         opened = open_store(f"sqlite:///{tmp_path}/profiles.db", synchronous="NORMAL", audit_key=AUDIT_KEY)
     else:
-        opened = open_store(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:12]}:", audit_key=AUDIT_KEY)
+        opened = open_store(redis_url(request, request.param), prefix=f"test-{uuid.uuid4().hex[:12]}:",
+                            audit_key=AUDIT_KEY)
     try:
         yield opened
     finally:
@@ -238,15 +240,14 @@ def _tamper(store: ProfileStore, tmp_path, row: Any, body: str | None) -> None:
                 db.execute("UPDATE audit SET body=? WHERE chain=? AND seq=?", (body, row.chain, row.seq))
     else:
         assert isinstance(store, RedisStore)
-        client = redis.Redis.from_url(REDIS_URL)
-        key = f"{store.prefix}ar:{row.chain}"
+        client = store._redis                                  # any topology: the store's own client
+        key = store._chain_key("ar", row.chain)
         stored = [item for item in client.lrange(key, 0, -1) if item.endswith(row.body.encode())]
         assert len(stored) == 1
         if body is None:
             client.lrem(key, 1, stored[0])
         else:
             client.lset(key, row.seq - 1, stored[0].replace(row.body.encode(), body.encode()))
-        client.close()
 
 
 def test_prune_audit_keeps_the_chain_verifiable(store: ProfileStore) -> None:
@@ -343,13 +344,13 @@ def test_submitted_commits_are_decided_one_by_one_and_durable(store: ProfileStor
     assert (counts.count, counts.total, counts.distinct) == (21, 21, 1)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", *REDIS_TOPOLOGIES])
 def two_processes(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[ProfileStore, ProfileStore]]:
     """Two stores over the same data, each with its own read cache: two service processes."""
     if request.param == "sqlite":
         url, options = f"sqlite:///{tmp_path}/profiles.db", {"synchronous": "NORMAL"}
     else:
-        url, options = REDIS_URL, {"prefix": f"test-{uuid.uuid4().hex[:12]}:"}
+        url, options = redis_url(request, request.param), {"prefix": f"test-{uuid.uuid4().hex[:12]}:"}
     a = open_store(url, audit_key=AUDIT_KEY, **options)
     b = open_store(url, audit_key=AUDIT_KEY, **options)
     try:
@@ -540,13 +541,14 @@ def test_the_loop_never_waits_for_a_commit_held_up_by_the_disk(tmp_path) -> None
         store.close()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", *REDIS_TOPOLOGIES])
 def shared_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ProfileStore]:
     """The stores that keep data outside the process (the ones a value can be refused by)."""
     if request.param == "sqlite":
         opened = open_store(f"sqlite:///{tmp_path}/profiles.db", synchronous="NORMAL", audit_key=AUDIT_KEY)
     else:
-        opened = open_store(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:12]}:", audit_key=AUDIT_KEY)
+        opened = open_store(redis_url(request, request.param), prefix=f"test-{uuid.uuid4().hex[:12]}:",
+                            audit_key=AUDIT_KEY)
     try:
         yield opened
     finally:

@@ -119,3 +119,4 @@ class HealthResponse(BaseModel):
     policy_version: str
     model_error: str | None = None     # a refused model (checksum, features, versions): the old one serves
     policy_error: str | None = None    # a refused policy file (names file, field, reason): the old one serves
+    durability: dict[str, str] | None = None   # Redis: level, the guarantee a 200 carries, the settings read

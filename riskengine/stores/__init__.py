@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from riskengine.stores.base import (Commit, Conflict, DuplicateEvent, ProfileStore, Refused, StoredEvent,
-                                    StoreUnavailable)
+from riskengine.stores.base import (REDIS_SCHEMES, Commit, Conflict, DuplicateEvent, ProfileStore, Refused,
+                                    StoredEvent, StoreUnavailable)
 from riskengine.stores.batching import Batched
 from riskengine.stores.cached import CachedStore
 from riskengine.stores.memory import MemoryStore
 from riskengine.stores.sqlite import SQLiteStore
 
-__all__ = ["Batched", "CachedStore", "Commit", "Conflict", "DuplicateEvent", "MemoryStore", "ProfileStore",
-           "Refused", "SQLiteStore", "StoreUnavailable", "StoredEvent", "memory_store", "open_store"]
+__all__ = ["REDIS_SCHEMES", "Batched", "CachedStore", "Commit", "Conflict", "DuplicateEvent", "MemoryStore",
+           "ProfileStore", "Refused", "SQLiteStore", "StoreUnavailable", "StoredEvent", "memory_store", "open_store"]
 
 
 def memory_store(**options: Any) -> Batched:
@@ -23,7 +23,8 @@ def memory_store(**options: Any) -> Batched:
 
 
 def open_store(url: str, home: Path | None = None, **options: Any) -> ProfileStore:
-    """``memory://``, ``sqlite`` (file under home), ``sqlite:///path`` or ``redis://...``; the shared
+    """``memory://``, ``sqlite`` (file under home), ``sqlite:///path``, ``redis://...``,
+    ``redis+sentinel://HOST:PORT/SERVICE`` or ``redis+cluster://HOST:PORT,...``; the shared
     stores run on their own threads (batching.py) behind a read cache (cached.py). ``audit_key`` seals
     the trail, and also keys the hashes under which per-IP and population statistics are kept."""
     if url.startswith("memory"):
@@ -32,11 +33,11 @@ def open_store(url: str, home: Path | None = None, **options: Any) -> ProfileSto
         backend: Any = SQLiteStore((home or Path(".")) / "var" / "profiles.db", **options)
     elif url.startswith("sqlite:///"):
         backend = SQLiteStore(Path(url.removeprefix("sqlite:///")), **options)
-    elif url.startswith(("redis://", "rediss://", "unix://")):
+    elif url.startswith(REDIS_SCHEMES):
         from riskengine.stores.redis import RedisStore
 
         backend = RedisStore(url, **options)
     else:
         raise ValueError(f"RISKENGINE_STORE: unknown store {url!r}; use sqlite, sqlite:///PATH, memory:// or "
-                         "redis://HOST:PORT/DB")
+                         "redis://HOST:PORT/DB, redis+sentinel://HOST:PORT/SERVICE or redis+cluster://HOST:PORT")
     return CachedStore(Batched(backend, options.get("audit_key")))

@@ -23,11 +23,14 @@ from riskengine.features import GlobalCount, IpActivity
 from riskengine.policy.payments import EXECUTED_OUTCOMES, PaymentTotals
 from riskengine.profiles import UserProfile
 
-__all__ = ["EXECUTED_OUTCOMES", "IP_WINDOW_S", "Backend", "Commit", "Conflict", "ContextRead", "DuplicateEvent",
-           "Follow", "GlobalCount", "IpActivity", "PaymentTotals", "ProfileStore", "Refused", "StoreUnavailable",
+__all__ = ["EXECUTED_OUTCOMES", "IP_WINDOW_S", "REDIS_SCHEMES", "Backend", "Commit", "Conflict", "ContextRead",
+           "DuplicateEvent", "Follow", "GlobalCount", "IpActivity", "PaymentTotals", "ProfileStore", "Refused", "StoreUnavailable",
            "StoredEvent", "dumps", "prune_before"]
 
 IP_WINDOW_S = 3600.0
+#: the Redis store's URLs: one primary, a primary found through Sentinel, Redis Cluster (stores/redis.py)
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://",
+                 "rediss+cluster://")
 
 
 def dumps(value: Any) -> str:

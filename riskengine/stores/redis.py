@@ -1,6 +1,12 @@
 """The shared store: several service processes or machines keep profiles, counters,
 events and audit chains in one Redis, so no replica holds state another needs.
 
+Three deployments, one store: a single primary (``redis://``, ``rediss://``, ``unix://``), a primary
+found through Sentinel (``redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]``), and Redis Cluster
+(``redis+cluster://HOST:PORT[,HOST:PORT...]``). A single primary and Sentinel run the same scripts
+(one atomic script per write). Cluster refuses a script whose keys span hash slots, so there each write
+is cut along slots (see "Cluster" below and the README).
+
 Every write is one Lua script, so Redis runs it as a single atomic step; a profile's
 version turns a lost update into a ``Conflict`` to retry, as in the SQLite store. A group's
 scripts go in one pipeline (one round trip) from the store's writer thread (batching.py), each
@@ -10,6 +16,8 @@ two distinct ids are two distinct keys.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -18,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 import redis
@@ -31,32 +40,65 @@ from riskengine.policy.payments import PaymentTotals, payment_totals
 from riskengine.profiles import UserProfile
 from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, ContextRead, DuplicateEvent, Refused, StoredEvent,
                                     StoreUnavailable, dumps, prune_before)
-from riskengine.stores.redis_scripts import COMMIT_LUA, CONTEXT_LUA, ERASE_LUA, OUTCOME_LUA, PRUNE_LUA, SECRET_LUA
+from riskengine.stores.durability import Durability, server_durability, weakest
+from riskengine.stores.redis_scripts import (CHAIN_LUA, COMMIT_LUA, CONTEXT_LUA, ERASE_LUA, IP_ERASE_LUA, OUTCOME_LUA,
+                                             POPULATION_LUA, PRUNE_LUA, SECRET_LUA, USER_COMMIT_LUA, USER_ERASE_LUA)
 
 #: errors that mean "Redis cannot answer now" (down, restarting, loading, failed over, full):
 #: the service answers 503 and a later request finds it back
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
                 redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
-                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+                redis.exceptions.SlotNotCoveredError, redis.exceptions.ClusterError)
 _IP_TTL_S = int(2 * IP_WINDOW_S)          # an IP idle for two windows holds nothing a read could count
 _USER_IPS_TTL_S = 7 * 86400               # outlives the IP entries it points at, so erasure finds them
 _HEAD_RETRIES = 5
 _CHUNK = 500
+_MARKER_TTL_S = 86400                     # Cluster: an operation's population counts are applied once within this
+_OPS_KEPT = 100_000                       # Cluster: a chain remembers its last this many operations (applied once)
+
+
+def connect(url: str, socket_timeout: float = 1.0) -> Any:
+    """A redis-py client for any of the store's URLs. Two quick retries let a pooled connection
+    reconnect after a restart or a failover; more would only hold a request that should get its 503 now."""
+    retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2)
+    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout}
+    scheme, _, rest = url.partition("://")
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes = [ClusterNode(host, int(port)) for host, _, port in
+                 (hp.rpartition(":") for hp in rest.split("/")[0].split(",") if hp)]
+        return RedisCluster(startup_nodes=nodes, ssl=scheme.startswith("rediss"), retry=retry, **options)
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        from redis.sentinel import Sentinel
+
+        hosts, _, path = rest.partition("/")
+        service, _, db = path.partition("/")
+        if not service:
+            raise ValueError("RISKENGINE_STORE: a Sentinel URL names its service: redis+sentinel://HOST:PORT/SERVICE")
+        addresses = [(host, int(port)) for host, _, port in (hp.rpartition(":") for hp in hosts.split(",") if hp)]
+        sentinel = Sentinel(addresses, sentinel_kwargs=options, **options)
+        return sentinel.master_for(service, db=int(db or 0), retry=retry, ssl=scheme.startswith("rediss"))
+    return redis.Redis.from_url(url, retry=retry, **options)
 
 
 class RedisStore:
     """Thread-safe; one audit chain per store (so per process), appended under a local lock."""
 
     def __init__(self, url: str, chain: str | None = None, prefix: str = "re:",
-                 socket_timeout: float = 1.0, audit_key: bytes | None = None) -> None:
+                 socket_timeout: float = 1.0, audit_key: bytes | None = None,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 500) -> None:
         self.prefix = prefix
+        # WAIT: a write is answered only once this many replicas have it (0: not waited for)
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
+        self._wait_keys: dict[str, str] = {}
         self.chain = chain or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.audit_key = audit_key
-        # Two quick retries let a pooled connection reconnect after a Redis restart;
-        # more would only hold a request that should get its 503 now.
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2))
+        self.cluster = url.startswith(("redis+cluster://", "rediss+cluster://"))
+        if self.cluster and any(c in prefix + self.chain for c in "{}"):
+            raise ValueError("a Redis Cluster store's key prefix and chain id hold no braces (they pick hash slots)")
+        self._redis = connect(url, socket_timeout)
         self._lock_timeout = 4 * socket_timeout + 1
         self._commit = self._redis.register_script(COMMIT_LUA)
         self._outcome = self._redis.register_script(OUTCOME_LUA)
@@ -64,6 +106,11 @@ class RedisStore:
         self._prune = self._redis.register_script(PRUNE_LUA)
         self._secret = self._redis.register_script(SECRET_LUA)
         self._context = self._redis.register_script(CONTEXT_LUA)
+        self._user_commit = self._redis.register_script(USER_COMMIT_LUA)
+        self._population = self._redis.register_script(POPULATION_LUA)
+        self._chain_append = self._redis.register_script(CHAIN_LUA)
+        self._user_erase = self._redis.register_script(USER_ERASE_LUA)
+        self._ip_erase = self._redis.register_script(IP_ERASE_LUA)
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
         self._watcher: Any = None                      # the erasure subscription's thread, if watched
@@ -71,10 +118,26 @@ class RedisStore:
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
 
+    # Key names. A single primary keeps the names it always had. Cluster puts a user's keys in the
+    # user's slot (hash tag: a digest of the user id, so no id's braces can split them), each chain's
+    # keys in the chain's slot, population counts in one slot, and the rest (an IP's entries, the
+    # event id -> user index, the time and payment indexes) each in its own.
+    def _user(self, kind: str, user_id: str, name: str) -> str:
+        if not self.cluster:
+            return self._key(kind, name)
+        tag = hashlib.blake2b(user_id.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+        return f"{self.prefix}{kind}:{{u{tag}}}{'' if name == user_id else name}"
+
+    def _chain_key(self, kind: str, chain: str) -> str:
+        return f"{self.prefix}{kind}:{{c:{chain}}}" if self.cluster else self._key(kind, chain)
+
+    def _pop(self, kind: str, name: str = "") -> str:
+        return f"{self.prefix}{kind}:{{pop}}{name}" if self.cluster else self._key(kind, name)
+
     # -- reads --------------------------------------------------------------
     def get(self, user_id: str) -> UserProfile:
         with _available():
-            version, data = self._redis.hmget(self._key("p", user_id), ["v", "d"])
+            version, data = self._redis.hmget(self._user("p", user_id, user_id), ["v", "d"])
         if data is None:
             return UserProfile(user_id=user_id)
         profile = UserProfile.from_json(data)
@@ -82,22 +145,37 @@ class RedisStore:
         return profile
 
     def read_contexts(self, reads: list[ContextRead]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
-        """One context script per read, all in one pipeline."""
+        """One context script per read, all in one pipeline. Cluster: two, the IP's slot's and the
+        population's (the IP slot of the second is an empty key there, which counts nothing)."""
         def queue(pipe: Any) -> None:
             for ip, at, values in reads:
-                ip_key = self._key("ip", ip)
-                keys = [ip_key, self._key("gt"), *(self._key("gc", a) for a in values)]
-                pipe.evalsha(self._context.sha, len(keys), *keys, f"({at - IP_WINDOW_S!r}", repr(at),
-                             *(item for pair in values.items() for item in pair))
+                window = (f"({at - IP_WINDOW_S!r}", repr(at))
+                pairs = [item for pair in values.items() for item in pair]
+                counts = [self._pop("gt"), *(self._pop("gc", a) for a in values)]
+                if self.cluster:
+                    pipe.evalsha(self._context.sha, 1, self._key("ip", ip), *window)
+                    pipe.evalsha(self._context.sha, len(counts) + 1, self._pop("none"), *counts, *window, *pairs)
+                else:
+                    pipe.evalsha(self._context.sha, len(counts) + 1, self._key("ip", ip), *counts, *window, *pairs)
 
+        replies = self._execute(queue)
+        if (failed := next((r for r in replies if isinstance(r, Exception)), None)) is not None:
+            raise failed
+        if self.cluster:      # (failures, users) from the IP's slot, the counts from the population's
+            replies = [[*replies[i][:2], *replies[i + 1][2:]] for i in range(0, len(replies), 2)]
         answers = []
-        for (_, _, values), (failures, users, *counts) in zip(reads, self._execute(queue)):
+        for (_, _, values), (failures, users, *counts) in zip(reads, replies):
             answers.append((IpActivity(int(failures), int(users)),
                             {a: GlobalCount(*(float(n or 0) for n in counts[3 * i:3 * i + 3]))
                              for i, a in enumerate(values)}))
         return answers
 
     def find_event(self, event_id: str) -> StoredEvent | None:
+        if self.cluster:
+            (fields,) = self._events([event_id], None)
+            if fields and self._pending(fields[b"user_id"].decode(), event_id):
+                (fields,) = self._events([event_id], None)
+            return _stored(event_id, fields) if fields else None
         with _available():
             fields = self._redis.hgetall(self._key("e", event_id))
         return _stored(event_id, fields) if fields else None
@@ -137,20 +215,33 @@ class RedisStore:
             offset += len(ids)
 
     def _events(self, ids: list[str], fields: list[bytes] | None) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for event_id in ids:
-            if fields:
-                pipe.hmget(self._key("e", event_id), fields)
-            else:
-                pipe.hgetall(self._key("e", event_id))
-        return pipe.execute() if ids else []
+        """Each event's fields (all, or ``fields``); an unknown or erased one: empty (or Nones).
+        Cluster: the event lives in its user's slot, found through the event id -> user index."""
+        if not ids:
+            return []
+        keys = [self._key("e", event_id) for event_id in ids]
+        with _available():
+            if self.cluster:
+                pipe = self._redis.pipeline(transaction=False)
+                for event_id in ids:
+                    pipe.get(self._key("ei", event_id))
+                users = pipe.execute()
+                keys = [self._user("e", user.decode(), event_id) if user else self._key("e", event_id)
+                        for user, event_id in zip(users, ids)]
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                if fields:
+                    pipe.hmget(key, fields)
+                else:
+                    pipe.hgetall(key)
+            return pipe.execute()
 
     def audit_rows(self) -> Iterator[AuditRow]:
         for chain in self._chains():
             start = 0
             while True:
                 with _available():
-                    items = self._redis.lrange(self._key("ar", chain), start, start + _CHUNK - 1)
+                    items = self._redis.lrange(self._chain_key("ar", chain), start, start + _CHUNK - 1)
                 if not items:
                     break
                 for position, item in enumerate(items, start + 1):
@@ -162,8 +253,8 @@ class RedisStore:
         with _available():
             pipe = self._redis.pipeline(transaction=False)
             for chain in chains:
-                pipe.hmget(self._key("ah", chain), ["seq", "hash", "mac"])
-                pipe.hmget(self._key("as", chain), ["seq", "hash", "mac"])
+                pipe.hmget(self._chain_key("ah", chain), ["seq", "hash", "mac"])
+                pipe.hmget(self._chain_key("as", chain), ["seq", "hash", "mac"])
             replies = pipe.execute()
         anchors = []
         for i, chain in enumerate(chains):
@@ -177,9 +268,14 @@ class RedisStore:
             return sorted(c.decode() for c in self._redis.smembers(self._key("chains")))
 
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
-        key = self._key("s", user_key)
+        key = self._user("s", user_id, user_key)
+        if not create:
+            with _available():
+                return self._redis.get(key)
         with _available():
-            return self._secret(keys=[key], args=[os.urandom(32)]) if create else self._redis.get(key)
+            secret = self._secret(keys=[key], args=[os.urandom(32)])
+        self._replicated()
+        return secret
 
     # -- writes -------------------------------------------------------------
     def _commit_one(self, change: Commit) -> None:
@@ -213,6 +309,8 @@ class RedisStore:
         before. A refused change (DUP, CONFLICT, a script error) leaves the records after it sealed
         onto a head that never was: the script answers HEAD for those before writing anything, and
         they go again alone."""
+        if self.cluster:
+            return self._commit_group_cluster(changes)
         outcomes: list[BaseException | None] = []
         again: list[int] = []
         chain_keys = [self._key("ah", self.chain), self._key("ar", self.chain), self._key("chains")]
@@ -261,15 +359,261 @@ class RedisStore:
                 self._commit_one(changes[i])
             except (Conflict, DuplicateEvent, StoreUnavailable) as refused:
                 outcomes[i] = refused
+        return self._replicated_outcomes(outcomes)
+
+    # -- Cluster: each write cut along hash slots -------------------------------------------------
+    # A user's write runs in the user's slot (version check, duplicate check, profile, event) and
+    # leaves beside it, in the same script, what it owes the other slots: the IP's entry, population
+    # counts, the event id -> user, time and payment indexes, the audit record. Those are then applied,
+    # each idempotent by the operation's id (the event id): a ZADD of the same member, SETs, the
+    # population script's once-only marker, and the chain's applied set of this process. Only when all
+    # are applied is the write durable (the 200); a failure in between answers 503, and the retry of the
+    # event (DUP in the user's slot) or its lookup (``find_event``) applies what is still owed.
+    def _commit_group_cluster(self, changes: list[Commit]) -> list[BaseException | None]:
+        return self._cluster_writes([_UserWrite(c.user_id, c.expected_version, c.profile, c.event, c.ip, c.at,
+                                                c.learned_values, f"{int(c.success)}:{{}}:{c.user_key}", c.audit)
+                                     for c in changes])
+
+    def _cluster_writes(self, writes: list["_UserWrite"]) -> list[BaseException | None]:
+        ops = [w.event.event_id if w.event else f"op:{secrets.token_hex(12)}" for w in writes]
+        owed = [self._owed(w, op) for w, op in zip(writes, ops)]
+        # An event id is claimed for its user in the id's own slot first (SET NX GET), so that the same id
+        # sent for another user is a duplicate here too, as in one primary. (A claim whose write is then
+        # refused stays: the same user's retry goes on, another user's gets DuplicateEvent.)
+        outcomes: list[BaseException | None] = [None] * len(writes)
+        claimed = [i for i, w in enumerate(writes) if w.event is not None]
+        if claimed:
+            with _available():
+                pipe = self._redis.pipeline(transaction=False)
+                for i in claimed:
+                    pipe.set(self._key("ei", ops[i]), writes[i].user_id, nx=True, get=True)
+                for i, owner in zip(claimed, pipe.execute(raise_on_error=False)):
+                    outcomes[i] = _reply_error(owner)
+                    if outcomes[i] is None and owner is not None and owner.decode() != writes[i].user_id:
+                        outcomes[i] = DuplicateEvent(ops[i])
+        going = [i for i, failed in enumerate(outcomes) if failed is None]
+
+        def queue(pipe: Any) -> None:
+            for w, op, o in ((writes[i], ops[i], owed[i]) for i in going):
+                event, profile = w.event, w.profile
+                keys = [self._user("p", w.user_id, w.user_id), self._user("e", w.user_id, op),
+                        self._user("ue", w.user_id, w.user_id), self._user("uip", w.user_id, w.user_id),
+                        self._user("pd", w.user_id, w.user_id)]
+                pipe.evalsha(self._user_commit.sha, len(keys), *keys,
+                             event.event_id if event else "", "1" if profile is not None else "0", w.expected_version,
+                             profile.to_json(w.expected_version + 1) if profile is not None else "",
+                             w.ip, _USER_IPS_TTL_S, "1" if event else "0", w.user_id, repr(w.at),
+                             dumps(event.request) if event else "", dumps(event.decision) if event else "",
+                             dumps(event.features) if event else "", o["cur"], op, dumps(o))
+
+        owing: list[tuple[int, str, str, dict[str, Any]]] = []
+        for i, reply in zip(going, self._execute(queue) if going else []):
+            w, op, o = writes[i], ops[i], owed[i]
+            outcomes[i] = _reply_error(reply)
+            if outcomes[i] is not None:
+                continue
+            if reply[0] == b"DUP":
+                outcomes[i] = DuplicateEvent(op)
+                if reply[1]:                   # an earlier try left something owed: apply it now
+                    owing.append((i, w.user_id, op, json.loads(reply[1])))
+            elif reply[0] == b"CONFLICT":
+                outcomes[i] = Conflict("the profile's version moved")
+            else:
+                owing.append((i, w.user_id, op, o))
+        for (i, *_), failed in zip(owing, self._apply_owed([item[1:] for item in owing])):
+            if failed is not None:
+                outcomes[i] = failed
+        return self._replicated_outcomes(outcomes)
+
+    def _owed(self, w: "_UserWrite", op: str) -> dict[str, Any]:
+        learned = list(w.learned.items()) if w.profile is not None else []
+        return {"ip": w.ip, "m": w.member.format(self._token(op)[:16]) if w.member else "", "at": w.at,
+                "trim": f"({prune_before(w.at)!r}",
+                "e": w.event.event_id if w.event else "", "cur": _payment_currency(w.event.request) if w.event else "",
+                "pop": learned, "audit": w.audit, "ch": self.chain}
+
+    def _token(self, op: str) -> str:
+        """An operation's name in keys and IP entries outside the user's slot: a keyed digest, since an
+        event id can name its user (erasure must leave nothing that does)."""
+        return hmac.digest(self.audit_key or b"", op.encode("utf-8", "surrogatepass"), "sha256").hex()[:32]
+
+    def _apply_owed(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[BaseException | None]:
+        """What each (user, operation) still owes the other slots, applied (idempotent), then forgotten."""
+        if not items:
+            return []
+        spans: list[int] = []
+
+        def queue(pipe: Any) -> None:
+            spans.clear()
+            for user_id, op, o in items:
+                before = len(pipe)
+                if o["ip"]:
+                    ip_key = self._key("ip", o["ip"])
+                    pipe.zadd(ip_key, {o["m"]: o["at"]})
+                    pipe.zremrangebyscore(ip_key, "-inf", o["trim"])
+                    pipe.expire(ip_key, _IP_TTL_S)
+                if o["pop"]:
+                    keys = [self._pop("pm", self._token(op)), self._pop("gt"),
+                            *(self._pop("gc", a) for a, _ in o["pop"])]
+                    pipe.evalsha(self._population.sha, len(keys), *keys, _MARKER_TTL_S,
+                                 *(item for pair in o["pop"] for item in pair))
+                if o["e"]:
+                    pipe.set(self._key("ei", o["e"]), user_id)
+                    pipe.zadd(self._key("events"), {o["e"]: o["at"]})
+                    if o["cur"]:
+                        pipe.zadd(self._key("pay", o["cur"]), {o["e"]: o["at"]})
+                spans.append(len(pipe) - before)
+
+        replies, start, outcomes = self._execute(queue), 0, []
+        for span in spans:
+            outcomes.append(next((_reply_error(r) for r in replies[start:start + span] if _reply_error(r)), None))
+            start += span
+        chains: dict[str, list[int]] = {}              # each record on the chain its first try began on
+        for i, ((_, _, o), failed) in enumerate(zip(items, outcomes)):
+            if failed is None and o["audit"]:
+                chains.setdefault(o.get("ch") or self.chain, []).append(i)
+        for chain, indexes in chains.items():
+            try:
+                self._append_chain([(items[i][1], items[i][2]["audit"]) for i in indexes], chain)
+            except (StoreUnavailable, Refused) as failed:
+                for i in indexes:
+                    outcomes[i] = failed
+        done = [(user_id, op) for (user_id, op, _), failed in zip(items, outcomes) if failed is None]
+        try:
+            with _available():
+                pipe = self._redis.pipeline(transaction=False)
+                for user_id, op in done:
+                    pipe.hdel(self._user("pd", user_id, user_id), op)
+                pipe.execute()
+        except StoreUnavailable:
+            pass                               # all applied: a later retry finds each part done already
         return outcomes
 
-    def _sealed(self, audit: dict[str, Any], seq: int, prev: str) -> tuple[list[Any], str]:
+    def _pending(self, user_id: str, op: str) -> bool:
+        """Apply what ``op`` still owes, if anything (raises StoreUnavailable when it cannot)."""
+        with _available():
+            owed = self._redis.hget(self._user("pd", user_id, user_id), op)
+        if owed is None:
+            return False
+        (failed,) = self._apply_owed([(user_id, op, json.loads(owed))])
+        if failed is not None:
+            raise failed
+        return True
+
+    def _append_chain(self, items: list[tuple[str | None, dict[str, Any]]], chain: str | None = None) -> None:
+        """Audit records onto a chain (this store's, or the one an earlier try of an operation began on)
+        in the chain's slot, one pipeline, each sealed onto the one before. An operation's record goes
+        on once: the script remembers the chain's recent operations (``_OPS_KEPT``) and answers DONE
+        for one it has, so a retry after a lost reply, from any process, appends nothing twice."""
+        if not items:
+            return
+        chain = chain or self.chain
+        own = chain == self.chain
+        if not self._audit_lock.acquire(timeout=self._lock_timeout):
+            raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
+        try:
+            keys = [self._chain_key("ah", chain), self._chain_key("ar", chain), self._chain_key("ao", chain)]
+            head = self._head if own else None
+            if head is None:                   # first use, or after a failure: make sure the chain is listed
+                with _available():
+                    self._redis.sadd(self._key("chains"), chain)
+            for _ in range(_HEAD_RETRIES):
+                seq, prev = head or self._read_head(chain)
+                afters: list[tuple[int, str]] = []
+
+                def queue(pipe: Any) -> None:
+                    s, p = seq, prev
+                    afters.clear()
+                    for op, audit in items:
+                        args, p = self._sealed(audit, s, p, chain)
+                        s += 1
+                        afters.append((s, p))
+                        pipe.evalsha(self._chain_append.sha, len(keys), *keys, *args,
+                                     self._token(op) if op else "", _OPS_KEPT)
+
+                try:
+                    replies = self._execute(queue)
+                    failed = next((_reply_error(r) for r in replies if _reply_error(r)), None)
+                    if failed is not None:
+                        raise failed
+                except (StoreUnavailable, Refused):
+                    if own:
+                        self._head = None      # the scripts may or may not have run: re-read the head
+                    raise
+                finished, head = 0, None
+                for i, reply in enumerate(replies):
+                    if reply[0] == b"HEAD":    # the chain moved (another writer, a failover): seal the rest again
+                        head = (int(reply[1]), reply[2].decode())
+                        break
+                    finished = i + 1
+                    if reply[0] == b"OK":
+                        head = afters[i]
+                if own:
+                    self._head = head
+                if finished == len(items):
+                    return
+                items = items[finished:]
+            raise StoreUnavailable("the audit chain head kept moving: does another writer use this chain id?")
+        finally:
+            self._audit_lock.release()
+
+    def _erase_cluster(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
+        """The other slots forget the user first (the event indexes, the IPs' entries), then the user's
+        slot drops everything unless an event or address came in meanwhile (then again), then the audit
+        record. Each step can be redone: a retried erasure finishes what a failed one began."""
+        user_keys = [self._user(kind, user_id, name) for kind, name in
+                     (("p", user_id), ("s", user_key), ("ue", user_id), ("uip", user_id), ("pd", user_id))]
+        for _ in range(_HEAD_RETRIES):
+            with _available():
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.smembers(user_keys[2])
+                pipe.smembers(user_keys[3])
+                event_ids, ips = ([m.decode() for m in members] for members in pipe.execute())
+                event_keys = [self._user("e", user_id, event_id) for event_id in event_ids]
+                pipe = self._redis.pipeline(transaction=False)
+                for key in event_keys:
+                    pipe.hget(key, "pay")
+                currencies = pipe.execute() if event_keys else []
+
+            def queue(pipe: Any) -> None:
+                for event_id, currency in zip(event_ids, currencies):
+                    pipe.zrem(self._key("events"), event_id)
+                    pipe.delete(self._key("ei", event_id))
+                    if currency:
+                        pipe.zrem(self._key("pay", currency.decode()), event_id)
+                for ip in ips:
+                    pipe.evalsha(self._ip_erase.sha, 1, self._key("ip", ip), user_key)
+
+            for reply in self._execute(queue) if event_ids or ips else []:
+                if (failed := _reply_error(reply)) is not None:
+                    raise failed
+            status = self._run(self._user_erase, user_keys + event_keys, [len(ips)])
+            if status[0] == b"OK":
+                break
+        else:
+            raise StoreUnavailable("the user kept changing while being erased")
+        self._append_chain([(None, audit)])
+        self._replicated()
+        with _available():
+            self._redis.publish(self._key("erased"), user_key)
+        return int(status[1]) > 0
+
+    def _sealed(self, audit: dict[str, Any], seq: int, prev: str,
+                chain: str | None = None) -> tuple[list[Any], str]:
         """The write scripts' chain arguments (ARGV[1..7]) for ``audit`` sealed onto (seq, prev), and its seal."""
-        (row,), head = seal_records([audit], self.chain, seq, prev, self.audit_key)
-        return ["1", seq, prev, row.hash, f"{row.seq}\t{prev}\t{row.hash}\t{row.body}", self.chain, head.mac], row.hash
+        chain = chain or self.chain
+        (row,), head = seal_records([audit], chain, seq, prev, self.audit_key)
+        return ["1", seq, prev, row.hash, f"{row.seq}\t{prev}\t{row.hash}\t{row.body}", chain, head.mac], row.hash
 
     def update_profile(self, user_id: str, expected_version: int, profile: UserProfile,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
+        if self.cluster:
+            outcome = self._cluster_writes([_UserWrite(user_id, expected_version, profile, None, "", 0.0,
+                                                       learned_values, None, audit)])[0]
+            if outcome is not None:
+                raise outcome
+            profile.version = expected_version + 1
+            return
         learned = list(learned_values.items())
         keys = [self._key("p", user_id), *self._unused(7), *(self._key("gc", a) for a, _ in learned)]
         keys[6] = self._key("gt")                # KEYS[10]: the totals the learned values add to
@@ -279,13 +623,30 @@ class RedisStore:
         profile.version = expected_version + 1
 
     def record_outcome(self, event_id: str, outcome: str, audit: dict[str, Any]) -> bool:
+        if self.cluster:          # the event's slot, then the audit record on the chain's (a retry redoes both)
+            with _available():
+                user = self._redis.get(self._key("ei", event_id))
+            if user is None:
+                return False
+            key = self._user("e", user.decode(), event_id)
+            status = self._run(self._outcome, [key] * 4, ["0", 0, "", "", "", "", "", outcome])
+            if status[0] == b"OK":
+                self._append_chain([(None, audit)])
+                self._replicated()
+            return status[0] == b"OK"
         return self._write(self._outcome, [self._key("e", event_id)], [outcome], audit)[0] == b"OK"
 
     def append_audit(self, audit: dict[str, Any]) -> None:
+        if self.cluster:
+            self._append_chain([(None, audit)])
+            self._replicated()
+            return
         args = ["", "0", 0, "", "0", "", "0", "", 0, "", 0, "0", "", "", "", "", ""]
         self._write(self._commit, self._unused(8), args, audit)
 
     def erase_user(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
+        if self.cluster:
+            return self._erase_cluster(user_id, user_key, audit)
         keys = [self._key("p", user_id), self._key("s", user_key), self._key("ue", user_id),
                 self._key("uip", user_key), self._key("events")]
         status = self._write(self._erase, keys, [self.prefix, user_key], audit)
@@ -308,7 +669,7 @@ class RedisStore:
     def prune_audit(self, chain: str, through_seq: int, audit: dict[str, Any]) -> int:
         """Drop ``chain``'s records up to ``through_seq`` (never its last), anchor where it now
         starts, and record the pruning on this store's chain, in one script."""
-        rows = self._key("ar", chain)
+        rows = self._chain_key("ar", chain)
         with _available():
             first = self._redis.lindex(rows, 0)
             first_seq = _audit_row(chain, 1, first.decode(errors="replace")).seq if first else 0
@@ -318,6 +679,13 @@ class RedisStore:
             return 0
         cut_hash = _audit_row(chain, 0, cut.decode(errors="replace")).hash
         start = Anchor.make(START, chain, through_seq + 1, cut_hash, self.audit_key)
+        if self.cluster:          # the pruned chain's slot, then the record of it on this store's chain
+            status = self._run(self._prune, [rows] * 4 + [self._chain_key("as", chain)],
+                               ["0", 0, "", "", "", "", "", index, through_seq, cut_hash, start.mac])
+            if status[0] == b"OK":
+                self._append_chain([(None, audit)])
+                self._replicated()
+            return int(status[1]) if status[0] == b"OK" and len(status) > 1 else 0
         status = self._write(self._prune, [rows, self._key("as", chain)],
                              [index, through_seq, cut_hash, start.mac], audit)
         return int(status[1]) if status[0] == b"OK" and len(status) > 1 else 0
@@ -331,7 +699,10 @@ class RedisStore:
         """Run one write script, sealing ``audit`` onto this store's chain inside it."""
         chain_keys = [self._key("ah", self.chain), self._key("ar", self.chain), self._key("chains")]
         if audit is None:
-            return self._run(script, chain_keys + keys, ["0", 0, "", "", "", self.chain, "", *args])
+            status = self._run(script, chain_keys + keys, ["0", 0, "", "", "", self.chain, "", *args])
+            if status[0] == b"OK":
+                self._replicated()
+            return status
         # One append at a time per chain: each record is sealed onto the one before it.
         if not self._audit_lock.acquire(timeout=self._lock_timeout):
             raise StoreUnavailable("Redis store busy: the audit chain lock was not free in time")
@@ -351,6 +722,7 @@ class RedisStore:
                     continue                     # the chain moved: Redis lost its data, or a shared chain id
                 if status[0] == b"OK":
                     self._head = (seq + 1, digest)
+                    self._replicated()
                 return status
             raise StoreUnavailable("the audit chain head kept moving: does another writer use this chain id?")
         finally:
@@ -367,18 +739,23 @@ class RedisStore:
             queue(pipe)
             with _available():
                 replies = pipe.execute(raise_on_error=False)
+            if (down := next((r for r in replies if isinstance(r, _UNAVAILABLE)), None)) is not None:
+                # a Cluster pipeline answers per node: one node down fails the group (what it did apply
+                # is found again by a retry: DUP, pending, HEAD)
+                raise StoreUnavailable(f"Redis store unavailable ({type(down).__name__})") from down
             if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 return replies
             if attempt:
                 raise StoreUnavailable("Redis refused the store's scripts")
             with _available():
-                for script in (self._commit, self._context):
+                for script in (self._commit, self._context, self._user_commit, self._population,
+                               self._chain_append, self._ip_erase):
                     self._redis.script_load(script.script)
         raise AssertionError("unreachable")
 
-    def _read_head(self) -> tuple[int, str]:
+    def _read_head(self, chain: str | None = None) -> tuple[int, str]:
         with _available():
-            seq, digest = self._redis.hmget(self._key("ah", self.chain), ["seq", "hash"])
+            seq, digest = self._redis.hmget(self._chain_key("ah", chain or self.chain), ["seq", "hash"])
         return (int(seq), digest.decode()) if seq is not None else (0, GENESIS)
 
     def _run(self, script: Script, keys: list[str], args: Sequence[Any]) -> list[bytes]:
@@ -390,6 +767,17 @@ class RedisStore:
         with _available():
             self._redis.ping()
 
+    def durability(self) -> Durability:
+        """What the primary (Cluster: the weakest primary) keeps across a restart or power loss, and
+        how many replicas a write waits for."""
+        with _available():
+            if self.cluster:
+                found = weakest(server_durability(self._redis.get_redis_connection(node))
+                                for node in self._redis.get_primaries())
+            else:
+                found = server_durability(self._redis)
+        return replace(found, replicas=self.wait_replicas)
+
     def clear(self) -> None:
         """Delete this prefix's keys only: other stores (and tests) may share the server."""
         pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix) + "*"
@@ -398,11 +786,55 @@ class RedisStore:
             for key in self._redis.scan_iter(match=pattern, count=1000):
                 batch.append(key)
                 if len(batch) >= 1000:
-                    self._redis.unlink(*batch)
+                    self._unlink(batch)
                     batch.clear()
             if batch:
-                self._redis.unlink(*batch)
+                self._unlink(batch)
         self._head = None
+
+    def _replicated(self) -> None:
+        """WAIT for ``wait_replicas`` replicas to hold every write made so far (on a Cluster, on each
+        primary): an increment of a key of ours on that primary, then WAIT on the same connection,
+        which covers everything the primary wrote before. Raises StoreUnavailable (503) when too few
+        replicas acknowledge within ``wait_timeout_ms``: the write may be lost in a failover."""
+        if not self.wait_replicas:
+            return
+        with _available():
+            targets = ([(self._redis.get_redis_connection(node), self._wait_key(node))
+                        for node in self._redis.get_primaries()] if self.cluster else [(self._redis, self._key("w"))])
+            for client, key in targets:
+                pipe = client.pipeline(transaction=False)
+                pipe.incr(key)
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                acknowledged = pipe.execute()[-1]
+                if acknowledged < self.wait_replicas:
+                    raise StoreUnavailable(f"only {acknowledged} of {self.wait_replicas} replicas acknowledged "
+                                           f"the write within {self.wait_timeout_ms} ms")
+
+    def _replicated_outcomes(self, outcomes: list[BaseException | None]) -> list[BaseException | None]:
+        if any(outcome is None for outcome in outcomes):
+            try:
+                self._replicated()
+            except StoreUnavailable as unsure:
+                return [unsure if outcome is None else outcome for outcome in outcomes]
+        return outcomes
+
+    def _wait_key(self, node: Any) -> str:
+        """A key of ours in a slot ``node`` serves (Cluster), found once per node."""
+        if node.name not in self._wait_keys:
+            self._wait_keys[node.name] = next(
+                key for key in (f"{self.prefix}w:{{{i}}}" for i in range(1_000_000))
+                if self._redis.get_node_from_key(key).name == node.name)
+        return self._wait_keys[node.name]
+
+    def _unlink(self, keys: list[bytes]) -> None:
+        if not self.cluster:
+            self._redis.unlink(*keys)
+            return
+        pipe = self._redis.pipeline(transaction=False)     # Cluster: one key a command (keys span slots)
+        for key in keys:
+            pipe.unlink(key)
+        pipe.execute()
 
     def close(self) -> None:
         if self._watcher is not None:
@@ -417,6 +849,29 @@ def _available() -> Iterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"Redis store unavailable ({type(exc).__name__})") from exc
+
+
+@dataclass(slots=True)
+class _UserWrite:
+    """Cluster: one write of a user's slot (a scored event, or a profile update)."""
+    user_id: str
+    expected_version: int
+    profile: UserProfile | None
+    event: StoredEvent | None
+    ip: str                           # keyed; '' for none
+    at: float
+    learned: dict[str, str]
+    member: str | None                # the IP entry, '{}' standing for the operation's token
+    audit: dict[str, Any] | None
+
+
+def _reply_error(reply: Any) -> BaseException | None:
+    """A pipelined command's own failure as the outcome its item gets; None when it answered."""
+    if not isinstance(reply, Exception):
+        return None
+    if isinstance(reply, _UNAVAILABLE):
+        return StoreUnavailable(f"Redis store unavailable ({type(reply).__name__})")
+    return Refused(f"Redis refused this item ({type(reply).__name__})")
 
 
 def _payment_currency(request: dict[str, Any]) -> str:

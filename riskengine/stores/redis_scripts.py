@@ -153,3 +153,83 @@ for i = 3, #KEYS do
 end
 return out
 """
+
+# -- Redis Cluster: each script touches one hash slot ----------------------------------------------
+# A scored event is written in the user's slot first (this script), with what it still owes the other
+# slots (per-IP entries, population counts, the event indexes, the audit record) kept beside it as a
+# pending entry; redis.py then applies those, each idempotent by the event's (or operation's) id, and
+# drops the entry. A retry of the event finds the entry (DUP) and applies what is left.
+# KEYS[1] profile, [2] event, [3] the user's event ids, [4] the user's IPs, [5] pending.
+# ARGV[1] event_id ('' = none), [2] has_profile, [3] expected version, [4] profile JSON, [5] IP ('' = none),
+# [6] user-IPs TTL, [7] store_event, [8] user_id, [9] at, [10] request, [11] decision, [12] features,
+# [13] currency ('' = none), [14] operation id, [15] what is owed (JSON).
+USER_COMMIT_LUA = """
+if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'DUP', redis.call('HGET', KEYS[5], ARGV[1]) or ''}
+end
+if (tonumber(redis.call('HGET', KEYS[1], 'v')) or 0) ~= tonumber(ARGV[3]) then return {'CONFLICT'} end
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[3]) + 1, 'd', ARGV[4]) end
+if ARGV[5] ~= '' then
+  redis.call('SADD', KEYS[4], ARGV[5])
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+end
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[2], 'user_id', ARGV[8], 'at', ARGV[9], 'request', ARGV[10],
+             'decision', ARGV[11], 'features', ARGV[12])
+  if ARGV[13] ~= '' then redis.call('HSET', KEYS[2], 'pay', ARGV[13]) end
+  redis.call('SADD', KEYS[3], ARGV[1])
+end
+redis.call('HSET', KEYS[5], ARGV[14], ARGV[15])
+return {'OK'}
+"""
+
+# Population counts, once per operation id. KEYS[1] the operation's marker, [2] totals, [3..] counts
+# per attribute (all in the population's slot). ARGV[1] marker TTL, [2..] attribute, value pairs.
+POPULATION_LUA = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for i = 3, #KEYS do
+  local attribute, value = ARGV[2 * i - 4], ARGV[2 * i - 3]
+  if redis.call('HINCRBY', KEYS[i], value, 1) == 1 then
+    redis.call('HINCRBY', KEYS[2], 'd:' .. attribute, 1)
+  end
+  redis.call('HINCRBY', KEYS[2], 't:' .. attribute, 1)
+end
+return 1
+"""
+
+# An audit record alone, on its chain's slot: KEYS[1] head, [2] rows, [3] the chain's recent operations
+# (sorted set: operation token -> seq); ARGV[1..7] as the audit append above, [8] the operation's token
+# ('' = none), [9] how many operations to remember. An operation already on the chain: DONE, nothing
+# appended. (The set of chain ids lives in its own slot and is added to apart.)
+CHAIN_LUA = _AUDIT_LUA.replace("redis.call('SADD', KEYS[3], ARGV[6])", "") + """
+if ARGV[8] ~= '' and redis.call('ZSCORE', KEYS[3], ARGV[8]) then return {'DONE'} end
+local moved = head_moved()
+if moved then return moved end
+append_audit()
+if ARGV[8] ~= '' then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + 1, ARGV[8])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[9]) - 1)
+end
+return {'OK'}
+"""
+
+# Erasure in the user's slot, once the other slots forgot the user: KEYS[1] profile, [2] secret,
+# [3] the user's event ids, [4] the user's IPs, [5] pending, [6..] the events read before.
+# ARGV[1] how many IPs were read. Refuses (AGAIN) when an event or IP came in meanwhile.
+USER_ERASE_LUA = """
+if redis.call('SCARD', KEYS[3]) ~= #KEYS - 5 or redis.call('SCARD', KEYS[4]) ~= tonumber(ARGV[1]) then
+  return {'AGAIN'}
+end
+local found = redis.call('DEL', KEYS[1], KEYS[2])
+for i = 6, #KEYS do found = found + redis.call('DEL', KEYS[i]) end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+return {'OK', tostring(found)}
+"""
+
+# One IP's entries of an erased user: KEYS[1] the IP's entries, ARGV[1] the user key.
+IP_ERASE_LUA = """
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.match(member, '^%d:[^:]*:(.*)$') == ARGV[1] then redis.call('ZREM', KEYS[1], member) end
+end
+return 1
+"""
