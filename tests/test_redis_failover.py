@@ -31,7 +31,7 @@ import pytest
 
 from riskengine.audit.chain import verify
 from riskengine.stores import open_store
-from tests.conftest import CHROME_WIN, OSLO_IP, T0, iso
+from tests.conftest import CHROME_WIN, T0, iso
 from tests.redis_servers import Cluster, SentinelSet, free_ports, within
 from tests.test_multiprocess import _wait_healthy
 
