@@ -123,7 +123,14 @@ class Cluster:
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         within(30, self.healthy, "the cluster reporting cluster_state:ok on every node", pause=0.2)
+        if self.replicas:       # a WAIT before a replica's first sync would time out: wait for every link
+            within(30, self.replicas_in_sync, "every replica in sync with its primary", pause=0.2)
         return self
+
+    def replicas_in_sync(self) -> bool:
+        roles = [s.client().info("replication") for s in self.servers if s.process is not None]
+        replicas = [r for r in roles if r["role"] == "slave"]
+        return len(replicas) == 3 * self.replicas and all(r["master_link_status"] == "up" for r in replicas)
 
     def healthy(self) -> bool:
         alive = [s for s in self.servers if s.process is not None and s.process.poll() is None]

@@ -278,7 +278,8 @@ def test_train_from_service_says_why_the_windows_cannot_train(dataset, settings,
     from riskengine.cli import main
 
     last = pd.to_datetime(dataset.meta["timestamp"], utc=True).max()
-    late = dataset.window(np.isin(np.arange(len(dataset.y)), np.flatnonzero(dataset.y == 0)[:4]))
+    evaluated = population.evaluated(population.of_dataset(dataset))       # a failed login is counted apart
+    late = dataset.window(np.isin(np.arange(len(dataset.y)), np.flatnonzero((dataset.y == 0) & evaluated)[:4]))
     late.meta["timestamp"] = [last + pd.Timedelta(days=40, minutes=i) for i in range(4)]
     stretched = training.Dataset(np.vstack([dataset.X, late.X]), np.r_[dataset.y, late.y],
                                  pd.concat([dataset.meta, late.meta], ignore_index=True))

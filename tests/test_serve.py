@@ -40,8 +40,10 @@ def _free_port() -> int:
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKENGINE_")}
+    # the machine's Redis keeps nothing on disk: accepted knowingly (test_redis_durability.py checks the refusal)
     return {**env, "RISKENGINE_HOME": str(home), "RISKENGINE_BOOTSTRAP_MODEL": "false",
-            "RISKENGINE_SQLITE_SYNCHRONOUS": "NORMAL", "RISKENGINE_LOG_FORMAT": "json", **extra}
+            "RISKENGINE_SQLITE_SYNCHRONOUS": "NORMAL", "RISKENGINE_LOG_FORMAT": "json",
+            "RISKENGINE_REDIS_DURABILITY": "none", **extra}
 
 
 def _start(home: Path, port: int, env: dict[str, str], workers: int = 2) -> tuple[subprocess.Popen, Path]:
