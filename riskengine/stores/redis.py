@@ -49,7 +49,8 @@ from riskengine.stores.redis_scripts import (CHAIN_LUA, COMMIT_LUA, CONTEXT_LUA,
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
                 redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
                 redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
-                redis.exceptions.SlotNotCoveredError, redis.exceptions.ClusterError)
+                redis.exceptions.SlotNotCoveredError, redis.exceptions.ClusterError,
+                redis.exceptions.AskError)      # MOVED/ASK mid-failover: the slot's new owner is not known yet
 _IP_TTL_S = int(2 * IP_WINDOW_S)          # an IP idle for two windows holds nothing a read could count
 _USER_IPS_TTL_S = 7 * 86400               # outlives the IP entries it points at, so erasure finds them
 _HEAD_RETRIES = 5
