@@ -4,11 +4,10 @@ each record. Erasing a user's secret unlinks every record about them while the c
 
 from __future__ import annotations
 
-import hmac
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from riskengine.audit.chain import pseudonym
+from riskengine.audit.chain import KeyedHash, pseudonym
 from riskengine.events import DEFAULT_TENANT, Event, format_timestamp, tenant_of
 
 if TYPE_CHECKING:
@@ -22,7 +21,7 @@ class Pseudonyms:
     ``head`` is who and when of an audit record, as pseudonyms under the user's secret."""
 
     def __init__(self, key: bytes, store: "ProfileStore") -> None:
-        self._key, self._store = key, store
+        self._key, self._store = KeyedHash(key), store
         self._user_keys: dict[str, str] = {}
 
     def user_key(self, user_id: str) -> str:
@@ -31,7 +30,7 @@ class Pseudonyms:
         if key is None:
             if len(self._user_keys) >= _USER_KEYS_KEPT:
                 self._user_keys.clear()
-            key = self._user_keys[user_id] = hmac.digest(self._key, user_id.encode(), "sha256").hex()[:32]
+            key = self._user_keys[user_id] = self._key.hex(user_id.encode())[:32]
         return key
 
     def secret(self, user_id: str, create: bool = True) -> bytes | None:
