@@ -21,6 +21,7 @@ from riskengine.events import DEFAULT_TENANT, Event, event_from_request, event_t
 from riskengine.features import BY_NAME, USER_MESSAGES, Context, Signals, extract
 from riskengine.ordering import Turns, retried
 from riskengine.policy.decide import Decision, Policy, Reason, Seen
+from riskengine.policy.exemptions import FraudRate
 from riskengine.policy.file import PolicyWatcher
 from riskengine.policy.fraud_rates import FraudRates
 from riskengine.scoring.scorers import Score, Scorer, StatisticalScorer, TrainedScorer
@@ -158,7 +159,8 @@ class Engine:
         read = self._read(event, profile)
         with span("context"):
             context = await self.store.context_async(self._stats(event, event.ip), event.ts, read.values)
-        return self._decide(event, read, Context(*context))
+            fraud_rate = await self.fraud_rates.for_event(read.policy, event)
+        return self._decide(event, read, Context(*context), fraud_rate)
 
     def _read(self, event: Event, profile: profiles.UserProfile) -> _Read:
         if self._policy_watcher is not None:
@@ -178,7 +180,7 @@ class Engine:
             return values
         return {name: tenant_key(tenant, value) for name, value in values.items()}
 
-    def _decide(self, event: Event, read: _Read, context: Context) -> Scored:
+    def _decide(self, event: Event, read: _Read, context: Context, fraud_rate: FraudRate) -> Scored:
         policy, enriched, profile, values = read
         with span("features"):
             signals = extract(enriched, profile, context)
@@ -198,7 +200,7 @@ class Engine:
                     self.enricher.lists.current.roles(enriched.lists))
         with span("decide"):
             decision = policy.decide(event, score.risk, reasons_from(score, signals), score.model_version,
-                                     profile=profile, fraud_rate=self.fraud_rates.rate, seen=seen)
+                                     profile=profile, fraud_rate=fraud_rate, seen=seen)
         learn = learns(event.success, decision.decision, decision.risk_level)
         return Scored(enriched, signals, score, decision, learn, profile, policy, values)
 

@@ -291,3 +291,33 @@ def test_hipaa_audits_every_access(settings):
         ("view_phi", "view_phi", "export_phi", "view_phi"), answers)]
     assert [x["decision"] for x in answers] == ["allow", "step_up", "step_up", "allow"]
     assert all(r["policy_version"] == "hipaa@1" and "dr-house-17" not in json.dumps(r) for r in records)
+
+
+def test_the_fraud_rate_is_read_off_the_event_loop(settings):
+    """The 90-day scan of payments behind PSD2 TRA runs on a store thread, read before deciding:
+    the event loop never waits on it, and the exemption still follows the rate."""
+    import asyncio
+
+    from riskengine.home import open_engine
+
+    psd2 = settings.model_copy(update={"policy": "psd2"})
+    engine = open_engine(psd2)
+    backend = engine.store.inner.backend
+    read, on_loop = backend.payment_totals, []
+
+    def recorded(*query):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return read(*query)
+
+    backend.payment_totals = recorded
+    with TestClient(create_app(psd2, engine=engine)) as client:
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        home = Home(client, psd2)
+        _history(home, "payment", 100_000, 10)
+        assert home.score("paula", 1, "payment", 500.0)["exemption"] == "psd2_tra"
+        assert home.score("paula", 2, "payment", 500.01, at=_at(1))["exemption"] is None
+    assert on_loop and not any(on_loop)

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from riskengine.policy import exemptions
 from riskengine.events import Event
 from riskengine.features import USER_MESSAGES
-from riskengine.policy.exemptions import Exemption, FraudRate, LowValue
+from riskengine.policy.exemptions import Exemption, FraudRate, LowValue, RateQuery, RiskAnalysis
 from riskengine.profiles import UserProfile
 
 FAILURE_MODES = ("deny", "step_up", "unavailable")
@@ -360,6 +360,15 @@ class Policy:
         return auth_time is not None and 0 <= (event.timestamp - auth_time).total_seconds() <= max_age
 
     # -- deciding ------------------------------------------------------------
+    def fraud_rate_queries(self, event: Event) -> list[RateQuery]:
+        """The fraud rates ``decide`` may ask for this event (its rule's risk-analysis exemptions)."""
+        queries = []
+        for name in self.rule(event.action).exemptions:
+            exemption = self.exemptions[name]
+            if isinstance(exemption, RiskAnalysis) and (query := exemption.query(event)) is not None:
+                queries.append(query)
+        return queries
+
     def decide(self, event: Event, risk: float, reasons: tuple[Reason, ...], model_version: str,
                profile: UserProfile | None = None, fraud_rate: FraudRate | None = None,
                seen: Seen | None = None) -> Decision:

@@ -17,6 +17,8 @@ from riskengine.profiles import DAY, UserProfile
 
 #: (actions, currency, since, until) -> fraud value / total value of those payments, or None without volume
 FraudRate = Callable[[tuple[str, ...], str, float, float], "float | None"]
+#: what a ``FraudRate`` is asked: (actions, currency, since, until)
+RateQuery = tuple[tuple[str, ...], str, float, float]
 _RATE_TOLERANCE = 1e-9          # 13 / 10_000 must meet a 0.13 % reference despite float rounding
 
 
@@ -97,23 +99,34 @@ class RiskAnalysis:
         met = [t.up_to for t in self.rates.get(kind, ()) if fraud_rate <= t.fraud_rate * (1 + _RATE_TOLERANCE)]
         return max(met) if met else None
 
-    def applies(self, event: Event, risk_level: str, fraud_rate: FraudRate | None) -> bool:
+    def query(self, event: Event) -> RateQuery | None:
+        """The fraud rate ``applies`` would ask for this event at an eligible risk level, if any: the
+        engine reads it off the event loop before deciding (policy/fraud_rates.py)."""
         kind = self.kind_of(event.action)
-        if kind is None or fraud_rate is None or not _eligible(event, risk_level, self.risk_levels, self.currency):
+        if kind is None or not _payable(event, self.currency):
+            return None
+        return self.kinds[kind], self.currency, event.ts - self.window_days * DAY, event.ts
+
+    def applies(self, event: Event, risk_level: str, fraud_rate: FraudRate | None) -> bool:
+        if fraud_rate is None or risk_level not in self.risk_levels or (query := self.query(event)) is None:
             return False
-        rate = fraud_rate(self.kinds[kind], self.currency, event.ts - self.window_days * DAY, event.ts)
+        rate = fraud_rate(*query)
         if rate is None:
             return False                          # no payments in the window: no rate to earn an exemption
-        limit = self.threshold(kind, rate)
-        return limit is not None and event.amount <= limit
+        limit = self.threshold(self.kind_of(event.action) or "", rate)
+        return limit is not None and event.amount is not None and event.amount <= limit
 
 
 Exemption = LowValue | RiskAnalysis
 
 
 def _eligible(event: Event, risk_level: str, risk_levels: tuple[str, ...], currency: str) -> bool:
-    return (risk_level in risk_levels and event.amount is not None and event.currency == currency
-            and event.success)
+    return risk_level in risk_levels and _payable(event, currency)
+
+
+def _payable(event: Event, currency: str) -> bool:
+    """A payment an exemption may cover: an amount, in its currency, that went through."""
+    return event.amount is not None and event.currency == currency and event.success
 
 
 # -- counters since the last SCA, kept in the profile --------------------------
