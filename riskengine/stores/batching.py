@@ -30,7 +30,6 @@ from riskengine.stores.base import Backend, Commit, ContextRead, Follow, Refused
 log = logging.getLogger("riskengine.store")
 
 MAX_GROUP = 64
-KEYED_KEPT = 65_536            # keyed values remembered (a few MB at most)
 MAX_PENDING = 8192            # items waiting for a thread; more and the service sheds load (503)
 
 #: run(items) -> one outcome per item: its result (None for a commit), or the exception its caller gets
@@ -134,7 +133,6 @@ class Batched:
                  max_group: int = MAX_GROUP, max_pending: int = MAX_PENDING) -> None:
         self.backend = backend
         self._stats_key = KeyedHash(hmac.digest(stats_key or b"", b"riskengine per-IP and population keys", "sha256"))
-        self._keyed: dict[str, str] = {}      # value -> keyed: a read's values come back in its commit
         name = type(backend).__name__.removesuffix("Store").lower()
         self._writer = Worker(backend.commit_group, f"riskengine-{name}-writer", max_group, max_pending) \
             if threads else None
@@ -148,15 +146,8 @@ class Batched:
 
     # -- keyed hashing: the one place raw IPs and attribute values turn into stored keys ----------
     def keyed(self, value: str) -> str:
-        """A stable keyed hash: equal values count together, and the value cannot be read back.
-        Remembered (a pure function; the memory is bounded), since each event's IP and attribute
-        values are hashed for its read and again for its commit."""
-        keyed = self._keyed.get(value)
-        if keyed is None:
-            if len(self._keyed) >= KEYED_KEPT:
-                self._keyed.clear()
-            keyed = self._keyed[value] = self._stats_key.hex(value.encode("utf-8", "surrogatepass"))[:32]
-        return keyed
+        """A stable keyed hash: equal values count together, and the value cannot be read back."""
+        return self._stats_key.hex(value.encode("utf-8", "surrogatepass"))[:32]
 
     def _keyed_read(self, ip: str, at: float, values: dict[str, str]) -> ContextRead:
         return self.keyed(ip), at, {a: self.keyed(v) for a, v in values.items()}
