@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,12 +19,13 @@ _LAB_MODULES = ("pandas", "pyarrow", "scipy", "sklearn", "matplotlib")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from riskengine import keys
-    from riskengine.api import logs, server
-
     workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    _metrics_dir(settings, workers)           # before prometheus_client is imported (riskengine.api)
+    from riskengine import keys
+    from riskengine.api import logs, server
+
     if (refused := _policy_refused(settings)) is not None:
         print(f"riskengine serve: the policy cannot be used:\n{refused}", file=sys.stderr)
         return 1
@@ -45,6 +47,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     _raise_open_files_limit()
     server.run(settings, args.host, args.port, workers)
     return 0
+
+
+def _metrics_dir(settings: Settings, workers: int) -> None:
+    """prometheus_client's multiprocess mode for N workers, so a scrape sums them all (api/metrics.py).
+
+    The directory is ``PROMETHEUS_MULTIPROC_DIR`` or ``<home>/var/prometheus``; its files from an
+    earlier run are removed first, or their counts would be added to this run's (a restarted
+    container even reuses the workers' pids). One process keeps its metrics in memory: the variable
+    is dropped, as prometheus_client reads it when imported, which has not happened yet here.
+    """
+    if workers == 1:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.var / "prometheus")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def _init(args: argparse.Namespace, settings: Settings) -> int:

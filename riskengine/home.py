@@ -45,6 +45,8 @@ def open_engine(settings: Settings, scorer: Scorer | None = None) -> Engine:
         engine.prune_audit(settings.audit_retention_days)
     if scorer is None:
         engine.watch_models(ModelRegistry.open(settings))
+    if hasattr(store, "sweep_owed_every"):          # Redis (a no-op but on a Cluster)
+        store.sweep_owed_every()
     return engine
 
 

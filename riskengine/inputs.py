@@ -38,6 +38,9 @@ class InputError(ValueError):
 #: isolates and marks of category Cf (they make an id display as another in logs and audit
 #: exports). Other Cf characters (ZWJ in emoji, soft hyphen) are allowed: ids compare byte for byte.
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: the same rule as a JSON Schema ``pattern`` (OpenAPI), so schema-driven clients and fuzzers send what
+#: is accepted; lone surrogates are left out, as most regex engines (Rust's, Go's) cannot name them.
+TEXT_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]*$"
 
 
 def text_problem(value: str) -> str | None:
@@ -66,7 +69,7 @@ def _text(value: str) -> str:
 
 
 #: any client string (add the length with ``Annotated[Text, Field(max_length=...)]``)
-Text = Annotated[StrictStr, AfterValidator(_text)]
+Text = Annotated[StrictStr, AfterValidator(_text), Field(json_schema_extra={"pattern": TEXT_PATTERN})]
 #: a client identifier: a ``Text`` of at least one character, compared byte for byte
 Id = Annotated[Text, Field(min_length=1)]
 
@@ -91,9 +94,12 @@ def _attribute_value(value: object) -> AttributeValue:
     raise ValueError("must be a string, a number or a bool")
 
 
-AttributeValueIn = Annotated[AttributeValue, PlainValidator(_attribute_value), WithJsonSchema(
-    {"anyOf": [{"type": "string", "maxLength": 1024}, {"type": "integer", "minimum": INT64[0],
-               "maximum": INT64[1]}, {"type": "number"}, {"type": "boolean"}]})]
+#: JSON Schema cannot tell ``1e19`` (a float: accepted) from ``10000000000000000000`` (an integer past
+#: int64: refused), so it bounds every number to the int64 range: what it admits is always accepted
+ATTRIBUTE_VALUE_SCHEMA = {"anyOf": [{"type": "string", "maxLength": 1024, "pattern": TEXT_PATTERN},
+                                    {"type": "number", "minimum": INT64[0], "maximum": INT64[1]},
+                                    {"type": "boolean"}]}
+AttributeValueIn = Annotated[AttributeValue, PlainValidator(_attribute_value), WithJsonSchema(ATTRIBUTE_VALUE_SCHEMA)]
 Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 
 

@@ -12,6 +12,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -50,8 +52,20 @@ def home(settings, monkeypatch) -> Settings:
     return settings
 
 
+_OPEN: list[sqlite3.Connection] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    """Each test's direct connections closed after it (Python 3.13 warns of one left open)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def _db(settings: Settings) -> sqlite3.Connection:
-    return sqlite3.connect(settings.var / "profiles.db", isolation_level=None)
+    _OPEN.append(sqlite3.connect(settings.var / "profiles.db", isolation_level=None))
+    return _OPEN[-1]
 
 
 def _rows(settings: Settings) -> list[tuple[int, str, str, str]]:
@@ -192,7 +206,7 @@ def test_several_writer_chains_verify_together(tmp_path):
     rows = list(writers[0].audit_rows())
     assert sorted({(r.chain, r.seq) for r in rows}) == [(c, s) for c in ("host-a", "host-b") for s in (1, 2, 3)]
     assert verify(rows, key, writers[0].audit_anchors()) == []
-    with sqlite3.connect(tmp_path / "shared.db") as db:
+    with closing(sqlite3.connect(tmp_path / "shared.db", isolation_level=None)) as db:
         db.execute("DELETE FROM audit WHERE chain='host-b' AND seq=2")
     problems = verify(writers[0].audit_rows(), key, writers[0].audit_anchors())
     assert [str(p) for p in problems] == ["chain host-b record 3: records 2..2 are missing (deleted)",

@@ -9,6 +9,7 @@ import json
 import shutil
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,20 @@ def home(settings, monkeypatch) -> Settings:
     return settings
 
 
+_OPEN: list[sqlite3.Connection] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    """Each test's direct connections closed after it (Python 3.13 warns of one left open)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def _db(settings: Settings) -> sqlite3.Connection:
-    return sqlite3.connect(settings.var / "profiles.db", isolation_level=None)
+    _OPEN.append(sqlite3.connect(settings.var / "profiles.db", isolation_level=None))
+    return _OPEN[-1]
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

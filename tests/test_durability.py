@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -70,7 +71,7 @@ class Load(threading.Thread):
 
 def stored_ids(home: Path) -> tuple[set[str], set[str]]:
     """Event ids in the ``events`` table, and those the audit trail's score records stand for."""
-    with sqlite3.connect(home / "var" / "profiles.db") as db:
+    with closing(sqlite3.connect(home / "var" / "profiles.db")) as db:
         events = {row[0] for row in db.execute("SELECT event_id FROM events")}
         bodies = [json.loads(body) for (body,) in db.execute("SELECT body FROM audit")]
     scored = [b for b in bodies if b.get("kind") == "score"]

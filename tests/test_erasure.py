@@ -7,6 +7,7 @@ import hmac
 import json
 import sqlite3
 import uuid
+from contextlib import closing
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -26,8 +27,8 @@ USERS = ("alice.smith@example.org", "bob.jones@example.org")
 
 
 def _bodies(settings) -> list[str]:
-    db = sqlite3.connect(settings.var / "profiles.db")
-    return [body for (body,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
+    with closing(sqlite3.connect(settings.var / "profiles.db")) as db:
+        return [body for (body,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
 
 
 def test_erasure_keeps_the_trail_verifiable_and_unlinks_the_user(settings, monkeypatch, capsys):
@@ -62,8 +63,9 @@ def test_erasure_keeps_the_trail_verifiable_and_unlinks_the_user(settings, monke
         assert not [b for b in after if alice in b or "alice" in b]
         # her secret is gone, so her pseudonym (and event refs) can no longer be recomputed
         assert engine.store.user_secret(alice, engine.user_key(alice), create=False) is None
-        assert sqlite3.connect(settings.var / "profiles.db").execute(
-            "SELECT COUNT(*) FROM user_secrets WHERE user_key=?", (engine.user_key(alice),)).fetchone() == (0,)
+        with closing(sqlite3.connect(settings.var / "profiles.db")) as db:
+            assert db.execute("SELECT COUNT(*) FROM user_secrets WHERE user_key=?",
+                              (engine.user_key(alice),)).fetchone() == (0,)
         assert engine.pseudonyms.subject(alice) != subject              # a returning alice gets a new, unlinked pseudonym
         # bob is untouched and still resolvable
         bob_secret = engine.store.user_secret(bob, engine.user_key(bob), create=False)

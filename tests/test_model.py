@@ -7,6 +7,7 @@ import inspect
 import json
 import math
 import sqlite3
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -60,8 +61,8 @@ def test_backfill_equals_serving(frame, dataset, settings):
             if d["decision"] == "step_up" and not learned:      # users pass their step-ups, attackers fail
                 outcome = "step_up_failed" if row["label"] else "step_up_passed"
                 assert client.post("/feedback", json={"event_id": d["event_id"], "outcome": outcome}).status_code == 200
-    db = sqlite3.connect(settings.var / "profiles.db")
-    served = {event_id: json.loads(features) for event_id, features in db.execute("SELECT event_id, features FROM events")}
+    with closing(sqlite3.connect(settings.var / "profiles.db")) as db:
+        served = {event_id: json.loads(features) for event_id, features in db.execute("SELECT event_id, features FROM events")}
     assert len(served) == len(part)
     for i, event_id in enumerate(expected.meta["event_id"]):
         row = [served[event_id][name] for name in FEATURE_NAMES]

@@ -209,6 +209,19 @@ def test_compose_redis_persists_every_write():
     assert "redis-cli" in redis["healthcheck"]["test"]
 
 
+def test_compose_makes_the_shared_keys_before_a_replica_starts():
+    """On Redis, serve refuses to start without the audit and pseudonym keys (found by running the
+    compose file: every replica exited); the init job makes them in the volume the replicas mount."""
+    services = _compose()["services"]
+    init, replica = services["init"], services["riskengine"]
+    assert replica["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    script = init["command"][-1]
+    assert script.startswith("riskengine init ||")          # exits 1 when all exist: a later `up` still passes
+    assert build_parser().parse_args(["init"]).command == "init"
+    var = [v for v in replica["volumes"] if v.endswith(":/srv/riskengine/var")]
+    assert var and var[0] in init["volumes"] and init["image"] == replica["image"]
+
+
 def test_the_image_is_slim_and_not_root():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.count("FROM ") >= 2                                     # build stage, runtime stage

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -201,8 +202,8 @@ def _score(client: TestClient, n: int, **extra) -> dict:
 
 
 def _audit(settings: Settings) -> list[dict]:
-    db = sqlite3.connect(settings.var / "profiles.db")
-    return [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
+    with closing(sqlite3.connect(settings.var / "profiles.db")) as db:
+        return [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
 
 
 def test_reload_without_restart_and_a_broken_file_keeps_the_old_policy(settings, tmp_path):

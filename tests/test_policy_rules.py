@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from datetime import timedelta
 
 import pytest
@@ -296,8 +297,8 @@ def test_the_app_answers_with_rule_factors_fallback_and_records_the_rule(app_cli
     plain = post(client, 6, action="payment").json()
     assert plain["factors"] == ["totp", "webauthn", "passkey", "push", "sms"] and plain["fallback"] is None
 
-    db = sqlite3.connect(settings.var / "profiles.db")
-    bodies = [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
+    with closing(sqlite3.connect(settings.var / "profiles.db")) as db:
+        bodies = [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
     text = json.dumps(bodies)
     assert '"fallback": "account_recovery"' in text and '"denylisted_network"' in text
 
@@ -309,8 +310,8 @@ def test_the_app_names_the_rule_that_decided_in_the_answer_and_the_audit(app_cli
         "rules:\n", "rules:\n  - name: all-logins\n    when: {actions: [login]}\n    then: {decision: deny}\n"))
     decided = post(client, 2).json()
     assert (decided["policy_version"], decided["rule"], decided["decision"]) == ("rules@2", "all-logins", "deny")
-    db = sqlite3.connect(settings.var / "profiles.db")
-    records = [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
+    with closing(sqlite3.connect(settings.var / "profiles.db")) as db:
+        records = [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
     scores = [r for r in records if r["kind"] == "score"]
     assert [r.get("rule") for r in scores] == [None, "all-logins"]
 

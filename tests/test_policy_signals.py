@@ -9,6 +9,7 @@ import asyncio
 import json
 import math
 import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -101,8 +102,8 @@ def test_rules_for_one_tenant_decide_only_that_tenants_events_over_http(tmp_path
         acme_login = post(client, ACME, "l-1", minutes=1)
         assert (plain["decision"], plain["rule"]) == ("step_up", "default-tenant-logins")
         assert (acme_login["decision"], acme_login["rule"]) == ("allow", None)
-    db = sqlite3.connect(settings.var / "profiles.db")
-    scores = [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
+    with closing(sqlite3.connect(settings.var / "profiles.db")) as db:
+        scores = [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
     decided = {(r.get("tenant", "default"), r.get("rule")) for r in scores if r["kind"] == "score"}
     assert ("acme", "acme-no-exports") in decided and ("default", "default-tenant-logins") in decided
     assert ("beta", "acme-no-exports") not in decided
@@ -179,8 +180,8 @@ def test_the_service_scores_and_explains_the_signal_once_and_records_it(tmp_path
     assert reason["weight"] > 0 and reason["message"] == "the address is on anonymizer list hosting"
     assert reason["user_message"] == USER_MESSAGES["anonymizer_network"]
     assert answer["risk_score"] > clean["risk_score"]
-    db = sqlite3.connect(settings.var / "profiles.db")
-    features = {e: json.loads(f) for e, f in db.execute("SELECT event_id, features FROM events")}
+    with closing(sqlite3.connect(settings.var / "profiles.db")) as db:
+        features = {e: json.loads(f) for e, f in db.execute("SELECT event_id, features FROM events")}
     assert (features["a-1"]["anonymizer_network"], features["a-2"]["anonymizer_network"]) == (1, 0)
 
 
@@ -268,8 +269,8 @@ def _journey(tmp_path: Path, lists: Path | None) -> list[dict]:
                 assert client.post("/feedback", headers=PLAIN, json={
                     "event_id": answer["event_id"], "outcome": "step_up_passed"}).status_code == 200
             answers.append(answer)
-    db = sqlite3.connect(settings.var / "profiles.db")
-    features = {e: json.loads(f) for e, f in db.execute("SELECT event_id, features FROM events")}
+    with closing(sqlite3.connect(settings.var / "profiles.db")) as db:
+        features = {e: json.loads(f) for e, f in db.execute("SELECT event_id, features FROM events")}
     return [answer | {"features": features[f"j-{n}"]} for n, answer in enumerate(answers)]
 
 

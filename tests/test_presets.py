@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,8 +46,8 @@ class Home:
         assert response.status_code == 200, response.text
 
     def audit(self) -> list[dict]:
-        db = sqlite3.connect(self.settings.var / "profiles.db")
-        return [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
+        with closing(sqlite3.connect(self.settings.var / "profiles.db")) as db:
+            return [json.loads(b) for (b,) in db.execute("SELECT body FROM audit ORDER BY chain, seq")]
 
 
 def open_home(settings: Settings, policy) -> TestClient:

@@ -11,6 +11,7 @@ import dataclasses
 import sqlite3
 import time
 import uuid
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
@@ -233,7 +234,7 @@ def _tamper(store: ProfileStore, tmp_path, row: Any, body: str | None) -> None:
         else:
             store._audit[index] = dataclasses.replace(row, body=body)
     elif isinstance(store, SQLiteStore):
-        with sqlite3.connect(tmp_path / "profiles.db") as db:
+        with closing(sqlite3.connect(tmp_path / "profiles.db", isolation_level=None)) as db:
             if body is None:
                 db.execute("DELETE FROM audit WHERE chain=? AND seq=?", (row.chain, row.seq))
             else:

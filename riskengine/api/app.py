@@ -18,7 +18,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from riskengine import tracing
-from riskengine.api import errors, openapi, routes
+from riskengine.api import errors, metrics, openapi, routes
 from riskengine.api.auth import KeyRing
 from riskengine.api.middleware import Gate
 from riskengine.api.ratelimit import Buckets
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 gc.freeze()     # the model, GeoIP tables, policy...: kept for good, so no collection walks them
                 yield {"engine": opened, "signals": signals, "max_clock_skew_s": settings.max_clock_skew_seconds}
         finally:
+            metrics.process_exited()
             if settings.tracing:
                 tracing.disable()
 

@@ -71,8 +71,9 @@ def formatter(fmt: str) -> logging.Formatter:
         raise ValueError(f"RISKENGINE_LOG_FORMAT must be one of {', '.join(FORMATS)}, got {fmt!r}")
     from pythonjsonlogger.json import JsonFormatter
 
-    return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
-                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    # pid: which of serve's workers wrote the line
+    return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(process)d",
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
                          datefmt="%Y-%m-%dT%H:%M:%S%z")
 
 

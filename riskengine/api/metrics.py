@@ -2,17 +2,25 @@
 
 Every label takes values from a closed or operator-set list: route templates, decisions, actions
 the policy knows (others: ``other``), reason codes (policy/schema.py), feedback outcomes, policy
-versions. The engine's own counts (reload failures) and the GeoIP databases' build dates are read
-from the engine at scrape time.
+versions. The engine's own counts (reload failures), the model and policy serving and the GeoIP
+databases' build dates are read from the engine at scrape time.
+
+With ``serve --workers N`` the workers run in prometheus_client's multiprocess mode (the
+supervisor sets ``PROMETHEUS_MULTIPROC_DIR``, emptied at start: cli.py): counters and histograms
+go to one file per worker, and a scrape, whichever worker answers it, sums every worker's files,
+those of workers that have exited included (their counts happened). No gauge is kept in the files:
+what would be one is read from the answering worker's engine, the same in every worker. The
+process and GC collectors describe one process, the one answering, so they are left out there.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
-                               ProcessCollector, generate_latest)
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest, multiprocess)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -22,9 +30,13 @@ if TYPE_CHECKING:
     from riskengine.engine import Engine
     from riskengine.policy.decide import Decision, Policy
 
+#: read when prometheus_client is imported, as prometheus_client itself does (its values module)
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+#: the metrics below are created in it; in multiprocess mode a scrape reads the files instead (``render``)
 REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)          # process_cpu_seconds_total, process_resident_memory_bytes, fds...
-GCCollector(registry=REGISTRY)               # python_gc_objects_collected_total, python_gc_collections_total
+if not MULTIPROCESS:
+    ProcessCollector(registry=REGISTRY)      # process_cpu_seconds_total, process_resident_memory_bytes, fds...
+    GCCollector(registry=REGISTRY)           # python_gc_objects_collected_total, python_gc_collections_total
 PlatformCollector(registry=REGISTRY)         # python_info
 LATENCY = Histogram("riskengine_request_seconds", "Request latency by route", ["route", "method", "status"],
                     registry=REGISTRY,
@@ -33,8 +45,6 @@ DECISIONS = Counter("riskengine_decisions_total", "Decisions by outcome and acti
                     registry=REGISTRY)
 STORE_ERRORS = Counter("riskengine_store_errors_total", "Requests answered 503 because the store failed",
                        registry=REGISTRY)
-MODEL = Gauge("riskengine_model_info", "The model and policy serving now", ["model_version", "policy_version"],
-              registry=REGISTRY)
 RISK = Histogram("riskengine_risk_score", "Risk score of answered /score requests, by action", ["action"],
                  registry=REGISTRY, buckets=(.01, .05, .1, .2, .3, .4, .5, .6, .7, .8, .9, .97, 1.0))
 REASONS = Counter("riskengine_reasons_total", "Reason codes given in /score answers", ["code"], registry=REGISTRY)
@@ -85,6 +95,10 @@ class _EngineCollector:
         for database, epoch in sorted(engine.enricher.geo.build_epochs.items()):
             built.add_metric([database], epoch)
         yield built
+        serving = GaugeMetricFamily("riskengine_model_info", "The model and policy serving now",
+                                    labels=["model_version", "policy_version"])
+        serving.add_metric([engine.scorer.version, engine.policy.version], 1)
+        yield serving
 
 
 _ENGINE = _EngineCollector()
@@ -92,7 +106,19 @@ REGISTRY.register(_ENGINE)
 
 
 def render(engine: "Engine") -> tuple[bytes, str]:
-    MODEL.clear()
-    MODEL.labels(engine.scorer.version, engine.policy.version).set(1)
     _ENGINE.engine = engine
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    if not MULTIPROCESS:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    # prometheus_client's documented multiprocess exposition: a fresh registry per scrape, reading every file
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    PlatformCollector(registry=registry)
+    registry.register(_ENGINE)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def process_exited() -> None:
+    """A worker's shutdown: its live gauges' files go (none today; ``mark_process_dead`` keeps a
+    gauge added later from outliving its worker). Its counters and histograms stay: they happened."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(os.getpid())

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +27,7 @@ from riskengine.api.errors import COMMON, WITH_BODY, ErrorResponse, field_error,
 from riskengine.api.schemas import (FeedbackRequest, FeedbackResponse, HealthResponse, ScoreRequest,
                                     ScoreResponse)
 from riskengine.engine import Engine
-from riskengine.inputs import text_problem
+from riskengine.inputs import TEXT_PATTERN, text_problem
 from riskengine.events import check_id, tenant_key
 from riskengine.stores import StoreUnavailable
 
@@ -106,10 +106,15 @@ async def feedback(request: Request) -> FeedbackResponse:
     return FeedbackResponse(event_id=body.event_id, recorded=True)
 
 
+#: documents the rules ``erase_user`` checks itself (so the answer is its usual 422 body)
+UserIdPath = Annotated[str, Path(description="the user id, percent-encoded", json_schema_extra={
+    "minLength": 1, "maxLength": 256, "pattern": TEXT_PATTERN})]
+
+
 @router.delete("/users/{user_id:path}", status_code=204,
                responses={**COMMON, 404: {"model": ErrorResponse, "description": "unknown user_id"},
                           422: {"model": ErrorResponse, "description": "user_id out of bounds"}})
-async def erase_user(request: Request, user_id: str) -> Response:
+async def erase_user(request: Request, user_id: UserIdPath) -> Response:
     client, engine = allowed(request, "erase"), engine_of(request)
     if not 1 <= len(user_id) <= 256:
         raise field_error(422, "user_id", "1 to 256 characters")

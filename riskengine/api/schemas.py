@@ -6,15 +6,21 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator
 
 from riskengine.engine import OUTCOMES
 from riskengine.events import DEFAULT_TENANT, Event, event_from_request, new_event_id, tenant_key, untenanted
-from riskengine.inputs import (DEFAULT_MAX_CLOCK_SKEW_S, Amount, AttributeValueIn, Id, InputError, Text, Timestamp,
-                               normalize_ip)
+from riskengine.inputs import (ATTRIBUTE_VALUE_SCHEMA, DEFAULT_MAX_CLOCK_SKEW_S, TEXT_PATTERN, Amount,
+                               AttributeValueIn, Id, InputError, Text, Timestamp, normalize_ip)
 from riskengine.policy.decide import FACTORS, MAX_FACTORS, Decision
 
 MAX_ATTRIBUTES = 32
+#: each given as json_schema_extra too, or the document would show Text's own pattern in their place
+ACTION_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+#: written out: pydantic would put the key rule in ``patternProperties``, which leaves other keys unchecked
+ATTRIBUTES_SCHEMA = {"type": "object", "maxProperties": MAX_ATTRIBUTES, "additionalProperties": ATTRIBUTE_VALUE_SCHEMA,
+                     "propertyNames": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": TEXT_PATTERN}}
 
 
 class _Strict(BaseModel):
@@ -32,18 +38,19 @@ class ScoreRequest(_Strict):
 
     event_id: Annotated[Id, Field(max_length=128)] | None = None
     user_id: Annotated[Id, Field(max_length=256)]
-    action: Annotated[Id, Field(max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+    action: Annotated[Id, Field(max_length=64, pattern=ACTION_PATTERN, json_schema_extra={"pattern": ACTION_PATTERN})]
     timestamp: Timestamp | None = None
-    ip: Annotated[Id, Field(min_length=2, max_length=64)]
+    ip: Annotated[Id, Field(min_length=2, max_length=64, json_schema_extra={
+        "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})]
     user_agent: Annotated[Text, Field(max_length=1024)] | None = None
     device_id: Annotated[Text, Field(max_length=256)] | None = None
     success: StrictBool = True
     amount: Amount | None = None
-    currency: Annotated[Id, Field(pattern=r"^[A-Z]{3}$")] | None = None
+    currency: Annotated[Id, Field(pattern=CURRENCY_PATTERN, json_schema_extra={"pattern": CURRENCY_PATTERN})] | None = None
     payee_id: Annotated[Text, Field(max_length=256)] | None = None
     session: SessionIn | None = None
     attributes: Annotated[dict[Annotated[Id, Field(max_length=64)], AttributeValueIn],
-                          Field(max_length=MAX_ATTRIBUTES)] | None = None
+                          Field(max_length=MAX_ATTRIBUTES), WithJsonSchema(ATTRIBUTES_SCHEMA)] | None = None
     factors: Annotated[list[Literal[FACTORS]], Field(max_length=MAX_FACTORS)] | None = None  # type: ignore[valid-type]
 
     @field_validator("ip")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 
+from riskengine.api.errors import ErrorResponse
+
 router = APIRouter(tags=["shared signals"])
 
 
@@ -14,11 +16,15 @@ def _transmitter(request: Request):
     return transmitter
 
 
-@router.get("/.well-known/ssf-configuration")
+#: without CAEP these documents do not exist (API.md); the body is the service's usual error body
+_ABSENT = {404: {"model": ErrorResponse, "description": "no CAEP transmitter configured"}}
+
+
+@router.get("/.well-known/ssf-configuration", responses=_ABSENT)
 async def ssf_configuration(request: Request) -> dict:
     return _transmitter(request).configuration()
 
 
-@router.get("/jwks.json")
+@router.get("/jwks.json", responses=_ABSENT)
 async def jwks(request: Request) -> dict:
     return _transmitter(request).jwks()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import socket
@@ -51,11 +52,16 @@ _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.Busy
                 redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
                 redis.exceptions.SlotNotCoveredError, redis.exceptions.ClusterError,
                 redis.exceptions.AskError)      # MOVED/ASK mid-failover: the slot's new owner is not known yet
+_log = logging.getLogger("riskengine.store")
 _IP_TTL_S = int(2 * IP_WINDOW_S)          # an IP idle for two windows holds nothing a read could count
 _USER_IPS_TTL_S = 7 * 86400               # outlives the IP entries it points at, so erasure finds them
 _HEAD_RETRIES = 5
 _CHUNK = 500
 _MARKER_TTL_S = 86400                     # Cluster: an operation's population counts are applied once within this
+#: Cluster: a pending part younger than this is left to the write that made it (in flight, not crashed)
+OWED_GRACE_S = 30.0
+#: Cluster: how often a serving process sweeps for parts owed by writes whose process crashed
+OWED_SWEEP_EVERY_S = 300.0
 _OPS_KEPT = 100_000                       # Cluster: a chain remembers its last this many operations (applied once)
 
 
@@ -115,6 +121,8 @@ class RedisStore:
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
         self._watcher: Any = None                      # the erasure subscription's thread, if watched
+        self._sweeper: threading.Thread | None = None  # Cluster: the owed-writes sweep, if started
+        self._stop_sweeping = threading.Event()
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
@@ -428,7 +436,9 @@ class RedisStore:
 
     def _owed(self, w: "_UserWrite", op: str) -> dict[str, Any]:
         learned = list(w.learned.items()) if w.profile is not None else []
-        return {"ip": w.ip, "m": w.member.format(self._token(op)[:16]) if w.member else "", "at": w.at,
+        # u, w: whose write it is and when it was made, for a sweep that finds it without its retry
+        return {"u": w.user_id, "w": time.time(),
+                "ip": w.ip, "m": w.member.format(self._token(op)[:16]) if w.member else "", "at": w.at,
                 "trim": f"({prune_before(w.at)!r}",
                 "e": w.event.event_id if w.event else "", "cur": _payment_currency(w.event.request) if w.event else "",
                 "pop": learned, "audit": w.audit, "ch": self.chain}
@@ -500,6 +510,45 @@ class RedisStore:
         if failed is not None:
             raise failed
         return True
+
+    def sweep_owed(self, min_age_s: float = OWED_GRACE_S) -> int:
+        """Cluster: apply what writes left owed to other slots and nobody retried (their process
+        crashed between the user's slot and the rest, and the client never came back): every pending
+        entry on every primary older than ``min_age_s``, applied as a retry would (idempotent, then
+        forgotten); how many were applied. Entries from before ``u`` was kept are left to their retry."""
+        if not self.cluster:
+            return 0
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix) + "pd:*"
+        now, items = time.time(), []
+        with _available():
+            for key in self._redis.scan_iter(match=pattern, count=1000):
+                for op, raw in self._redis.hgetall(key).items():
+                    owed = json.loads(raw)
+                    if "u" in owed and now - owed.get("w", 0.0) >= min_age_s:
+                        items.append((owed["u"], op.decode("utf-8", "surrogatepass"), owed))
+        applied = 0
+        for start in range(0, len(items), 256):
+            applied += sum(failed is None for failed in self._apply_owed(items[start:start + 256]))
+        return applied
+
+    def sweep_owed_every(self, interval_s: float = OWED_SWEEP_EVERY_S, min_age_s: float = OWED_GRACE_S) -> None:
+        """Cluster: ``sweep_owed`` now (a crash before this process started) and every ``interval_s``,
+        on a daemon thread stopped by ``close``; an unavailable store is tried again next time."""
+        if not self.cluster or self._sweeper is not None:
+            return
+
+        def sweep() -> None:
+            while True:
+                try:
+                    if applied := self.sweep_owed(min_age_s):
+                        _log.warning("applied %d write(s) a crashed process left owed to other slots", applied)
+                except (StoreUnavailable, Refused) as exc:
+                    _log.warning("sweep for owed writes failed, next in %.0f s: %s", interval_s, type(exc).__name__)
+                if self._stop_sweeping.wait(interval_s):
+                    return
+
+        self._sweeper = threading.Thread(target=sweep, name="riskengine-owed-sweep", daemon=True)
+        self._sweeper.start()
 
     def _append_chain(self, items: list[tuple[str | None, dict[str, Any]]], chain: str | None = None) -> None:
         """Audit records onto a chain (this store's, or the one an earlier try of an operation began on)
@@ -838,6 +887,9 @@ class RedisStore:
         pipe.execute()
 
     def close(self) -> None:
+        self._stop_sweeping.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=5)
         if self._watcher is not None:
             self._watcher.stop()
         self._redis.close()

@@ -69,16 +69,16 @@ SELECT COUNT(*), COALESCE(SUM(amount), 0), COALESCE(SUM(outcome = 'confirmed_fra
     AND json_extract(request, '$.currency') = ? AND json_extract(request, '$.amount') IS NOT NULL)
 WHERE verdict = 'allow' OR (verdict = 'step_up' AND outcome IN ({outcomes}))
 """
-# Per read (in ?1: keyed ip, after, until) failures and distinct users, per (attribute, keyed value)
-# in ?2 its count, then every attribute's totals; each part one JSON value, in the order given. The
+# Per read (in :reads: keyed ip, after, until) failures and distinct users, per (attribute, keyed
+# value) in :pairs its count, then every attribute's totals; each part one JSON value, in the order given. The
 # keys are hex HMACs (batching.py), so reading them through JSON is exact.
 _CONTEXT = """
 SELECT
   (SELECT json_group_array(json((SELECT json_array(COALESCE(SUM(success = 0), 0), COUNT(DISTINCT user_key))
                                  FROM ip_events WHERE ip = r.value ->> 0 AND at > r.value ->> 1 AND at <= r.value ->> 2)))
-   FROM json_each(?1) AS r),
+   FROM json_each(:reads) AS r),
   (SELECT json_group_array(COALESCE(c.count, 0))
-   FROM json_each(?2) AS q LEFT JOIN global_counts AS c ON c.attribute = q.value ->> 0 AND c.value = q.value ->> 1),
+   FROM json_each(:pairs) AS q LEFT JOIN global_counts AS c ON c.attribute = q.value ->> 0 AND c.value = q.value ->> 1),
   (SELECT json_group_object(attribute, json_array(total, distinct_values)) FROM global_totals)
 """
 _PRUNE_EVERY = 512
@@ -136,9 +136,10 @@ class SQLiteStore:
         """Each read's per-IP activity and counts from one statement and one row (``_CONTEXT``)."""
         pairs = [(k, a, v) for k, (_, _, values) in enumerate(reads) for a, v in values.items()]
         try:
-            activity, counts, totals = self._db().execute(_CONTEXT, (
-                dumps([(ip, at - IP_WINDOW_S, at) for ip, at, _ in reads]),
-                dumps([(a, v) for _, a, v in pairs]))).fetchone()
+            # named, not ?1/?2: numbered placeholders with a sequence warn from Python 3.12, fail from 3.14
+            activity, counts, totals = self._db().execute(_CONTEXT, {
+                "reads": dumps([(ip, at - IP_WINDOW_S, at) for ip, at, _ in reads]),
+                "pairs": dumps([(a, v) for _, a, v in pairs])}).fetchone()
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
         context: list[tuple[IpActivity, dict[str, GlobalCount]]] = [
