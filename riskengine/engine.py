@@ -76,15 +76,6 @@ def reasons_from(score: Score, signals: Signals) -> tuple[Reason, ...]:
                  for w, n in positive[:MAX_REASONS])
 
 
-_LABEL_FREE = StatisticalScorer()
-
-
-def signin_anomaly(event: Event, signals: Signals) -> float:
-    """What a sign-in opens its session with: its label-free risk (``StatisticalScorer()``, whatever
-    model serves), so backfill and serving agree and no model's choice feeds its own inputs."""
-    return _LABEL_FREE.score(signals).risk if event.action == "login" and event.success else 0.0
-
-
 class Engine:
     """The flow over one store. Every change to a user goes through ``Turns`` (one user's changes one
     after another on the event loop) and ``retried`` (a writer in another process moved the user on)."""
@@ -239,8 +230,7 @@ class Engine:
             new, learned_values = profiles.failed(profile, scored.enriched, self.retention_s, at), {}
         else:
             new, learned_values = None, {}
-        if (opened := profiles.decided(new or profile, scored.enriched, scored.decision.decision,
-                                       signin_anomaly(event, scored.signals))) is not (new or profile):
+        if (opened := profiles.decided(new or profile, scored.enriched, scored.decision.decision)) is not (new or profile):
             new = opened                          # a sign-in opened a session, or a session's pace moved
         counted = (scored.policy or self.policy).after(new or profile, event, scored.decision)
         if counted is not None:

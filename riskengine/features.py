@@ -15,8 +15,8 @@ from string import Formatter
 from typing import Any
 
 from riskengine.enrich import EnrichedEvent, haversine_km
-from riskengine.profiles import (DAY, DENIED, FREEMAN_ATTRIBUTES, HOUR, PAYEE_SETTLED_S, SIGNIN_ANOMALY,
-                                 STEP_UP_FAILED, STEP_UP_PENDING, UserProfile, attribute_values, place_key)
+from riskengine.profiles import (DAY, DENIED, FREEMAN_ATTRIBUTES, HOUR, PAYEE_SETTLED_S, STEP_UP_FAILED,
+                                 STEP_UP_PENDING, UserProfile, attribute_values, place_key)
 
 AIRLINER_KMH = 1000.0          # faster than this between two sign-ins is not a journey
 MIN_TRAVEL_S = 60.0            # two events in the same minute: velocity of a minute, not infinity
@@ -98,9 +98,6 @@ FEATURES: tuple[Feature, ...] = (
             lambda v: v > 12 * 60),
     Feature("session_sensitive_10m", "session_pace", "{session_sensitive_10m:.0f} sensitive actions in this "
             "session in the last 10 minutes", lambda v: v >= 2, direction=UP),
-    Feature("session_signin_anomaly", "session_signin_unusual", "this session's sign-in was unusual for this user "
-            "and never confirmed by a step-up (label-free risk {session_signin_anomaly:.2f})", lambda v: v >= 0.3,
-            direction=UP),
     Feature("step_ups_failed_24h", "step_ups_failed", "{step_ups_failed_24h:.0f} failed step-ups in the last "
             "24 hours", direction=UP),
     Feature("lr_ip", "rare_ip", "IP address unusual for this user", direction=UP),
@@ -238,7 +235,7 @@ def _session(enriched: EnrichedEvent, profile: UserProfile) -> dict[str, float]:
     entry = profile.session_of(enriched)
     if entry is None:
         return dict.fromkeys(_SESSION_SIGNALS, 0.0) | {"session_age_min": math.nan, "session_unknown": 1.0}
-    signed_in_at, state, ip, network, device, browser, sensitive = entry[:SIGNIN_ANOMALY]
+    signed_in_at, state, ip, network, device, browser, sensitive = entry
     auth = event.session.auth_time
     # the app says the session reached a higher level after the sign-in: its step-up was passed
     proven = bool(event.session.acr and event.session.acr != "aal1" and auth is not None
@@ -254,13 +251,12 @@ def _session(enriched: EnrichedEvent, profile: UserProfile) -> dict[str, float]:
         "session_new_browser": changed(browser, enriched.ua.browser),
         "session_age_min": max(0.0, now - signed_in_at) / 60,
         "session_sensitive_10m": float(sum(1 for at in sensitive if now - 600 <= at <= now)),
-        "session_signin_anomaly": float(entry[SIGNIN_ANOMALY]) if len(entry) > SIGNIN_ANOMALY else 0.0,
     }
 
 
 _SESSION_SIGNALS = ("session_step_up_failed", "session_unverified", "session_unknown", "session_new_ip",
                     "session_new_network", "session_new_device", "session_new_browser", "session_age_min",
-                    "session_sensitive_10m", "session_signin_anomaly")
+                    "session_sensitive_10m")
 
 
 def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> Signals:
@@ -387,6 +383,5 @@ USER_MESSAGES: dict[str, str] = {
     "session_browser_changed": "This session changed device since you signed in.",
     "session_age": "You signed in a long time ago.",
     "session_pace": "Many sensitive actions were made in a short time.",
-    "session_signin_unusual": "This session's sign-in was unusual for your account.",
     "step_ups_failed": "There were several failed confirmations on your account.",
 }

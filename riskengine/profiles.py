@@ -39,7 +39,6 @@ MAX_PAYEES_ADDED = 16          # payees first seen lately, with when: "added min
 PAYEE_SETTLED_S = 30 * DAY     # a payee known this long is settled: its added time is forgotten
 #: how a session's sign-in went; later actions in the session are judged by it
 SIGNED_IN, STEP_UP_PENDING, STEP_UP_PASSED, STEP_UP_FAILED, DENIED = range(5)
-SIGNIN_ANOMALY = 7             # where a session entry keeps its sign-in's label-free risk
 SENSITIVE = frozenset({"payment", "add_payee", "change_email", "change_password", "export_data",
                        "change_phone"})
 
@@ -103,9 +102,7 @@ class UserProfile:
     trusted: dict[str, float] = field(default_factory=dict)
     last_step_up_at: float | None = None
     #: "s:<session id>" or "d:<device id>" -> [signed_in_at, state, ip, network, device, browser,
-    #: [sensitive action times], sign-in anomaly]: the sign-in an in-session action is judged with
-    #: (the anomaly: the sign-in's label-free risk, 0 once a step-up in the session is passed;
-    #: entries stored before it have 7 items)
+    #: [sensitive action times]]: the sign-in an in-session action is judged with
     sessions: dict[str, list] = field(default_factory=dict)
     #: when step-ups were failed (MFA fatigue: many in a day)
     step_up_failures: list[float] = field(default_factory=list)
@@ -341,10 +338,9 @@ def _set_session(profile: UserProfile, key: str, entry: list) -> None:
             del profile.sessions[old]
 
 
-def decided(profile: UserProfile, enriched: EnrichedEvent, decision: str, anomaly: float = 0.0) -> UserProfile:
-    """The profile after any scored event: a successful login opens a session with its decision and
-    its label-free ``anomaly`` (under its session id and its device); a sensitive action adds to its
-    session's pace.
+def decided(profile: UserProfile, enriched: EnrichedEvent, decision: str) -> UserProfile:
+    """The profile after any scored event: a successful login opens a session with its decision
+    (under its session id and its device); a sensitive action adds to its session's pace.
 
     >>> from riskengine.enrich import Enricher
     >>> from riskengine.events import Event, SessionInfo, parse_timestamp
@@ -361,7 +357,7 @@ def decided(profile: UserProfile, enriched: EnrichedEvent, decision: str, anomal
         state = {"allow": SIGNED_IN, "step_up": STEP_UP_PENDING}.get(decision, DENIED)
         new = profile.copy()
         entry = [event.ts, state, event.ip, enriched.geo.network or "", event.device_id or "",
-                 enriched.ua.browser or "", [], anomaly]
+                 enriched.ua.browser or "", []]
         for key in (f"s:{event.session.id}" if event.session.id else None,
                     f"d:{event.device_id}" if event.device_id else None):
             if key:
@@ -385,8 +381,6 @@ def stepped_up(profile: UserProfile, enriched: EnrichedEvent, passed: bool, at: 
         entry = list(new.sessions[key])
         if entry[1] != DENIED:
             entry[1] = STEP_UP_PASSED if passed else STEP_UP_FAILED
-        if passed and len(entry) > SIGNIN_ANOMALY:
-            entry[SIGNIN_ANOMALY] = 0.0             # the user proved it was them: the oddity is explained
         new.sessions[key] = entry
     if not passed:
         new.step_up_failures = [t for t in (*new.step_up_failures, at) if t >= at - DAY][-MAX_STEP_UP_FAILURES:]

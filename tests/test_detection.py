@@ -60,8 +60,7 @@ def test_every_declared_direction_is_a_monotonic_constraint():
     assert MONOTONIC == tuple(f.direction for f in FEATURES)
     declared = {f.name for f in FEATURES if f.direction}
     assert {"new_device", "new_payee", "amount_zscore", "failed_logins_15m", "session_step_up_failed",
-            "session_new_browser", "step_ups_failed_24h", "trusted_device", "payee_added_h",
-            "session_signin_anomaly"} <= declared
+            "session_new_browser", "step_ups_failed_24h", "trusted_device", "payee_added_h"} <= declared
     assert MONOTONIC[FEATURE_NAMES.index("payee_added_h")] == DOWN          # an older payee is never riskier
 
 

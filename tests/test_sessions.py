@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 import pytest
 
 from riskengine.profiles import MAX_SESSIONS
-from riskengine.events import SessionInfo
 from tests.conftest import CHROME_WIN, OSLO_IP, SAFARI_IPHONE, T0, US_IP, iso
 
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
@@ -148,53 +147,3 @@ def test_a_bad_session_id_is_refused_naming_the_field(client, bad):
     assert response.status_code == 422
     assert "session" in response.text and "id" in response.text
     assert client.post("/score", json={**body, "session": {"id": "ok"}}).status_code == 200
-
-
-def test_a_sessions_actions_carry_its_sign_ins_label_free_risk_until_a_step_up_is_passed(enricher):
-    """A sign-in that looked odd but was let through (here by a lenient scorer) leaves its oddity on the
-    session: the label-free ``StatisticalScorer()`` risk, whatever serves, so no model feeds its own input."""
-    import asyncio
-
-    from riskengine.engine import Engine
-    from riskengine.events import Event, SessionInfo
-    from riskengine.scoring.scorers import StatisticalScorer
-    from riskengine.stores import memory_store
-
-    def at(day: float, minutes: float = 0) -> datetime:
-        return T0 + timedelta(days=day, minutes=minutes)
-
-    def ev(n: str, action: str, when: datetime, session: str, ip: str = OSLO_IP, device: str = "laptop-1") -> Event:
-        return Event(n, "alice", action, when, ip, CHROME_WIN, device, session=SessionInfo(id=session))
-
-    async def sessions(engine: Engine) -> dict[str, float]:
-        for day in range(12):
-            await engine.record(ev(f"h{day}", "login", at(day), f"s{day}"))
-        usual = await engine.record(ev("u", "login", at(12), "s-usual"))
-        odd = await engine.record(ev("o", "login", at(12, 5), "s-odd", ip=US_IP, device="other"))
-        assert odd.decision.decision == "allow" and odd.score.risk < 0.05     # the lenient scorer let it in
-        seen = {"usual_signin": StatisticalScorer().score(usual.signals).risk,
-                "odd_signin": StatisticalScorer().score(odd.signals).risk}
-        for name, session, ip, device in (("usual", "s-usual", OSLO_IP, "laptop-1"), ("odd", "s-odd", US_IP, "other")):
-            view = await engine.evaluate(ev(f"v-{name}", "view_dashboard", at(12, 10), session, ip, device))
-            seen[name] = view.signals.values["session_signin_anomaly"]
-        await engine.apply_step_up(ev("v-odd", "view_dashboard", at(12, 10), "s-odd", US_IP, "other"), learn=True)
-        after = await engine.evaluate(ev("v-odd2", "view_dashboard", at(12, 11), "s-odd", US_IP, "other"))
-        seen["after_step_up"] = after.signals.values["session_signin_anomaly"]
-        return seen
-
-    with Engine(memory_store(), enricher, StatisticalScorer(scale=1000.0)) as engine:
-        seen = asyncio.run(sessions(engine))
-    assert seen["odd"] == seen["odd_signin"] > 0.5 and seen["usual"] == seen["usual_signin"] < 0.05
-    assert seen["after_step_up"] == 0.0
-
-
-def test_a_session_entry_stored_before_the_sign_in_anomaly_reads_as_none(enricher):
-    from riskengine.features import Context, extract
-    from riskengine.profiles import SIGNED_IN, UserProfile
-    from tests.conftest import event
-
-    profile = UserProfile("alice", events=3, logins=3)
-    profile.sessions["s:old"] = [T0.timestamp(), SIGNED_IN, OSLO_IP, "", "laptop-1", "Chrome", []]   # 7 items
-    view = event("v", action="view_dashboard", at=T0 + timedelta(minutes=3), session=SessionInfo(id="old"))
-    values = extract(enricher.enrich(view), profile, Context()).values
-    assert values["session_signin_anomaly"] == 0.0 and values["session_unknown"] == 0.0
