@@ -214,9 +214,10 @@ def _amount(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]
 def _payee_age(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]) -> float:
     """Hours since the event's payee was first added or paid: 0 for one never seen (the
     ``new_payee`` case), at least a second for a known one, ``PAYEE_SETTLED_S`` (30 days) at most; NaN without
-    a payee. The scam's own add_payee then pay must not make the payment look habitual."""
+    a payee or without history (nothing is known either way, as for ``new_payee``). The scam's own
+    add_payee then pay must not make the payment look habitual."""
     event = enriched.event
-    if not event.payee_id:
+    if not event.payee_id or profile.events == 0:
         return math.nan
     added = profile.payee_added_at(event.payee_id)
     if added is None:

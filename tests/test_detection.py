@@ -197,6 +197,8 @@ def test_a_recently_added_payee_weighs_in_the_floor_as_a_new_one():
     assert recent.risk == pytest.approx(new.risk) and recent.risk > settled.risk
     assert recent.contributions["payee_added_h"] == new.contributions["new_payee"] == 2.5
     assert "payee_added_h" not in settled.contributions and "payee_added_h" not in new.contributions
+    nothing = floor.score(Signals(base | {"payee_added_h": 0.0}, {}))     # a row with every signal at rest
+    assert "payee_added_h" not in nothing.contributions
     rows = np.array([[Signals(base | change, {}).values[n] for n in FEATURE_NAMES]
                      for change in ({"payee_added_h": 3 / 60}, {"payee_added_h": 30 * 24.0}, {"payee_added_h": math.nan})])
     np.testing.assert_array_equal(floor.risks(rows), [recent.risk, settled.risk, settled.risk])

@@ -104,6 +104,8 @@ def test_payee_added_minutes_ago_is_recent_a_month_old_one_settled(enricher):
     assert 0 < same_second["payee_added_h"] <= 1 / 3600                                # known, so not 0
     assert math.isnan(signals(enricher, event("view", action="view_dashboard", at=T0 + timedelta(days=41)),
                               profile)["payee_added_h"])
+    assert math.isnan(signals(enricher, event("p", action="payment", amount=5.0, payee_id="x"),
+                              profiles.UserProfile("bob"))["payee_added_h"])          # no history: no evidence
     reason = extract(enricher.enrich(event("m", action="payment", amount=1700.0, payee_id="someone-new",
                                            at=T0 + timedelta(days=40, minutes=3))), profile, Context())
     assert reason.message("payee_added_h") == "payee added to this account 3 min earlier"

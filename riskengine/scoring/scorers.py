@@ -81,9 +81,9 @@ class StatisticalScorer:
         z = v["amount_zscore"]
         evidence["amount_zscore"] = 1.5 * max(0.0, z - 2.0) if not math.isnan(z) else 0.0
         evidence["new_payee"] = 2.5 * v["new_payee"]
-        # a payee added minutes ago is as new as one never seen, and counts once (never seen: new_payee's);
-        # no older payee weighs more (NaN: no payee, or recorded before the signal)
-        evidence["payee_added_h"] = 2.5 * float(not v["new_payee"] and v.get("payee_added_h", math.nan) < RECENT_PAYEE_H)
+        # a payee added minutes ago is as new as one never seen (0: new_payee's, counted there); no older
+        # payee weighs more (NaN: no payee or no history, or recorded before the signal)
+        evidence["payee_added_h"] = 2.5 * float(not v["new_payee"] and 0.0 < v.get("payee_added_h", math.nan) < RECENT_PAYEE_H)
         evidence["failed_logins_15m"] = 1.0 * min(v["failed_logins_15m"], 6.0)
         evidence["ip_users_1h"] = 3.0 * math.log(v["ip_users_1h"] / 3.0) if v["ip_users_1h"] > 3 else 0.0
         evidence["ip_failures_1h"] = 2.0 * math.log(v["ip_failures_1h"] / 5.0) if v["ip_failures_1h"] > 5 else 0.0
@@ -151,7 +151,8 @@ class StatisticalScorer:
             ("impossible_travel", 8.0 * col["impossible_travel"]),
             ("amount_zscore", np.where(np.isnan(z), 0.0, 1.5 * floored(z - 2.0))),
             ("new_payee", 2.5 * col["new_payee"]),
-            ("payee_added_h", 2.5 * ((col["new_payee"] == 0) & (col["payee_added_h"] < RECENT_PAYEE_H)).astype(np.float64)),
+            ("payee_added_h", 2.5 * ((col["new_payee"] == 0) & (0.0 < col["payee_added_h"])
+                                     & (col["payee_added_h"] < RECENT_PAYEE_H)).astype(np.float64)),
             ("failed_logins_15m", 1.0 * capped(col["failed_logins_15m"], 6.0)),
             ("ip_users_1h", 3.0 * log_over(col["ip_users_1h"], 3.0)),
             ("ip_failures_1h", 2.0 * log_over(col["ip_failures_1h"], 5.0)),
