@@ -15,8 +15,8 @@ from string import Formatter
 from typing import Any
 
 from riskengine.enrich import EnrichedEvent, haversine_km
-from riskengine.profiles import (DAY, DENIED, FREEMAN_ATTRIBUTES, HOUR, STEP_UP_FAILED, STEP_UP_PENDING, UserProfile,
-                                 attribute_values, place_key)
+from riskengine.profiles import (DAY, DENIED, FREEMAN_ATTRIBUTES, HOUR, PAYEE_SETTLED_S, STEP_UP_FAILED,
+                                 STEP_UP_PENDING, UserProfile, attribute_values, place_key)
 
 AIRLINER_KMH = 1000.0          # faster than this between two sign-ins is not a journey
 MIN_TRAVEL_S = 60.0            # two events in the same minute: velocity of a minute, not infinity
@@ -25,6 +25,7 @@ NEVER_STEPPED_UP_H = 24 * 365.0
 ACTION_SENSITIVITY = {"view_dashboard": 0.0, "login": 1.0, "payment": 3.0, "add_payee": 3.0,
                       "change_email": 3.0, "change_password": 3.0, "export_data": 3.0}
 UNKNOWN_ACTION_SENSITIVITY = 2.0
+RECENT_PAYEE_H = 24.0          # a payee added less than a day ago is still new (a cooling-off period)
 ANONYMIZER, TRAVEL_EXEMPT = "anonymizer", "travel_exempt"      # list roles features read
 
 
@@ -67,6 +68,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("amount_zscore", "unusual_amount", "amount {amount:,.2f} is {amount_zscore:.1f} standard deviations from the user's usual (log scale)", lambda v: v > 1, direction=UP),
     Feature("first_payment", "first_payment", "first payment for this user", direction=UP),
     Feature("new_payee", "new_payee", "payee not seen for this user", direction=UP),
+    Feature("payee_added_h", "recent_payee", "payee added to this account {payee_added_min:,.0f} min earlier",
+            lambda v: 0 < v < RECENT_PAYEE_H, direction=DOWN),
     Feature("hour_unusualness", "unusual_time", "unusual time of day for this user ({hour:02d}:00 UTC)", direction=UP),
     Feature("failed_logins_15m", "recent_failures", "{failed_logins_15m:.0f} failed logins in the last 15 minutes", direction=UP),
     Feature("failed_logins_1h", "recent_failures_1h", "{failed_logins_1h:.0f} failed logins in the last hour", direction=UP),
@@ -208,6 +211,22 @@ def _amount(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]
     return x, z, 0.0
 
 
+def _payee_age(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]) -> float:
+    """Hours since the event's payee was first added or paid: 0 for one never seen (the
+    ``new_payee`` case), at least a second for a known one, ``PAYEE_SETTLED_S`` (30 days) at most; NaN without
+    a payee or without history (nothing is known either way, as for ``new_payee``). The scam's own
+    add_payee then pay must not make the payment look habitual."""
+    event = enriched.event
+    if not event.payee_id or profile.events == 0:
+        return math.nan
+    added = profile.payee_added_at(event.payee_id)
+    if added is None:
+        return 0.0
+    seconds = min(max(event.ts - added, 1.0), PAYEE_SETTLED_S)
+    facts["payee_added_min"] = seconds / 60
+    return seconds / HOUR
+
+
 def _session(enriched: EnrichedEvent, profile: UserProfile) -> dict[str, float]:
     """An in-session action judged with its sign-in: how it was decided, what changed since, pace."""
     event = enriched.event
@@ -275,6 +294,7 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
         "amount_zscore": amount_z,
         "first_payment": first_payment if event.action == "payment" else 0.0,
         "new_payee": novel(profile.payees, event.payee_id) if event.payee_id else 0.0,
+        "payee_added_h": _payee_age(enriched, profile, facts),
         "hour_unusualness": _hour_unusualness(profile.hours, event.timestamp.hour) if event.action == "login" else 0.0,
         "failed_logins_15m": float(profile.failures_since(now - 900)),
         "failed_logins_1h": float(profile.failures_since(now - HOUR)),
@@ -344,6 +364,7 @@ USER_MESSAGES: dict[str, str] = {
     "unusual_amount": "This payment is larger than usual.",
     "first_payment": "This is the first payment from your account.",
     "new_payee": "This payment goes to someone you have not paid before.",
+    "recent_payee": "This payment goes to someone added to your account only recently.",
     "unusual_time": "This sign-in is at an unusual time for you.",
     "recent_failures": "There were several failed sign-in attempts on your account.",
     "recent_failures_1h": "There were several failed sign-in attempts on your account.",

@@ -35,6 +35,8 @@ MAX_TRUSTED = 32
 MAX_SESSIONS = 16              # session entries kept ("s:<id>" and "d:<device>"): the latest sign-ins
 MAX_SENSITIVE = 8              # sensitive-action times kept per session: enough to measure pace
 MAX_STEP_UP_FAILURES = 20
+MAX_PAYEES_ADDED = 16          # payees first seen lately, with when: "added minutes ago" needs no more
+PAYEE_SETTLED_S = 30 * DAY     # a payee known this long is settled: its added time is forgotten
 #: how a session's sign-in went; later actions in the session are judged by it
 SIGNED_IN, STEP_UP_PENDING, STEP_UP_PASSED, STEP_UP_FAILED, DENIED = range(5)
 SENSITIVE = frozenset({"payment", "add_payee", "change_email", "change_password", "export_data",
@@ -83,6 +85,10 @@ class UserProfile:
     oses: dict[str, list[float]] = field(default_factory=dict)
     device_types: dict[str, list[float]] = field(default_factory=dict)
     payees: dict[str, list[float]] = field(default_factory=dict)
+    #: payee -> when it was first added or paid, for payees first seen within ``PAYEE_SETTLED_S``:
+    #: a payment to a payee added minutes ago is as new as one to a payee never seen (a scammer's
+    #: add_payee would otherwise make its own payment look habitual)
+    payees_added: dict[str, float] = field(default_factory=dict)
     #: last successful event: at, latitude, longitude, accuracy_km
     last_success: list[float] | None = None
     #: successful logins by UTC hour of day
@@ -139,6 +145,7 @@ class UserProfile:
         clone.hours = list(self.hours)
         clone.failures = list(self.failures)
         clone.trusted = dict(self.trusted)
+        clone.payees_added = dict(self.payees_added)
         clone.sessions = dict(self.sessions)
         clone.step_up_failures = list(self.step_up_failures)
         if self.freeman_totals is not None:
@@ -181,6 +188,13 @@ class UserProfile:
     def step_up_failures_since(self, since: float) -> int:
         return sum(1 for at in self.step_up_failures if at >= since)
 
+    def payee_added_at(self, payee: str) -> float | None:
+        """When a known payee was first added or paid; None for one never seen, and ``-inf`` for a
+        settled one (known for ``PAYEE_SETTLED_S``, or from before the profile kept added times)."""
+        if payee not in self.payees:
+            return None
+        return self.payees_added.get(payee, -math.inf)
+
 
 _FIELD_NAMES = tuple(f.name for f in fields(UserProfile) if f.name not in ("oldest_seen_at", "freeman_totals"))
 _KNOWN = frozenset(_FIELD_NAMES)
@@ -199,6 +213,13 @@ def _bump(profile: UserProfile, name: str, key: str | None, at: float) -> None:
     if len(table) > CAPS[name]:
         oldest = min(table, key=lambda k: table[k][1])
         _recount(profile, name, -table.pop(oldest)[0])
+
+
+def _added(profile: UserProfile, payee: str, at: float) -> None:
+    """Remember when a payee was first seen; past the cap the earliest added is settled."""
+    profile.payees_added[payee] = at
+    if len(profile.payees_added) > MAX_PAYEES_ADDED:
+        del profile.payees_added[min(profile.payees_added, key=profile.payees_added.__getitem__)]
 
 
 def _recount(profile: UserProfile, name: str, change: float) -> None:
@@ -235,6 +256,9 @@ def _prune(profile: UserProfile, now: float, retention_s: float) -> None:
         profile.oldest_seen_at = oldest
     profile.failures = [at for at in profile.failures if at >= now - DAY][-MAX_FAILURES:]
     profile.trusted = {k: at for k, at in profile.trusted.items() if at >= horizon}
+    if profile.payees_added:
+        profile.payees_added = {k: at for k, at in profile.payees_added.items()
+                                if at >= now - PAYEE_SETTLED_S and k in profile.payees}
     if profile.last_success is not None and profile.last_success[0] < horizon:
         profile.last_success = None
 
@@ -258,6 +282,8 @@ def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float,
         new.logins += 1
         new.hours[event.timestamp.hour] += 1
     if event.payee_id and event.action in ("payment", "add_payee"):
+        if event.payee_id not in new.payees:
+            _added(new, event.payee_id, at)
         _bump(new, "payees", event.payee_id, at)
     if event.amount is not None and event.amount > 0:
         x = math.log1p(event.amount)

@@ -10,7 +10,8 @@ Each mode is a ``RiskModel`` with the monotonic constraints of ``FEATURES``: ``n
 as one more input column, constrained to raise risk), ``both``. Prints one row per mode (held-out
 class mean and lowest class at 1% of legitimate logins flagged, the all-classes model's class mean
 at 1% of legitimate logins and at 2% of legitimate events, legitimate login friction at risk >= 0.3)
-and the held-out catch per class. The replayed feature rows are cached beside the data file
+and the held-out catch per class. ``--blank payee_added_h`` measures what one signal adds (its column left empty). The replayed
+feature rows are cached beside the data file
 (``.rows.npz`` and ``.meta.parquet``; delete them after changing the features).
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from riskengine.features import MONOTONIC
+from riskengine.features import FEATURE_NAMES, MONOTONIC
 from riskengine.lab import holdout, training
 from riskengine.scoring.model import FLOOR_SIGNALS, RiskModel
 
@@ -37,6 +38,15 @@ def replayed(path: Path) -> training.Dataset:
     np.savez(rows, X=data.X, y=data.y)
     data.meta.to_parquet(meta)
     return data
+
+
+def blanked(data: training.Dataset, names: list[str]) -> training.Dataset:
+    """The rows without these signals: an all-NaN column is never split on, and the floor reads NaN
+    as no evidence, so the models are those of an engine that never had them (its replay aside)."""
+    X = data.X.copy()
+    for name in names:
+        X[:, FEATURE_NAMES.index(name)] = np.nan
+    return training.Dataset(X, data.y, data.meta)
 
 
 def modes(floor: float) -> dict[str, dict]:
@@ -54,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", type=float, default=training.ANOMALY_FLOOR, help="floor scale")
     parser.add_argument("--modes", default="none,floor,stacked,both")
     parser.add_argument("--classes", help="hold out only these (comma-separated), for a quicker look")
+    parser.add_argument("--blank", help="signals left empty (NaN) in every row, for trees and floor alike: "
+                                        "what a signal adds (comma-separated)")
     args = parser.parse_args(argv)
-    data = replayed(args.data)
+    data = blanked(replayed(args.data), args.blank.split(",") if args.blank else [])
     summaries, per_class = {}, {}
     for name in args.modes.split(","):
         params = modes(args.floor)[name]

@@ -17,9 +17,9 @@ from pydantic import SecretStr
 from riskengine import cli
 from riskengine.api import create_app
 from riskengine.datasets import synth
-from riskengine.features import DOWN, FEATURE_NAMES, FEATURES, MONOTONIC, UP, Signals
+from riskengine.features import DOWN, FEATURE_NAMES, FEATURES, MONOTONIC, UP, USER_MESSAGES, Signals
 from riskengine.lab import training
-from riskengine.scoring.model import FLOOR_SIGNALS, TrainedScorer, floor_of
+from riskengine.scoring.model import FLOOR_SIGNALS, StatisticalScorer, TrainedScorer, floor_of
 from riskengine.settings import Settings
 from tests.conftest import API_KEY, T0, iso
 
@@ -60,7 +60,8 @@ def test_every_declared_direction_is_a_monotonic_constraint():
     assert MONOTONIC == tuple(f.direction for f in FEATURES)
     declared = {f.name for f in FEATURES if f.direction}
     assert {"new_device", "new_payee", "amount_zscore", "failed_logins_15m", "session_step_up_failed",
-            "session_new_browser", "step_ups_failed_24h", "trusted_device"} <= declared
+            "session_new_browser", "step_ups_failed_24h", "trusted_device", "payee_added_h"} <= declared
+    assert MONOTONIC[FEATURE_NAMES.index("payee_added_h")] == DOWN          # an older payee is never riskier
 
 
 @pytest.mark.parametrize("feature", [f for f in FEATURES if f.direction], ids=lambda f: f.name)
@@ -132,6 +133,75 @@ def test_a_big_payment_to_a_new_payee_is_stepped_up_by_the_first_day_model(first
 def test_a_big_payment_to_a_new_payee_is_stepped_up_by_the_statistical_scorer(client):
     assert client.get("/health").json()["model_version"] == "freeman-statistical@1"
     _assert_stepped_up_for_amount_and_payee(_habitual_payer_then_big_new_payee(client))
+
+
+def _owner_adds_a_payee_then_pays_it_big(client: TestClient) -> dict:
+    """Authorized push payment fraud: the owner, on their own phone and session, talked into adding a
+    payee (and passing its step-up) and paying it €1,700 three minutes later. The payee is no longer
+    new; that it was added minutes ago is what a scam cannot hide."""
+    device = {"ip": "129.240.2.3", "device_id": "phone-1",
+              "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+                            "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"}
+
+    def post(n: str, at, **body) -> dict:
+        response = client.post("/score", json={"event_id": f"app-{n}", "user_id": "app-victim", "timestamp": iso(at),
+                                               **device, **body})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    for day in range(10):
+        at = T0 + timedelta(days=day)
+        post(f"l{day}", at, action="login", session={"id": f"s{day}"})
+        post(f"p{day}", at + timedelta(minutes=2), action="payment", amount=30.0 + day, currency="EUR",
+             payee_id="grocer", session={"id": f"s{day}", "acr": "aal2", "auth_time": iso(at)})
+    at = T0 + timedelta(days=10)
+    session = {"id": "s10", "acr": "aal2", "auth_time": iso(at)}
+    post("l10", at, action="login", session={"id": "s10"})
+    added = post("add", at + timedelta(minutes=1), action="add_payee", payee_id="scammer", session=session)
+    if added["decision"] == "step_up":               # the owner passes it: they are the one adding
+        assert client.post("/feedback", json={"event_id": "app-add", "outcome": "step_up_passed"}).status_code == 200
+    paid = post("pay", at + timedelta(minutes=4), action="payment", amount=1700.0, currency="EUR",
+                payee_id="scammer", session=session)
+    assert not {"new_payee", "session_unverified"} & {r["code"] for r in paid["reasons"]}, paid["reasons"]
+    return paid
+
+
+def _assert_stepped_up_for_amount_and_recent_payee(answer: dict) -> None:
+    assert answer["decision"] == "step_up" and answer["max_age"] == 0, answer
+    reasons = {r["code"]: r for r in answer["reasons"]}
+    assert {"unusual_amount", "recent_payee"} <= set(reasons), answer["reasons"]
+    assert reasons["recent_payee"]["message"] == "payee added to this account 3 min earlier"
+    assert reasons["recent_payee"]["user_message"] == USER_MESSAGES["recent_payee"]
+
+
+def test_a_big_payment_to_a_payee_added_minutes_ago_is_stepped_up_by_the_first_day_model(first_day_home):
+    settings = Settings(home=first_day_home, api_keys=SecretStr(f"tests:{API_KEY}"))
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        assert client.get("/health").json()["model_version"] != "freeman-statistical@1"
+        _assert_stepped_up_for_amount_and_recent_payee(_owner_adds_a_payee_then_pays_it_big(client))
+
+
+def test_a_big_payment_to_a_payee_added_minutes_ago_is_stepped_up_by_the_statistical_scorer(client):
+    assert client.get("/health").json()["model_version"] == "freeman-statistical@1"
+    _assert_stepped_up_for_amount_and_recent_payee(_owner_adds_a_payee_then_pays_it_big(client))
+
+
+def test_a_recently_added_payee_weighs_in_the_floor_as_a_new_one():
+    """Add-then-pay must not dodge the floor's payee evidence; a settled payee adds none."""
+    floor = StatisticalScorer(training.ANOMALY_FLOOR, FLOOR_SIGNALS)
+    base = dict.fromkeys(FEATURE_NAMES, 0.0) | {"amount_zscore": 6.0}
+    new = floor.score(Signals(base | {"new_payee": 1.0, "payee_added_h": 0.0}, {}))
+    recent = floor.score(Signals(base | {"payee_added_h": 3 / 60}, {}))
+    settled = floor.score(Signals(base | {"payee_added_h": 30 * 24.0}, {}))
+    assert recent.risk == pytest.approx(new.risk) and recent.risk > settled.risk
+    assert recent.contributions["payee_added_h"] == new.contributions["new_payee"] == 2.5
+    assert "payee_added_h" not in settled.contributions and "payee_added_h" not in new.contributions
+    nothing = floor.score(Signals(base | {"payee_added_h": 0.0}, {}))     # a row with every signal at rest
+    assert "payee_added_h" not in nothing.contributions
+    rows = np.array([[Signals(base | change, {}).values[n] for n in FEATURE_NAMES]
+                     for change in ({"payee_added_h": 3 / 60}, {"payee_added_h": 30 * 24.0}, {"payee_added_h": math.nan})])
+    np.testing.assert_array_equal(floor.risks(rows), [recent.risk, settled.risk, settled.risk])
 
 
 def test_the_first_day_model_is_constrained_and_floored(first_day_home):

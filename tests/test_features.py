@@ -89,6 +89,28 @@ def test_amount_zscore_first_payment_and_new_payee(enricher):
     assert first["first_payment"] == 1.0 and math.isnan(first["amount_zscore"])
 
 
+def test_payee_added_minutes_ago_is_recent_a_month_old_one_settled(enricher):
+    """The scam's own add_payee must not make its payment look habitual: the payee's age is kept."""
+    day0 = [event(i, action="payment", amount=30.0, payee_id="grocer", at=T0 + timedelta(days=i)) for i in range(3)]
+    added = event("add", action="add_payee", payee_id="someone-new", at=T0 + timedelta(days=40))
+    profile = history(enricher, [*day0, added])
+    pay = lambda payee, after: signals(enricher, event(payee, action="payment", amount=1700.0, payee_id=payee,  # noqa: E731
+                                                       at=T0 + timedelta(days=40) + after), profile)
+    recent = pay("someone-new", timedelta(minutes=3))
+    assert recent["new_payee"] == 0.0 and recent["payee_added_h"] == pytest.approx(3 / 60)
+    assert pay("never-seen", timedelta(minutes=3))["payee_added_h"] == 0.0           # new_payee's case
+    assert pay("grocer", timedelta(minutes=3))["payee_added_h"] == 30 * 24             # settled: the cap
+    same_second = pay("someone-new", timedelta(0))
+    assert 0 < same_second["payee_added_h"] <= 1 / 3600                                # known, so not 0
+    assert math.isnan(signals(enricher, event("view", action="view_dashboard", at=T0 + timedelta(days=41)),
+                              profile)["payee_added_h"])
+    assert math.isnan(signals(enricher, event("p", action="payment", amount=5.0, payee_id="x"),
+                              profiles.UserProfile("bob"))["payee_added_h"])          # no history: no evidence
+    reason = extract(enricher.enrich(event("m", action="payment", amount=1700.0, payee_id="someone-new",
+                                           at=T0 + timedelta(days=40, minutes=3))), profile, Context())
+    assert reason.message("payee_added_h") == "payee added to this account 3 min earlier"
+
+
 def test_time_of_day_against_the_users_own_hours(enricher):
     profile = history(enricher, [event(i, at=T0 + timedelta(days=i)) for i in range(20)])   # always 08:00
     usual = signals(enricher, event(30, at=T0 + timedelta(days=30)), profile)

@@ -3,6 +3,7 @@ time prunes past the server's clock (issue 13, item 1). Real GeoIP lookups, real
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -87,3 +88,26 @@ def test_without_a_server_clock_event_time_rules_as_in_a_replay(history, enriche
     gap = enricher.enrich(event("gap", at=T0 + timedelta(days=400), ip=OSLO_IP, device="new-laptop"))
     after = learned(history, gap, RETENTION)
     assert set(after.devices) == {"new-laptop"} and not after.trusted and not after.payees
+
+
+def test_a_payees_added_time_is_kept_while_recent_and_survives_the_store_format(history, enricher):
+    at = T0 + timedelta(days=10)
+    added = learned(history, enricher.enrich(event("add", action="add_payee", payee_id="new", at=at)), RETENTION)
+    assert added.payee_added_at("new") == at.timestamp()
+    assert added.payee_added_at("landlord") == at.timestamp() - timedelta(days=1).total_seconds() + 3600
+    assert added.payee_added_at("nobody") is None
+    again = learned(added, enricher.enrich(event("pay", action="payment", payee_id="new", amount=5.0,
+                                                 at=at + timedelta(minutes=5))), RETENTION)
+    assert again.payee_added_at("new") == at.timestamp()                     # paying it keeps the first time
+    assert UserProfile.from_json(again.to_json()).payees_added == again.payees_added
+    later = learned(again, enricher.enrich(event("l", at=at + timedelta(days=31))), RETENTION)
+    assert later.payee_added_at("new") == -math.inf and "new" in later.payees   # settled, still known
+
+
+def test_only_the_latest_added_payees_keep_their_time(enricher):
+    profile = UserProfile("bob")
+    for i in range(profiles.MAX_PAYEES_ADDED + 3):
+        profile = learned(profile, enricher.enrich(event(i, user="bob", action="add_payee", payee_id=f"p{i}",
+                                                         at=T0 + timedelta(minutes=i))), RETENTION)
+    assert len(profile.payees_added) == profiles.MAX_PAYEES_ADDED
+    assert profile.payee_added_at("p0") == -math.inf and profile.payee_added_at(f"p{profiles.MAX_PAYEES_ADDED + 2}") > 0

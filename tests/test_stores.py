@@ -508,6 +508,20 @@ def test_fractional_timestamps_are_kept_exactly(store: ProfileStore) -> None:
     assert stored == {"f1": at - 3600, "f2": at - 3599.999999, "f3": at, "f4": at + 0.000001}
 
 
+def test_when_each_payee_was_added_is_kept_by_every_store(store: ProfileStore, enricher) -> None:
+    """``payee_added_h`` reads it back: a store that dropped it would make a minutes-old payee settled."""
+    from riskengine.profiles import learned
+
+    profile = UserProfile("alice")
+    for n, payee in enumerate(("grocer", "someone-new")):
+        profile = learned(profile, enricher.enrich(event(n, action="add_payee", payee_id=payee,
+                                                         at=T0 + timedelta(minutes=3 * n))), 180 * 86400.0)
+    store.commit(Commit("alice", 0, profile, IP, "key-alice", AT, True, {"ip": IP}, stored_event("e1"), None))
+    kept = store.get("alice")
+    assert kept.payees_added == {"grocer": AT, "someone-new": AT + 180.0} == profile.payees_added
+    assert kept.payee_added_at("someone-new") == AT + 180.0
+
+
 def test_the_loop_never_waits_for_a_commit_held_up_by_the_disk(tmp_path) -> None:
     """Another process holds SQLite's write lock (as a slow fsync would hold the writer): the
     group waits on the store's writer thread, not answered (not durable), while the event loop

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from riskengine.scoring.trees import CompiledModel
-from riskengine.features import FEATURE_NAMES, Signals
+from riskengine.features import FEATURE_NAMES, RECENT_PAYEE_H, Signals
 from riskengine.profiles import FREEMAN_ATTRIBUTES
 
 if TYPE_CHECKING:
@@ -27,11 +27,12 @@ if TYPE_CHECKING:
 STATISTICAL_VERSION = "freeman-statistical@1"
 #: a floor at least this high (the default policy's medium band) adds its evidence to a model's reasons
 FLOOR_EXPLAINS = 0.3
-#: the floor's evidence: the user's own money anomaly (an amount far above their usual, a payee never paid).
+#: the floor's evidence: the user's own money anomaly (an amount far above their usual, a payee never paid
+#: or added less than ``RECENT_PAYEE_H`` ago).
 #: Login novelty (Freeman's likelihood ratios, a new device) and session evidence are left to the trees,
 #: which learn them from many attacker classes: as a floor they raised legitimate logins' risk (and so
 #: every threshold) more than they caught (README, "Stacked, floor or both", measured).
-FLOOR_SIGNALS = ("amount_zscore", "new_payee")
+FLOOR_SIGNALS = ("amount_zscore", "new_payee", "payee_added_h")
 #: the stacked anomaly input's column name (after the ``FEATURES`` columns), its reasons are the anomaly's own
 ANOMALY_COLUMN = "anomaly"
 #: a never-seen value's likelihood ratio is credited to the plainer "new_*" signal in reasons
@@ -80,6 +81,9 @@ class StatisticalScorer:
         z = v["amount_zscore"]
         evidence["amount_zscore"] = 1.5 * max(0.0, z - 2.0) if not math.isnan(z) else 0.0
         evidence["new_payee"] = 2.5 * v["new_payee"]
+        # a payee added minutes ago is as new as one never seen (0: new_payee's, counted there); no older
+        # payee weighs more (NaN: no payee or no history, or recorded before the signal)
+        evidence["payee_added_h"] = 2.5 * float(not v["new_payee"] and 0.0 < v.get("payee_added_h", math.nan) < RECENT_PAYEE_H)
         evidence["failed_logins_15m"] = 1.0 * min(v["failed_logins_15m"], 6.0)
         evidence["ip_users_1h"] = 3.0 * math.log(v["ip_users_1h"] / 3.0) if v["ip_users_1h"] > 3 else 0.0
         evidence["ip_failures_1h"] = 2.0 * math.log(v["ip_failures_1h"] / 5.0) if v["ip_failures_1h"] > 5 else 0.0
@@ -147,6 +151,8 @@ class StatisticalScorer:
             ("impossible_travel", 8.0 * col["impossible_travel"]),
             ("amount_zscore", np.where(np.isnan(z), 0.0, 1.5 * floored(z - 2.0))),
             ("new_payee", 2.5 * col["new_payee"]),
+            ("payee_added_h", 2.5 * ((col["new_payee"] == 0) & (0.0 < col["payee_added_h"])
+                                     & (col["payee_added_h"] < RECENT_PAYEE_H)).astype(np.float64)),
             ("failed_logins_15m", 1.0 * capped(col["failed_logins_15m"], 6.0)),
             ("ip_users_1h", 3.0 * log_over(col["ip_users_1h"], 3.0)),
             ("ip_failures_1h", 2.0 * log_over(col["ip_failures_1h"], 5.0)),
