@@ -27,7 +27,7 @@ from riskengine.features import FEATURE_NAMES, MONOTONIC
 from riskengine.scoring.model import FLOOR_SIGNALS, RiskModel, StatisticalScorer, TrainedScorer
 from riskengine.policy.decide import Policy
 from riskengine.scoring.registry import ModelRegistry, ModelVersion
-from riskengine.stores import memory_store
+from riskengine.stores import OFFLINE_KEYS, memory_store
 
 FPRS = (0.01, 0.02, 0.05)
 #: the statistical score's scale the trained risk never goes below (see README: measured choice)
@@ -50,7 +50,7 @@ class Dataset:
 def backfill(rows: Iterable[Mapping[str, Any]], enricher: Enricher | None = None, policy: Policy | None = None,
              progress: Progress | None = None, chunk: int = 10_000) -> Dataset:
     """Features for every row as ``/score`` would have computed them at that moment."""
-    engine = Engine(memory_store(keep_events=False, keep_audit=False), enricher or Enricher(),
+    engine = Engine(memory_store(OFFLINE_KEYS, keep_events=False, keep_audit=False), enricher or Enricher(),
                     StatisticalScorer(), policy, keep_records=False)
     blocks: list[np.ndarray] = []
     buffer: list[list[float]] = []
