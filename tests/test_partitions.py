@@ -107,3 +107,25 @@ def test_train_with_jobs_registers_a_model_on_the_serial_replays_features(tmp_pa
     assert "converged: the serial replay's features" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--jobs must be 1 or more"):
         main(["train", "--data", str(data), "--jobs", "0"])
+
+
+def test_the_plans_population_counts_are_the_memory_stores_arithmetic():
+    """population_counts (numpy) gives, event by event, what PopulationCounts.read answers before the
+    event counts its learned values: on random facts with repeated values and partial learning."""
+    from riskengine.profiles import FREEMAN_ATTRIBUTES
+    from riskengine.stores.counters import PopulationCounts
+
+    rng = np.random.default_rng(3)
+    n, width = 400, len(FREEMAN_ATTRIBUTES)
+    facts = partitions.Facts.empty(n)
+    facts.values[:] = rng.integers(1, 12, (n, width)).astype(np.uint64)
+    facts.present[:] = rng.random((n, width)) < 0.8
+    facts.counted[:] = facts.present & (rng.random((n, width)) < 0.6)
+    planned = partitions.population_counts(facts)
+    counters = PopulationCounts()
+    for i in range(n):
+        read = counters.read({FREEMAN_ATTRIBUTES[a]: int(facts.values[i, a]) for a in range(width) if facts.present[i, a]})
+        for name, count in read.items():
+            assert tuple(planned[i, FREEMAN_ATTRIBUTES.index(name)]) == (count.count, count.total, count.distinct), (i, name)
+        counters.count({FREEMAN_ATTRIBUTES[a]: int(facts.values[i, a]) for a in range(width) if facts.counted[i, a]})
+    assert planned[:, :, 2].max() >= 5                                   # distinct values grew: the test can fail

@@ -35,7 +35,7 @@ from riskengine.policy.decide import Policy
 from riskengine.profiles import FREEMAN_ATTRIBUTES, UserProfile
 from riskengine.stores import OFFLINE_KEYS, Batched, MemoryStore
 from riskengine.stores.base import Commit, ContextRead
-from riskengine.stores.counters import IpWindows, PopulationCounts
+from riskengine.stores.counters import IpWindows
 
 log = logging.getLogger("riskengine.lab")
 ATTRIBUTE = {name: i for i, name in enumerate(FREEMAN_ATTRIBUTES)}
@@ -101,24 +101,44 @@ class Plan:
 
 
 def point_in_time(facts: Facts) -> Plan:
-    """Walk the stream in order with the memory store's own counters: each event reads, then commits
-    (its IP sign-in), then counts what it learned, as in the serial replay."""
-    n, names = len(facts.at), FREEMAN_ATTRIBUTES
-    ips, population = IpWindows(), PopulationCounts()
+    """Walk the stream in order: each event reads, then commits (its IP sign-in), then counts what it
+    learned, as in the serial replay. Per-IP windows with the memory store's own ``IpWindows``;
+    population counts with numpy (``population_counts``: ``PopulationCounts``' arithmetic, tested so)."""
+    n = len(facts.at)
+    ips = IpWindows()
     ip_rows: list[tuple[int, int]] = []
-    counts = np.zeros((n, len(names), 3), np.int64)
-    ip, at, user, ok = facts.ip.tolist(), facts.at.tolist(), facts.user.tolist(), facts.ok.tolist()
-    values, present, counted = facts.values.tolist(), facts.present.tolist(), facts.counted.tolist()
-    for i in range(n):
-        activity = ips.activity(ip[i], at[i])
+    for ip, at, user, ok in zip(facts.ip.tolist(), facts.at.tolist(), facts.user.tolist(), facts.ok.tolist()):
+        activity = ips.activity(ip, at)
         ip_rows.append((activity.failures, activity.distinct_users))
-        read = population.read({names[a]: values[i][a] for a, there in enumerate(present[i]) if there})
-        if read:
-            counts[i, [ATTRIBUTE[name] for name in read]] = [(c.count, c.total, c.distinct) for c in read.values()]
-        ips.add(ip[i], at[i], user[i], ok[i])
-        if any(counted[i]):
-            population.count({names[a]: values[i][a] for a, learnt in enumerate(counted[i]) if learnt})
-    return Plan(np.asarray(ip_rows, np.int64).reshape(n, 2), counts)
+        ips.add(ip, at, user, ok)
+    return Plan(np.asarray(ip_rows, np.int64).reshape(n, 2), population_counts(facts))
+
+
+def population_counts(facts: Facts) -> np.ndarray:
+    """(n, attributes, 3): for each event and attribute it read, ``PopulationCounts.read``'s count of
+    its value, total and distinct values over the values learned by the events before it."""
+    n, width = facts.values.shape
+    out = np.zeros((n, width, 3), np.int64)
+    for a in range(width):
+        counted = facts.counted[:, a].astype(np.int64)
+        learnt_before = np.cumsum(counted) - counted                      # total: learned before this event
+        read = np.flatnonzero(facts.present[:, a] | facts.counted[:, a])
+        _, value = np.unique(facts.values[read, a], return_inverse=True)
+        order = np.lexsort((read, value))                                  # by value, then stream order
+        rows, groups, hits = read[order], value[order], counted[read[order]]
+        before = np.cumsum(hits) - hits
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+        same_before = before - np.repeat(before[starts], np.diff(np.r_[starts, len(rows)]))
+        first = np.zeros(n, np.int64)                                      # a value's first learning adds one
+        learnt_rows = rows[hits == 1]
+        learnt_groups = groups[hits == 1]
+        if len(learnt_rows):
+            firsts = learnt_rows[np.r_[True, learnt_groups[1:] != learnt_groups[:-1]]]
+            first[firsts] = 1
+        out[rows, a, 0] = same_before
+        out[:, a, 1] = learnt_before
+        out[:, a, 2] = np.cumsum(first) - first
+    return out
 
 
 class PlannedBackend:
