@@ -90,6 +90,17 @@ def test_a_dask_cluster_runs_the_same_job(frame, serial):
     assert rounds.converged
 
 
+def test_the_clis_dask_address_path_replays_a_file_as_the_serial_job(frame, tmp_path, capsys):
+    """``train --dask ADDRESS``'s replay: a client to the scheduler at that address, the same rows."""
+    data = tmp_path / "events.parquet"
+    synth.write_events(frame, data)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        got = partitions.replay_file_partitioned(data, 1, cluster.scheduler_address)
+    assert_same_features(training.replay_file(data), got)
+    err = capsys.readouterr().err
+    assert "1 workers, 2 threads" in err and "2 partitions" in err
+
+
 def test_train_with_jobs_registers_a_model_on_the_serial_replays_features(tmp_path, monkeypatch, capsys):
     """``riskengine train --jobs 2`` and the serial ``train`` fit on the same rows: one data fingerprint."""
     from riskengine.cli import main
