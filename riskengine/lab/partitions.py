@@ -93,8 +93,8 @@ class Facts:
 class Plan:
     """Per event, the per-IP activity and population counts the serial replay reads there."""
 
-    ip: np.ndarray            # (n, 2) int64: failures, distinct users
-    population: np.ndarray    # (n, attributes, 3) int64: count, total, distinct (for the values read)
+    ip: np.ndarray            # (n, 2) int32: failures, distinct users
+    population: np.ndarray    # (n, attributes, 3) int32: count, total, distinct (for the values read)
 
     def take(self, positions: np.ndarray) -> "Plan":
         return Plan(self.ip[positions], self.population[positions])
@@ -111,14 +111,16 @@ def point_in_time(facts: Facts) -> Plan:
         activity = ips.activity(ip, at)
         ip_rows.append((activity.failures, activity.distinct_users))
         ips.add(ip, at, user, ok)
-    return Plan(np.asarray(ip_rows, np.int64).reshape(n, 2), population_counts(facts))
+    return Plan(np.asarray(ip_rows, np.int32).reshape(n, 2), population_counts(facts))
 
 
 def population_counts(facts: Facts) -> np.ndarray:
     """(n, attributes, 3): for each event and attribute it read, ``PopulationCounts.read``'s count of
     its value, total and distinct values over the values learned by the events before it."""
     n, width = facts.values.shape
-    out = np.zeros((n, width, 3), np.int64)
+    if n >= 2**31:
+        raise ValueError(f"{n:,} events: the plan counts in 32 bits; backfill fewer than 2**31 events at once")
+    out = np.zeros((n, width, 3), np.int32)                              # every count is at most n
     for a in range(width):
         counted = facts.counted[:, a].astype(np.int64)
         learnt_before = np.cumsum(counted) - counted                      # total: learned before this event
