@@ -56,11 +56,13 @@ class TreePeak:
 
     @staticmethod
     def cpu_s() -> float:
-        """CPU seconds used so far by this process and its live descendants (the backfill's workers):
-        the load-independent measure of work, where wall time depends on what else runs."""
+        """CPU seconds used so far by this process, its ended children (loky replaces a worker whose
+        memory grew) and its live descendants (the backfill's workers): the load-independent
+        measure of work, where wall time depends on what else runs."""
         import psutil
 
-        total = 0.0
+        ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = ended.ru_utime + ended.ru_stime
         for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
             try:
                 times = proc.cpu_times()
