@@ -14,7 +14,7 @@ if TYPE_CHECKING:                      # imported in main(): `riskengine --help`
     from riskengine.settings import Settings
 
 #: what generating and training import: the `riskengine[lab]` extra, absent from a serving install
-_LAB_MODULES = ("pandas", "pyarrow", "scipy", "sklearn", "matplotlib")
+_LAB_MODULES = ("pandas", "pyarrow", "scipy", "sklearn", "matplotlib", "joblib", "distributed", "dask")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
