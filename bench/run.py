@@ -378,8 +378,11 @@ def main() -> int:
     parser.add_argument("--skip-hotpath", action="store_true")
     parser.add_argument("--training", action="store_true", help="backfill + training time and memory instead")
     parser.add_argument("--sizes", default="100000,1000000", help="event counts for --training")
+    parser.add_argument("--jobs", default="1,2",
+                        help="--training: backfill processes to compare in the same run (1 = the serial replay)")
     parser.add_argument("--_generate", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_train-one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_jobs", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name, seconds in (("--warmup", args.warmup), ("--duration / --rounds", args.duration / max(args.rounds, 1))):
         if seconds != int(seconds) or seconds < 1:                 # wrk takes whole seconds only
@@ -391,7 +394,7 @@ def main() -> int:
         print(json.dumps(training_bench.generate(int(args._generate[0]), Path(args._generate[1]))))
         return 0
     if args._train_one:
-        print(json.dumps(training_bench.train_once(Path(args._train_one[0]), Path(args._train_one[1]))))
+        print(json.dumps(training_bench.train_once(Path(args._train_one[0]), Path(args._train_one[1]), args._jobs)))
         return 0
 
     info = machine()
@@ -400,7 +403,7 @@ def main() -> int:
     print(f"load average at start {info['loadavg_at_start'][0]:.2f} (other processes share these cores: "
           "figures are only comparable within one run)", flush=True)
     if args.training:
-        results = training_bench.run([int(n) for n in args.sizes.split(",")])
+        results = training_bench.run([int(n) for n in args.sizes.split(",")], [int(j) for j in args.jobs.split(",")])
         text = "\n".join([training_bench.describe(r) for r in results["results"]]
                          + [training_bench.describe_growth(results["growth"])])
         print(training_bench.describe_growth(results["growth"]))

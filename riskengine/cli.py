@@ -15,7 +15,7 @@ if TYPE_CHECKING:                      # imported in main(): `riskengine --help`
     from riskengine.settings import Settings
 
 #: what generating and training import: the `riskengine[lab]` extra, absent from a serving install
-_LAB_MODULES = ("pandas", "pyarrow", "scipy", "sklearn", "matplotlib")
+_LAB_MODULES = ("pandas", "pyarrow", "scipy", "sklearn", "matplotlib", "joblib", "distributed", "dask")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -140,7 +140,8 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _train_from(data: Path, settings: Settings, promote: bool, force: bool = False) -> int:
+def _train_from(data: Path, settings: Settings, promote: bool, force: bool = False, jobs: int = 1,
+                dask: str | None = None) -> int:
     from riskengine.lab import training
     from riskengine.scoring.registry import ModelRegistry
 
@@ -148,7 +149,16 @@ def _train_from(data: Path, settings: Settings, promote: bool, force: bool = Fal
 
     datafiles.require(data, ("label",))                # before a replay that may take minutes
     started = time.perf_counter()
-    dataset = training.replay_file(data, _enricher(settings))
+    if jobs > 1 or dask:                               # the same features, partitioned by user (lab/partitions.py)
+        from functools import partial
+
+        from riskengine.enrich import Enricher
+        from riskengine.lab import partitions
+
+        enricher = partial(Enricher, settings.geoip_city_db, settings.geoip_asn_db, settings.lists)
+        dataset = partitions.replay_file_partitioned(data, jobs, dask, enricher)
+    else:
+        dataset = training.replay_file(data, _enricher(settings))
     print(f"features for {len(dataset.y):,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     report = training.train(dataset, ModelRegistry.open(settings), promote=promote, source=str(data), force=force)
     print(report.text())
@@ -160,7 +170,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         return _train_from_service(settings, args.promote, args.force)
     if not args.data:
         raise SystemExit("riskengine train: give --data PATH (generated Parquet/JSONL or the RBA CSV) or --from-service")
-    return _train_from(Path(args.data), settings, args.promote, args.force)
+    if args.jobs < 1:
+        raise SystemExit(f"riskengine train: --jobs must be 1 or more; got {args.jobs}")
+    return _train_from(Path(args.data), settings, args.promote, args.force, args.jobs, args.dask)
 
 
 def _train_from_service(settings: Settings, promote: bool, force: bool = False) -> int:
@@ -359,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="make it the champion if the promotion gate passes (no regression beyond tolerance)")
     train.add_argument("--force", action="store_true",
                        help="with --promote: promote even if it cannot score actions the champion scores")
+    train.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="replay partitioned by user over N processes (the same features; pays from about 4 cores)")
+    train.add_argument("--dask", metavar="ADDRESS",
+                       help="replay partitioned by user on the Dask cluster at ADDRESS (tcp://host:8786)")
     train.set_defaults(run=_train)
     models = commands.add_parser("models", help="the model registry")
     models_commands = models.add_subparsers(dest="models_command", required=True)

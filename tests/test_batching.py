@@ -174,7 +174,7 @@ def test_per_ip_and_population_keys_reach_the_backend_as_keyed_hashes() -> None:
                         {"ip": "203.0.113.9", "user_agent": "Mozilla/5.0 (X11; Linux x86_64)"}))
     assert store.ip_activity("203.0.113.9", 1e9).failures == 1
     assert store.global_counts({"user_agent": "Mozilla/5.0 (X11; Linux x86_64)"})["user_agent"].count == 1
-    kept = repr((backend._ips, backend._counts))            # what the backend holds
+    kept = repr((backend._ips._ips, backend._population._counts))     # what the backend holds (stores/counters.py)
     assert "203.0.113.9" not in kept and "Mozilla" not in kept
     assert store.keyed("203.0.113.9") in kept
     other = Batched(MemoryStore(), b"another deployment", threads=False)

@@ -27,7 +27,7 @@ from riskengine.features import FEATURE_NAMES, MONOTONIC
 from riskengine.scoring.model import FLOOR_SIGNALS, RiskModel, StatisticalScorer, TrainedScorer
 from riskengine.policy.decide import Policy
 from riskengine.scoring.registry import ModelRegistry, ModelVersion
-from riskengine.stores import memory_store
+from riskengine.stores import OFFLINE_KEYS, ProfileStore, memory_store
 
 FPRS = (0.01, 0.02, 0.05)
 #: the statistical score's scale the trained risk never goes below (see README: measured choice)
@@ -48,9 +48,10 @@ class Dataset:
 
 
 def backfill(rows: Iterable[Mapping[str, Any]], enricher: Enricher | None = None, policy: Policy | None = None,
-             progress: Progress | None = None, chunk: int = 10_000) -> Dataset:
-    """Features for every row as ``/score`` would have computed them at that moment."""
-    engine = Engine(memory_store(keep_events=False, keep_audit=False), enricher or Enricher(),
+             progress: Progress | None = None, chunk: int = 10_000, store: ProfileStore | None = None) -> Dataset:
+    """Features for every row as ``/score`` would have computed them at that moment. ``store``: a
+    partition's (partitions.py), whose per-IP and population reads come from the whole stream."""
+    engine = Engine(store or memory_store(OFFLINE_KEYS, keep_events=False, keep_audit=False), enricher or Enricher(),
                     StatisticalScorer(), policy, keep_records=False)
     blocks: list[np.ndarray] = []
     buffer: list[list[float]] = []

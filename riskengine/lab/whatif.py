@@ -23,7 +23,7 @@ from riskengine.lab.calibration import wilson_interval
 from riskengine.lab.replay import Replayed, replay_stream
 from riskengine.scoring.model import Scorer
 from riskengine.policy.decide import Policy
-from riskengine.stores import memory_store
+from riskengine.stores import OFFLINE_KEYS, memory_store
 
 CAUGHT = ("step_up", "deny")          # an attacker asked to step up fails it: stepped up is caught
 MODES = ("shadow", "counterfactual")
@@ -67,7 +67,7 @@ def replay(rows: Iterable[Mapping[str, Any]], current: Setup, candidate: Setup, 
 
 def _drive(rows: list[Mapping[str, Any]], driver: Setup, shadows: list[Setup], enricher: Enricher,
            progress: Callable[[int], None] | None) -> pd.DataFrame:
-    store = memory_store(keep_events=False, keep_audit=False)
+    store = memory_store(OFFLINE_KEYS, keep_events=False, keep_audit=False)
     engine = Engine(store, enricher, driver.scorer, driver.policy, keep_records=False)
     # shadows share the store: they read the same history and, with ``evaluate``, never write it
     watchers = [(s.name, Engine(store, enricher, s.scorer, s.policy, keep_records=False)) for s in shadows]

@@ -13,13 +13,17 @@ from riskengine.stores.cached import CachedStore
 from riskengine.stores.memory import MemoryStore
 from riskengine.stores.sqlite import SQLiteStore
 
-__all__ = ["REDIS_SCHEMES", "Batched", "CachedStore", "Commit", "Conflict", "DuplicateEvent", "MemoryStore",
+__all__ = ["OFFLINE_KEYS", "REDIS_SCHEMES", "Batched", "CachedStore", "Commit", "Conflict", "DuplicateEvent", "MemoryStore",
            "ProfileStore", "Refused", "SQLiteStore", "StoreUnavailable", "StoredEvent", "memory_store", "open_store"]
 
+#: keyed hashes an offline replay remembers (IPs, user agents, networks repeat: a tenth of a backfill's time)
+OFFLINE_KEYS = 1 << 16
 
-def memory_store(**options: Any) -> Batched:
-    """An in-memory store as the engine uses it (training replays, what-if, tests): no threads, no waiting."""
-    return Batched(MemoryStore(**options), options.get("audit_key"), threads=False)
+
+def memory_store(remember: int = 0, **options: Any) -> Batched:
+    """An in-memory store as the engine uses it (training replays, what-if, tests): no threads, no waiting.
+    ``remember``: offline replays keep that many recent keyed hashes (batching.py); the service none."""
+    return Batched(MemoryStore(**options), options.get("audit_key"), threads=False, remember=remember)
 
 
 def open_store(url: str, home: Path | None = None, **options: Any) -> ProfileStore:

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 from riskengine.audit.chain import KeyedHash
@@ -127,12 +128,15 @@ class Batched:
     """A backend as the engine sees it (``ProfileStore``): ``submit``/``submit_async`` and
     ``context_async`` grouped and run on the store's threads (or at once, ``threads=False``);
     everything else passed through. Per-IP keys and population values reach the backend as
-    HMACs under ``stats_key``, so no raw IP or User-Agent string is kept once its user is erased."""
+    HMACs under ``stats_key``, so no raw IP or User-Agent string is kept once its user is erased.
+    ``remember``: offline replays keep that many recent hashes (a tenth of a backfill's time); the
+    service keeps none, for the same reason."""
 
     def __init__(self, backend: Backend, stats_key: bytes | None, threads: bool = True,
-                 max_group: int = MAX_GROUP, max_pending: int = MAX_PENDING) -> None:
+                 max_group: int = MAX_GROUP, max_pending: int = MAX_PENDING, remember: int = 0) -> None:
         self.backend = backend
         self._stats_key = KeyedHash(hmac.digest(stats_key or b"", b"riskengine per-IP and population keys", "sha256"))
+        self._remembered = lru_cache(maxsize=remember)(self._hash) if remember else None
         name = type(backend).__name__.removesuffix("Store").lower()
         self._writer = Worker(backend.commit_group, f"riskengine-{name}-writer", max_group, max_pending) \
             if threads else None
@@ -147,6 +151,9 @@ class Batched:
     # -- keyed hashing: the one place raw IPs and attribute values turn into stored keys ----------
     def keyed(self, value: str) -> str:
         """A stable keyed hash: equal values count together, and the value cannot be read back."""
+        return self._remembered(value) if self._remembered is not None else self._hash(value)
+
+    def _hash(self, value: str) -> str:
         return self._stats_key.hex(value.encode("utf-8", "surrogatepass"))[:32]
 
     def _keyed_read(self, ip: str, at: float, values: dict[str, str]) -> ContextRead:

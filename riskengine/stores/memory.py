@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import defaultdict, deque
 from typing import Any, Iterator
 
 from riskengine.audit.chain import GENESIS, HEAD, START, Anchor, AuditRow, seal_records
 from riskengine.features import GlobalCount, IpActivity
 from riskengine.policy.payments import PaymentTotals, payment_totals
 from riskengine.profiles import UserProfile
-from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, ContextRead, DuplicateEvent, StoredEvent,
-                                    prune_before)
+from riskengine.stores.base import Commit, Conflict, ContextRead, DuplicateEvent, StoredEvent
+from riskengine.stores.counters import IpWindows, PopulationCounts
 
 
 class MemoryStore:
@@ -28,9 +27,8 @@ class MemoryStore:
 
     def clear(self) -> None:
         self._profiles: dict[str, UserProfile] = {}
-        self._ips: dict[str, deque[tuple[float, str, bool]]] = defaultdict(deque)
-        self._counts: dict[tuple[str, str], float] = defaultdict(float)
-        self._totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self._ips = IpWindows()
+        self._population = PopulationCounts()
         self._events: dict[str, StoredEvent] = {}
         self._secrets: dict[str, bytes] = {}
         self._audit: list[AuditRow] = []
@@ -45,13 +43,11 @@ class MemoryStore:
 
     def _ip_activity(self, ip: str, at: float) -> IpActivity:
         with self._lock:
-            recent = [(t, u, ok) for t, u, ok in self._ips.get(ip, ()) if at - IP_WINDOW_S < t <= at]
-        return IpActivity(sum(1 for _, _, ok in recent if not ok), len({u for _, u, _ in recent}))
+            return self._ips.activity(ip, at)
 
     def _global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
         with self._lock:
-            return {a: GlobalCount(self._counts.get((a, v), 0.0), *self._totals.get(a, (0.0, 0.0)))
-                    for a, v in values.items()}
+            return self._population.read(values)
 
     def find_event(self, event_id: str) -> StoredEvent | None:
         return self._events.get(event_id)
@@ -111,11 +107,7 @@ class MemoryStore:
                 self._count(change.learned_values)
             elif self._version(change.user_id) != change.expected_version:
                 raise Conflict("the profile's version moved")    # the decision read a profile since moved on
-            window = self._ips[change.ip]
-            window.append((change.at, change.user_key, change.success))
-            horizon = prune_before(change.at)
-            while window and window[0][0] < horizon:
-                window.popleft()
+            self._ips.add(change.ip, change.at, change.user_key, change.success)
             if change.event is not None and self.keep_events:
                 self._events[change.event.event_id] = change.event
             if change.audit is not None:
@@ -150,8 +142,7 @@ class MemoryStore:
             for event_id in [k for k, e in self._events.items() if e.user_id == user_id]:
                 del self._events[event_id]
                 found = True
-            for ip, window in self._ips.items():
-                self._ips[ip] = deque(w for w in window if w[1] != user_key)
+            self._ips.forget(user_key)
             self._append(audit)
             return found
 
@@ -166,11 +157,7 @@ class MemoryStore:
         return current.version if current else 0
 
     def _count(self, values: dict[str, str]) -> None:
-        for attribute, value in values.items():
-            self._counts[(attribute, value)] += 1
-            totals = self._totals[attribute]
-            totals[0] += 1
-            totals[1] += self._counts[(attribute, value)] == 1
+        self._population.count(values)
 
     def _append(self, body: dict[str, Any]) -> None:
         if not self.keep_audit:
