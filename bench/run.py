@@ -158,7 +158,9 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
     riskengine = str(Path(python).with_name("riskengine"))
     started = time.perf_counter()
     print(f"workload: {args.users:,} users x {args.days} days of riskengine.datasets.synth events ...", flush=True)
-    stream = make_stream(args.users, args.days, history_share=0.6)
+    # the stores are warmed with the first 30%; the rest are /score bodies, enough that a store's rows
+    # (16 connections, few clients, workers) each send events the store has not seen
+    stream = make_stream(args.users, args.days, history_share=0.3)
     models = work / "models"
     version = train_champion(stream.history, work)
     bodies = write_lua_bodies(request_bodies(stream.traffic), work / "bodies.lua")
@@ -176,13 +178,16 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
         server.wait_ready("/docs")
         return server
 
-    def measure_with_bare(name: str, server: Server) -> None:
-        """``name`` and the bare endpoint, in turn (``interleaved``); the row's ratios are to those bare slices."""
-        row, baseline = interleaved([Target(name, server, KEY), bare_target], wrk, bodies, args, work)
+    def measure_with_bare(name: str, server: Server) -> Target:
+        """``name`` and the bare endpoint, in turn (``interleaved``); the row's ratios are to those bare slices.
+        The returned target's position is where that store's later rows go on in the bodies."""
+        target = Target(name, server, KEY)
+        row, baseline = interleaved([target, bare_target], wrk, bodies, args, work)
         row["vs_bare"] = compare(row, baseline)
         results["http"][name], results["http"][f"bare@{name}"] = row, baseline
         print(line("bare FastAPI, its turns", baseline), flush=True)
         print(line(LABELS.get(name, name), row), flush=True)
+        return target
 
     bare = start_bare("bare", {})
     bare_target = Target("bare", bare, None)
@@ -209,7 +214,7 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
 
 
 def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, riskengine: str,
-                   measure_with_bare: Callable[[str, Server], None],
+                   measure_with_bare: Callable[[str, Server], Target],
                    in_turns: Callable[[list[Target]], list[dict]], results: dict) -> None:
     """``riskengine serve`` on each store, warmed with the history, measured in turns with the bare endpoint."""
     for store in stores_to_run(args):
@@ -232,11 +237,13 @@ def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, r
         server = Server(store, [riskengine, "serve", "--port", str(port)], env, port, work / f"{store}.log")
         try:
             server.wait_ready("/health")
-            measure_with_bare(store, server)
+            # every later row on this store goes on from the same position: each event is new to the
+            # store and later than what it holds (a body sent again would score an event from the past)
+            position = measure_with_bare(store, server)
             for clients in (int(c) for c in args.latency_clients.split(",") if c.strip()):
-                few_clients(store, server, clients, args, work)
+                few_clients(store, server, clients, args, work, position)
             if store == "redis" and args.workers > 1:
-                measure_workers(args, work, env, riskengine, server, in_turns, results)
+                measure_workers(args, work, env, riskengine, server, in_turns, results, position)
         finally:
             server.stop()
 
@@ -246,14 +253,15 @@ FEW_CLIENT_TARGETS = {4: (2.0, 5.0), 1: (1.5, None)}
 FEW_ROWS: dict[str, dict] = {}         # label -> row, for the summary and the JSON
 
 
-def few_clients(store: str, server: "Server", clients: int, args: argparse.Namespace, work: Path) -> dict:
+def few_clients(store: str, server: "Server", clients: int, args: argparse.Namespace, work: Path,
+                position: Target) -> dict:
     """Latency with ``clients`` connections, each sending its next request when the last is answered."""
     wrk, bodies = need_wrk(), work / "bodies.lua"
-    target = Target(f"{store}@{clients}", server, KEY)
+    target = Target(f"{store}@{clients}", server, KEY, bodies_from=position)
     target.run(wrk, bodies, args.warmup, argparse.Namespace(**{**vars(args), "connections": clients}), work)
     row = aggregate([target.run(wrk, bodies, args.duration / args.rounds,
                                 argparse.Namespace(**{**vars(args), "connections": clients}), work)
-                     for _ in range(args.rounds)], target.sent)
+                     for _ in range(args.rounds)], target.source.sent)
     p50_goal, p99_goal = FEW_CLIENT_TARGETS.get(clients, (None, None))
     lat = row["latency_us"]
     met = [f"p50 goal <= {p50_goal} ms: {'met' if lat['p50'] / 1e3 <= p50_goal else 'MISSED'}"] if p50_goal else []
@@ -269,7 +277,7 @@ def few_line(label: str, row: dict) -> str:
 
 
 def measure_workers(args: argparse.Namespace, work: Path, env: dict[str, str], riskengine: str, one: Server,
-                    in_turns: Callable[[list[Target]], list[dict]], results: dict) -> None:
+                    in_turns: Callable[[list[Target]], list[dict]], results: dict, position: Target) -> None:
     """``serve --workers N`` against one worker on the same Redis, in turns (same minutes of the
     machine), drawing from one position in the bodies so the store sees each event once."""
     name = f"redis-w{args.workers}"
@@ -278,8 +286,8 @@ def measure_workers(args: argparse.Namespace, work: Path, env: dict[str, str], r
                   work / f"{name}.log")
     try:
         many.wait_ready("/health")
-        single = Target("redis-w1", one, KEY)
-        row_one, row_many = in_turns([single, Target(name, many, KEY, bodies_from=single)])
+        single = Target("redis-w1", one, KEY, bodies_from=position)
+        row_one, row_many = in_turns([single, Target(name, many, KEY, bodies_from=position)])
     finally:
         many.stop()
     row_many["vs_one_worker"] = {"throughput_ratio": row_many["rps"] / row_one["rps"],
@@ -370,7 +378,7 @@ def main() -> int:
                         help="after each /score row, its latency with this many clients (comma list; '' for none)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (the server needs the other core)")
     parser.add_argument("--users", type=int, default=800)
-    parser.add_argument("--days", type=int, default=50)     # ~33,000 /score bodies: none reused at 1,800 req/s
+    parser.add_argument("--days", type=int, default=100)    # ~114,000 /score bodies: none sent twice to a store
     parser.add_argument("--stores", default="sqlite,sqlite-normal,redis",
                         help="comma list of sqlite (synchronous=FULL), sqlite-normal, redis")
     parser.add_argument("--workers", type=int, default=1,

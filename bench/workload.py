@@ -76,14 +76,20 @@ def write_lua_bodies(bodies: list[dict], path: Path) -> Path:
     Every request gets a fresh ``event_id`` (a repeated one would be answered from the stored
     decision, which measures idempotency, not scoring).
     """
-    lines = ["return {"]
-    for body in bodies:
-        text = json.dumps({"event_id": "\0", **body}, separators=(",", ":"))
-        head, tail = text.split("\\u0000")
-        lines.append(f"{{{_lua_string(head)},{_lua_string(tail)}}},")
-    lines.append("}")
+    lines = ["local all = {}", "local function add(part) for i = 1, #part do all[#all + 1] = part[i] end end"]
+    for start in range(0, len(bodies), LUA_CHUNK):      # a Lua function holds at most 65,536 constants
+        lines.append("add((function() return {")
+        for body in bodies[start:start + LUA_CHUNK]:
+            text = json.dumps({"event_id": "\0", **body}, separators=(",", ":"))
+            head, tail = text.split("\\u0000")
+            lines.append(f"{{{_lua_string(head)},{_lua_string(tail)}}},")
+        lines.append("} end)())")
+    lines.append("return all")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+LUA_CHUNK = 20_000           # bodies per Lua function: two string constants each
 
 
 def _lua_string(text: str) -> str:
