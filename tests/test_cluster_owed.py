@@ -4,43 +4,58 @@ The cluster store writes a user's profile and event in the user's slot, with wha
 slots (the IP's entry, population counts, the event indexes) kept beside them, then applies those.
 Here a real process dies (``os._exit``) right after the user's slot was written, and nobody ever
 retries the event: the sweep a serving process runs at start applies what it owed, once.
+
+Erasure meets those entries too: it applies what its user's slot still owes, then fences the user's
+generation in each other slot it cleans, so a sweep or retry that read an entry before the erasure
+brings nothing of the user back. Entries that are not ours (tampered, garbage) are set aside.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
 
-from riskengine.stores.redis import RedisStore
+import pytest
+
+from riskengine.profiles import UserProfile
+from riskengine.stores.base import Commit, DuplicateEvent, StoredEvent
+from riskengine.stores.redis import RedisStore, connect
 
 #: the child: one event committed through the real store, killed where the owed parts would be applied
 CRASHING_WRITER = textwrap.dedent("""
-    import os, sys
+    import hashlib, os, sys
     from riskengine.profiles import UserProfile
     from riskengine.stores.base import Commit, StoredEvent
     from riskengine.stores.redis import RedisStore
 
     url, prefix = sys.argv[1], sys.argv[2]
+    user, event_id = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else ("owed-user", "owed-ev-1")
     RedisStore._apply_owed = lambda self, items: os._exit(17)      # the crash: after the user's slot only
     store = RedisStore(url, prefix=prefix, audit_key=b"k" * 32)
-    event = StoredEvent("owed-ev-1", "owed-user", 1_800_000_000.0, {"action": "login", "ip": "198.51.100.7"},
-                        {"decision": "allow"}, {})
-    store.commit_group([Commit("owed-user", 0, UserProfile(user_id="owed-user"), "ip-key-owed", "user-key-owed",
-                               1_800_000_000.0, True, {"country": "NO"}, event)])
+    event = StoredEvent(event_id, user, 1_800_000_000.0, {"action": "payment", "ip": "198.51.100.7",
+                                                          "amount": 5, "currency": "EUR"}, {"decision": "allow"}, {})
+    store.commit_group([Commit(user, 0, UserProfile(user_id=user), f"ip-key-{user}", f"user-key-{user}",
+                               1_800_000_000.0, True, {"country": "NO"}, event,
+                               {"kind": "score", "subject": hashlib.sha256(user.encode()).hexdigest()[:16]})])
 """)
+
+
+def crash_a_writer(url: str, prefix: str, user: str = "owed-user", event_id: str = "owed-ev-1") -> None:
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_WRITER, url, prefix, user, event_id],
+                             capture_output=True, text=True, timeout=60)
+    assert crashed.returncode == 17, crashed.stderr
 
 
 def test_a_crashed_write_is_completed_by_the_sweep_once(redis_cluster) -> None:
     prefix = f"owed-{uuid.uuid4().hex[:8]}:"
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_WRITER, redis_cluster.url, prefix],
-                             capture_output=True, text=True, timeout=60)
-    assert crashed.returncode == 17, crashed.stderr
+    crash_a_writer(redis_cluster.url, prefix)
     store = RedisStore(redis_cluster.url, prefix=prefix, audit_key=b"k" * 32)
     try:
-        read = [("ip-key-owed", 1_800_000_001.0, {"country": "NO"})]
+        read = [("ip-key-owed-user", 1_800_000_001.0, {"country": "NO"})]
         (activity, counts), = store.read_contexts(read)
         assert activity.distinct_users == 0 and counts["country"].count == 0      # owed, not applied
         assert store.get("owed-user").version == 1                        # the user's slot was written
@@ -60,19 +75,158 @@ def test_a_crashed_write_is_completed_by_the_sweep_once(redis_cluster) -> None:
 def test_the_background_sweep_applies_it_without_any_request(redis_cluster) -> None:
     """The sweep ``open_engine`` starts for a serving process: at once, then every interval."""
     prefix = f"owed-{uuid.uuid4().hex[:8]}:"
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_WRITER, redis_cluster.url, prefix],
-                             capture_output=True, text=True, timeout=60)
-    assert crashed.returncode == 17, crashed.stderr
+    crash_a_writer(redis_cluster.url, prefix)
     store = RedisStore(redis_cluster.url, prefix=prefix, audit_key=b"k" * 32)
     try:
         store.sweep_owed_every(interval_s=0.2, min_age_s=0)
         deadline = time.monotonic() + 20
         while True:
-            (activity, _), = store.read_contexts([("ip-key-owed", 1_800_000_001.0, {})])
+            (activity, _), = store.read_contexts([("ip-key-owed-user", 1_800_000_001.0, {})])
             if activity.distinct_users == 1:
                 break
             assert time.monotonic() < deadline, "the sweep never applied the owed write"
             time.sleep(0.1)
     finally:
+        store.clear()
+        store.close()
+
+
+# -- erasure and the owed entries ------------------------------------------------------------------
+
+def _kept(url: str, prefix: str) -> bytes:
+    """Every key under ``prefix`` on every primary, with its value."""
+    client = connect(url)
+    kept = b""
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            kind = client.type(key)
+            value = {b"string": lambda: client.get(key), b"hash": lambda: client.hgetall(key),
+                     b"list": lambda: client.lrange(key, 0, -1), b"set": lambda: client.smembers(key),
+                     b"zset": lambda: client.zrange(key, 0, -1)}[kind]()
+            kept += key + b"=" + repr(value).encode() + b"\n"
+    finally:
+        client.close()
+    return kept
+
+
+def _assert_nothing_of(store: RedisStore, url: str, user: str, event_id: str) -> None:
+    """No key or value names the user, the user's key, IP key, hash tag or event (the generation's fences,
+    named by a random generation, are all that may stay: they expire within a day)."""
+    kept = _kept(url, store.prefix)
+    tag = store._user("p", user, user).split("{", 1)[1].split("}", 1)[0]
+    for needle in (user, f"user-key-{user}", f"ip-key-{user}", tag, event_id):
+        assert needle.encode() not in kept, f"{needle!r} outlived the erasure:\n{kept.decode(errors='replace')}"
+    client = connect(url)
+    try:
+        for key in client.scan_iter(match=f"{store.prefix}x:*", count=1000):
+            assert client.get(key) == b"1" and 0 < client.ttl(key) <= 86400
+    finally:
+        client.close()
+
+
+def _counted(store: RedisStore, user: str) -> tuple[int, float, int]:
+    """(distinct users on the user's IP, the population count of country NO, the user's audit records)."""
+    (activity, _), (_, counts) = store.read_contexts([(f"ip-key-{user}", 1_800_000_001.0, {}),
+                                                      ("another-ip", 1_800_000_001.0, {"country": "NO"})])
+    scored = sum(_subject(user) in row.body for row in store.audit_rows())
+    return activity.distinct_users, counts["country"].count, scored
+
+
+def _subject(user: str) -> str:
+    """The audit records' stand-in for the user's pseudonym (which erasure makes unlinkable)."""
+    return hashlib.sha256(user.encode()).hexdigest()[:16]
+
+
+def _erase(store: RedisStore, user: str) -> bool:
+    return store.erase_user(user, f"user-key-{user}", {"kind": "erasure", "subject": "erased-subject"})
+
+
+def test_erasing_the_user_of_a_crashed_write_leaves_nothing_for_the_sweep_and_counts_once(redis_cluster) -> None:
+    prefix = f"owed-{uuid.uuid4().hex[:8]}:"
+    crash_a_writer(redis_cluster.url, prefix, "erased-user", "erased-ev")
+    store = RedisStore(redis_cluster.url, prefix=prefix, audit_key=b"k" * 32)
+    try:
+        assert _counted(store, "erased-user") == (0, 0, 0)              # owed, not applied
+        assert _erase(store, "erased-user")
+        assert store.sweep_owed(min_age_s=0) == 0                        # the erasure took the entry with it
+        _assert_nothing_of(store, redis_cluster.url, "erased-user", "erased-ev")
+        # the population count and the audit record (kept after erasure, as on one primary) count once
+        assert _counted(store, "erased-user") == (0, 1, 1)
+        assert store.find_event("erased-ev") is None and store.get("erased-user").version == 0
+    finally:
+        store.clear()
+        store.close()
+
+
+@pytest.mark.parametrize("path", ["sweep", "retry", "lookup", "writer"])
+def test_an_owed_entry_read_before_the_erasure_brings_nothing_of_the_user_back(redis_cluster, path) -> None:
+    """The window: an applier read what was owed (the sweep scanned it, a retry got it with its DUP, a
+    lookup found it, or the writer itself made it), then the user was erased by another process, then
+    the applier applied it. The erased generation's fences refuse every part naming the user."""
+    prefix = f"owed-{uuid.uuid4().hex[:8]}:"
+    user, event_id = f"raced-{path}", f"raced-ev-{path}"
+    if path != "writer":
+        crash_a_writer(redis_cluster.url, prefix, user, event_id)
+    applier = RedisStore(redis_cluster.url, prefix=prefix, audit_key=b"k" * 32)
+    eraser = RedisStore(redis_cluster.url, prefix=prefix, audit_key=b"k" * 32)
+    applied: list[int] = []
+    apply = applier._apply_owed
+
+    def erased_first(items):                      # the erasure runs between the read and the apply
+        if items and not applied:
+            assert _erase(eraser, user)
+        applied.append(len(items))
+        return apply(items)
+
+    applier._apply_owed = erased_first
+    try:
+        event = StoredEvent(event_id, user, 1_800_000_000.0, {"action": "payment", "ip": "198.51.100.7",
+                                                              "amount": 5, "currency": "EUR"}, {"decision": "allow"}, {})
+        commit = Commit(user, 0, UserProfile(user_id=user), f"ip-key-{user}", f"user-key-{user}", 1_800_000_000.0,
+                        True, {"country": "NO"}, event, {"kind": "score", "subject": _subject(user)})
+        if path == "sweep":
+            assert applier.sweep_owed(min_age_s=0) == 1
+        elif path == "retry":
+            (outcome,) = applier.commit_group([commit])
+            assert isinstance(outcome, DuplicateEvent)
+        elif path == "lookup":
+            applier.find_event(event_id)
+        else:
+            assert applier.commit_group([commit]) == [None]   # recorded, then erased: answered as recorded
+        assert applied and applied[0] == 1
+        _assert_nothing_of(applier, redis_cluster.url, user, event_id)
+        assert applier.sweep_owed(min_age_s=0) == 0
+        assert _counted(applier, user) == (0, 1, 1)           # counts and the audit record: once, not twice
+
+        # the user may come back: the new generation's parts are not fenced
+        applier._apply_owed = apply
+        again = StoredEvent(f"{event_id}-back", user, 1_800_000_000.0, {"action": "login"}, {"decision": "allow"}, {})
+        assert applier.commit_group([Commit(user, 0, UserProfile(user_id=user), f"ip-key-{user}",
+                                            f"user-key-{user}", 1_800_000_000.0, True, {}, again)]) == [None]
+        assert _counted(applier, user)[0] == 1 and applier.find_event(f"{event_id}-back") is not None
+        assert [e.event_id for e in applier.labelled_events()] == [f"{event_id}-back"]
+    finally:
+        applier.clear()
+        applier.close()
+        eraser.close()
+
+
+def test_an_event_id_claim_lasts_only_once_its_event_is_indexed(redis_cluster) -> None:
+    """The claim (``ei:<event id>`` -> user) is made before the user's slot is written: one whose write
+    is refused or never made expires, so no claim naming a user outlives what erasure can find."""
+    store = RedisStore(redis_cluster.url, prefix=f"owed-{uuid.uuid4().hex[:8]}:", audit_key=b"k" * 32)
+    client = connect(redis_cluster.url)
+    try:
+        def commit(event_id: str, expected_version: int) -> BaseException | None:
+            event = StoredEvent(event_id, "claimer", 1_800_000_000.0, {"action": "login"}, {"decision": "allow"}, {})
+            return store.commit_group([Commit("claimer", expected_version, UserProfile(user_id="claimer"), "ip",
+                                              "user-key-claimer", 1_800_000_000.0, True, {}, event)])[0]
+
+        assert commit("kept", 0) is None
+        assert client.ttl(store._key("ei", "kept")) == -1                # indexed: for good
+        assert commit("refused", 0) is not None                           # a stale version: CONFLICT
+        assert 0 < client.ttl(store._key("ei", "refused")) <= 86400        # claimed, never written: goes
+    finally:
+        client.close()
         store.clear()
         store.close()
