@@ -13,17 +13,25 @@ brings nothing of the user back. Entries that are not ours (tampered, garbage) a
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
+import warnings
 
 import pytest
+from fastapi.testclient import TestClient
 
+from riskengine.api import create_app
 from riskengine.profiles import UserProfile
+from riskengine.stores import redis as redis_store
 from riskengine.stores.base import Commit, DuplicateEvent, StoredEvent
 from riskengine.stores.redis import RedisStore, connect
+from tests.redis_servers import within
 
 #: the child: one event committed through the real store, killed where the owed parts would be applied
 CRASHING_WRITER = textwrap.dedent("""
@@ -230,3 +238,57 @@ def test_an_event_id_claim_lasts_only_once_its_event_is_indexed(redis_cluster) -
         client.close()
         store.clear()
         store.close()
+
+
+def _aged(url: str, prefix: str, user: str, seconds: float) -> None:
+    """Make the user's owed entries look ``seconds`` old (as if written before a restart)."""
+    store = RedisStore(url, prefix=prefix)
+    client = connect(url)
+    try:
+        pending = store._user("pd", user, user)
+        for op, raw in client.hgetall(pending).items():
+            client.hset(pending, op, json.dumps({**json.loads(raw), "w": time.time() - seconds}))
+    finally:
+        client.close()
+        store.close()
+
+
+def test_the_service_sweeps_at_start_and_every_interval_and_stops_the_sweep_at_shutdown(
+        redis_cluster, settings, monkeypatch, caplog) -> None:
+    """``open_engine``'s wiring, through the app's lifespan: an owed entry older than the grace period
+    is applied at start, one left while the service runs at the next interval, and the sweep's thread
+    is gone once the service has shut down (quickly: ``close`` wakes it, it does not wait the interval)."""
+    monkeypatch.setattr(redis_store, "OWED_SWEEP_EVERY_S", 0.5)
+    prefix = f"owed-{uuid.uuid4().hex[:8]}:"
+    settings = settings.model_copy(update={"store": redis_cluster.url, "redis_prefix": prefix})
+    crash_a_writer(redis_cluster.url, prefix, "before-start", "before-start-ev")
+    _aged(redis_cluster.url, prefix, "before-start", 3600)
+    reader = RedisStore(redis_cluster.url, prefix=prefix)
+
+    def distinct_users(user: str) -> int:
+        return reader.read_contexts([(f"ip-key-{user}", 1_800_000_001.0, {})])[0][0].distinct_users
+
+    def sweeps() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "riskengine-owed-sweep" and t.is_alive()]
+
+    assert not sweeps()
+    caplog.set_level(logging.WARNING, logger="riskengine.store")
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            with TestClient(create_app(settings)) as client:
+                within(20, lambda: distinct_users("before-start") == 1, "the sweep at start")
+                assert len(sweeps()) == 1 and client.get("/livez").status_code == 200
+                crash_a_writer(redis_cluster.url, prefix, "while-serving", "while-serving-ev")
+                assert distinct_users("while-serving") == 0
+                _aged(redis_cluster.url, prefix, "while-serving", 3600)
+                within(20, lambda: distinct_users("while-serving") == 1, "the sweep at the next interval")
+                stopping = time.monotonic()
+            assert time.monotonic() - stopping < 3 and not sweeps()
+        assert not [str(w.message) for w in warned], [str(w.message) for w in warned]
+        applied = [r.getMessage() for r in caplog.records if "left owed" in r.getMessage()]
+        assert applied == ["applied 1 write(s) a crashed process left owed to other slots"] * 2
+        assert not any(r.levelno >= logging.ERROR for r in caplog.records if r.name == "riskengine.store")
+    finally:
+        reader.clear()
+        reader.close()

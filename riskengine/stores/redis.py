@@ -608,17 +608,19 @@ class RedisStore:
         _log.warning("owed entry %s skipped: %s%s", self._token(op)[:16], problem,
                      " (moved to quarantine)" if moved else "")
 
-    def sweep_owed_every(self, interval_s: float = OWED_SWEEP_EVERY_S, min_age_s: float = OWED_GRACE_S) -> None:
-        """Cluster: ``sweep_owed`` now (a crash before this process started) and every ``interval_s``,
-        on a daemon thread stopped by ``close``; an unavailable store is tried again next time, and
-        nothing a sweep meets stops the next one."""
+    def sweep_owed_every(self, interval_s: float | None = None, min_age_s: float | None = None) -> None:
+        """Cluster: ``sweep_owed`` now (a crash before this process started) and every ``interval_s``
+        (``OWED_SWEEP_EVERY_S``, entries older than ``OWED_GRACE_S``), on a daemon thread stopped by
+        ``close``; an unavailable store is tried again next time, and nothing a sweep meets stops the next."""
         if not self.cluster or self._sweeper is not None:
             return
+        interval_s = OWED_SWEEP_EVERY_S if interval_s is None else interval_s
+        age_s = OWED_GRACE_S if min_age_s is None else min_age_s
 
         def sweep() -> None:
             while not self._stop_sweeping.is_set():
                 try:
-                    if applied := self.sweep_owed(min_age_s):
+                    if applied := self.sweep_owed(age_s):
                         _log.warning("applied %d write(s) a crashed process left owed to other slots", applied)
                 except (StoreUnavailable, Refused) as exc:
                     _log.warning("sweep for owed writes failed, next in %.0f s: %s", interval_s, type(exc).__name__)
