@@ -292,3 +292,74 @@ def test_the_service_sweeps_at_start_and_every_interval_and_stops_the_sweep_at_s
     finally:
         reader.clear()
         reader.close()
+
+
+def test_tampered_or_garbage_owed_entries_are_logged_set_aside_and_never_stop_a_sweep(redis_cluster, caplog) -> None:
+    """Pending entries are data from a shared store: one that is not what the store writes (not JSON, not
+    UTF-8, nested past the parser's depth, wrong types, non-finite or huge numbers, too big, another
+    user's, another event's) is logged by its keyed token alone (no user id, IP or event id), moved to
+    its user's quarantine hash (which erasure drops; under a key that is no user's: dropped), and the rest
+    is applied as usual."""
+    prefix = f"owed-{uuid.uuid4().hex[:8]}:"
+    user, ip = "tampered-user", "198.51.100.7"
+    crash_a_writer(redis_cluster.url, prefix, user, "tampered-ev")
+    store = RedisStore(redis_cluster.url, prefix=prefix, audit_key=b"k" * 32)
+    client = connect(redis_cluster.url)
+    pending, quarantine = store._user("pd", user, user), store._user("pq", user, user)
+    valid = json.loads(client.hget(pending, "tampered-ev"))
+    garbage = {
+        "bad-json": b"{not json " + ip.encode(),
+        "not-utf8": b"\xff\xfe" + user.encode(),
+        "deep": b"[" * 200_000,
+        "not-an-object": json.dumps([user, ip]),
+        "wrong-types": json.dumps({**valid, "w": "yesterday", "m": 7}),
+        "nan-time": json.dumps({**valid, "at": float("nan")}),
+        "huge-number": json.dumps(valid).replace('"at": ', '"at": 1' + "0" * 400 + ", \"x\": "),
+        "huge-entry": json.dumps({**valid, "audit": {"blob": "x" * (2 << 20)}}),
+        "many-counts": json.dumps({**valid, "pop": [["country", str(n)] for n in range(5000)]}),
+        "bad-trim": json.dumps({**valid, "trim": "(not a score", "e": ""}),
+        "another-users": json.dumps({**valid, "u": "someone-else", "e": ""}),
+        "another-event": json.dumps({**valid, "e": "someone-elses-event"}),
+        "bad-chain": json.dumps({**valid, "ch": "x}{y", "e": ""}),
+    }
+    for op, raw in garbage.items():
+        client.hset(pending, op, raw)
+    stray = f"{prefix}pd:stray-{ip}"                    # a key no user has
+    client.hset(stray, "op", json.dumps({**valid, "e": ""}))
+    caplog.set_level(logging.WARNING, logger="riskengine.store")
+    try:
+        assert store.sweep_owed(min_age_s=0) == 1                       # the crashed write's own entry
+        assert _counted(store, user)[:2] == (1, 1)
+        skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+        assert len(skipped) == len(garbage) + 1, skipped
+        assert sum("moved to quarantine" in m for m in skipped) == len(garbage), skipped
+        assert sum("dropped: not a user's" in m for m in skipped) == 1, skipped     # no erasure would find it
+        for record in caplog.records:
+            for needle in (user, ip, "tampered-ev", "someone", "stray", "ip-key", "user-key"):
+                assert needle not in record.getMessage(), record.getMessage()
+        assert client.hkeys(pending) == [] and sorted(k.decode() for k in client.hkeys(quarantine)) == sorted(garbage)
+        assert not client.exists(stray)
+
+        caplog.clear()                                  # set aside once, not logged again every sweep
+        assert store.sweep_owed(min_age_s=0) == 0 and not caplog.records
+
+        # a retry of the event whose entry was tampered with: a duplicate as ever, nothing applied twice
+        client.hset(pending, "tampered-ev", b"\x00garbage")
+        event = StoredEvent("tampered-ev", user, 1_800_000_000.0, {"action": "login"}, {"decision": "allow"}, {})
+        (outcome,) = store.commit_group([Commit(user, 1, None, f"ip-key-{user}", f"user-key-{user}",
+                                                1_800_000_000.0, True, {}, event)])
+        assert isinstance(outcome, DuplicateEvent) and store.find_event("tampered-ev") is not None
+        assert _counted(store, user)[:2] == (1, 1) and client.hkeys(pending) == []
+
+        # the background sweep outlives them: a later crashed write is still applied
+        client.hset(pending, "later-garbage", b"{")
+        store.sweep_owed_every(interval_s=0.2, min_age_s=0)
+        crash_a_writer(redis_cluster.url, prefix, "later-user", "later-ev")
+        within(20, lambda: _counted(store, "later-user")[0] == 1, "the sweep after garbage")
+
+        assert _erase(store, user)                      # the quarantine goes with the user
+        _assert_nothing_of(store, redis_cluster.url, user, "tampered-ev")
+    finally:
+        client.close()
+        store.clear()
+        store.close()

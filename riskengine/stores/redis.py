@@ -592,21 +592,25 @@ class RedisStore:
 
     def _set_aside(self, user_id: str | None, op: str, raw: bytes | None, problem: str,
                    key: str | None = None) -> None:
-        """Move a pending entry that cannot be applied to its user's quarantine hash (best effort)."""
+        """Move a pending entry that cannot be applied to its user's quarantine hash, beside it under the
+        same user tag (erasure drops it with the user); one under a key that is no user's is dropped, as
+        no erasure would find it there. Best effort: a failure is logged, and the next sweep tries again."""
         pending = key or self._user("pd", user_id or "", user_id or "")
         tag = pending[len(self.prefix) + 3:]
-        # a user's: beside it under the same user tag (erasure drops it); any other key: in its own slot
-        quarantine = self.prefix + "pq:" + (tag if _USER_TAG.fullmatch(tag) else f"{{{_slot_tag(pending)}}}")
+        done = "moved to quarantine" if _USER_TAG.fullmatch(tag) else "dropped: not a user's pending entries"
         try:
             with _available():
-                if raw is None:
-                    raw = self._redis.hget(pending, op)
-                moved = raw is not None and self._run(self._quarantine, [pending, quarantine], [op, raw])
+                if not _USER_TAG.fullmatch(tag):
+                    moved = bool(self._redis.hdel(pending, op))
+                else:
+                    if raw is None:
+                        raw = self._redis.hget(pending, op)
+                    moved = raw is not None and self._run(self._quarantine, [pending, self.prefix + "pq:" + tag],
+                                                          [op, raw]) == 1
         except (StoreUnavailable, redis.RedisError, redis.exceptions.RedisClusterException) as exc:
             moved = False
             _log.warning("could not set aside an owed entry (%s)", type(exc).__name__)
-        _log.warning("owed entry %s skipped: %s%s", self._token(op)[:16], problem,
-                     " (moved to quarantine)" if moved else "")
+        _log.warning("owed entry %s skipped: %s%s", self._token(op)[:16], problem, f" ({done})" if moved else "")
 
     def sweep_owed_every(self, interval_s: float | None = None, min_age_s: float | None = None) -> None:
         """Cluster: ``sweep_owed`` now (a crash before this process started) and every ``interval_s``
@@ -1100,7 +1104,7 @@ def _owed_problem(owed: Any, user_id: str | None, op: str) -> str | None:
         return isinstance(value, str) and len(value) <= limit
 
     def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
 
     if not isinstance(owed, dict):
         return "not an object"
