@@ -321,7 +321,10 @@ def test_tampered_or_garbage_owed_entries_are_logged_set_aside_and_never_stop_a_
         "another-users": json.dumps({**valid, "u": "someone-else", "e": ""}),
         "another-event": json.dumps({**valid, "e": "someone-elses-event"}),
         "bad-chain": json.dumps({**valid, "ch": "x}{y", "e": ""}),
+        # well formed, but Redis refuses it (its IP key is not a sorted set): set aside, not retried forever
+        "refused-by-redis": json.dumps({**valid, "ip": "not-a-zset", "e": "", "pop": []}),
     }
+    client.set(f"{prefix}ip:not-a-zset", "a string")
     for op, raw in garbage.items():
         client.hset(pending, op, raw)
     stray = f"{prefix}pd:stray-{ip}"                    # a key no user has

@@ -557,12 +557,20 @@ class RedisStore:
                         items.append((owed["u"], op, owed))
         applied = 0
         for start in range(0, len(items), 256):
-            batch = items[start:start + 256]
-            for (user_id, op, owed), failed in zip(batch, self._apply_owed(batch)):
-                applied += failed is None
-                if isinstance(failed, Refused):    # Redis refused its values: it would fail every sweep
-                    self._set_aside(user_id, op, None, "refused by Redis")
+            applied += sum(failed is None for failed in self._apply_or_set_aside(items[start:start + 256]))
         return applied
+
+    def _apply_or_set_aside(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[BaseException | None]:
+        """``_apply_owed``; an entry Redis refuses (its values, not the store's state) is tried again
+        alone (a refused audit record fails its chain's group), and set aside if refused alone too: it
+        would fail every sweep and erasure after."""
+        outcomes = self._apply_owed(items)
+        for i, failed in enumerate(outcomes):
+            if isinstance(failed, Refused):
+                (outcomes[i],) = self._apply_owed([items[i]]) if len(items) > 1 else (failed,)
+                if isinstance(outcomes[i], Refused):
+                    self._set_aside(items[i][0], items[i][1], None, "refused by Redis")
+        return outcomes
 
     def _readable_owed(self, user_id: str | None, op: str, raw: bytes,
                        key: str | None = None) -> dict[str, Any] | None:
@@ -718,8 +726,8 @@ class RedisStore:
                 event_ids, ips = [m.decode() for m in event_members], [m.decode() for m in ip_members]
             owed = [(user_id, op.decode("utf-8", "surrogatepass"), o) for op, raw in pending.items()
                     if (o := self._readable_owed(user_id, op.decode("utf-8", "surrogatepass"), raw)) is not None]
-            for failed in self._apply_owed(owed):
-                if failed is not None:
+            for failed in self._apply_or_set_aside(owed):
+                if failed is not None and not isinstance(failed, Refused):    # refused: set aside, dropped below
                     raise failed
             with _available():
                 event_keys = [self._user("e", user_id, event_id) for event_id in event_ids]
