@@ -117,6 +117,8 @@ class RedisStore:
         if self.cluster and any(c in prefix + self.chain for c in "{}"):
             raise ValueError("a Redis Cluster store's key prefix and chain id hold no braces (they pick hash slots)")
         self._redis = connect(url, socket_timeout)
+        if self.cluster:
+            _slot_tag("")             # the fences' slot table (about 0.3 s), built at start, not on a first write
         self._lock_timeout = 4 * socket_timeout + 1
         self._commit = self._redis.register_script(COMMIT_LUA)
         self._outcome = self._redis.register_script(OUTCOME_LUA)
@@ -1084,7 +1086,7 @@ def _audit_row(chain: str, position: int, item: str) -> AuditRow:
 
 def _slot_tag(key: str) -> str:
     """A short hash tag that puts a key in the same Cluster slot as ``key`` (a table of one per slot,
-    built on first use: about 0.3 s once per process)."""
+    built on first use, by a Cluster store's constructor: about 0.3 s once per process)."""
     from redis.crc import key_slot
 
     if not _slot_tags:
