@@ -20,6 +20,8 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import re
 import os
 import secrets
 import socket
@@ -42,8 +44,9 @@ from riskengine.profiles import UserProfile
 from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, ContextRead, DuplicateEvent, Refused, StoredEvent,
                                     StoreUnavailable, dumps, prune_before)
 from riskengine.stores.durability import Durability, server_durability, weakest
-from riskengine.stores.redis_scripts import (CHAIN_LUA, COMMIT_LUA, CONTEXT_LUA, ERASE_LUA, IP_ERASE_LUA, OUTCOME_LUA,
-                                             POPULATION_LUA, PRUNE_LUA, SECRET_LUA, USER_COMMIT_LUA, USER_ERASE_LUA)
+from riskengine.stores.redis_scripts import (CHAIN_LUA, COMMIT_LUA, CONTEXT_LUA, ERASE_LUA, FENCED_LUA, OUTCOME_LUA,
+                                             POPULATION_LUA, PRUNE_LUA, QUARANTINE_LUA, SECRET_LUA, UNWRITE_LUA,
+                                             USER_COMMIT_LUA, USER_ERASE_LUA)
 
 #: errors that mean "Redis cannot answer now" (down, restarting, loading, failed over, full):
 #: the service answers 503 and a later request finds it back
@@ -63,6 +66,14 @@ OWED_GRACE_S = 30.0
 #: Cluster: how often a serving process sweeps for parts owed by writes whose process crashed
 OWED_SWEEP_EVERY_S = 300.0
 _OPS_KEPT = 100_000                       # Cluster: a chain remembers its last this many operations (applied once)
+#: Cluster: an erased generation's fences refuse its late parts this long (a sweep or retry that read
+#: an owed entry before the erasure applies it within seconds; a day is the population marker's span)
+_FENCE_TTL_S = _MARKER_TTL_S
+_OWED_MAX_BYTES = 1 << 20                 # Cluster: a pending entry larger than this is not one we wrote
+_OWED_MAX_POP = 1024                      # ... nor one counting more attributes than this
+_USER_TAG = re.compile(r"\{u[0-9a-f]{24}\}")     # Cluster: a user's hash tag, as ``_user`` makes it
+_slot_tags: list[str] = []                # Cluster: a short hash tag for each of the 16384 slots (built once)
+_slot_tags_lock = threading.Lock()
 
 
 def connect(url: str, socket_timeout: float = 1.0) -> Any:
@@ -106,6 +117,8 @@ class RedisStore:
         if self.cluster and any(c in prefix + self.chain for c in "{}"):
             raise ValueError("a Redis Cluster store's key prefix and chain id hold no braces (they pick hash slots)")
         self._redis = connect(url, socket_timeout)
+        if self.cluster:
+            _slot_tag("")             # the fences' slot table (about 0.3 s), built at start, not on a first write
         self._lock_timeout = 4 * socket_timeout + 1
         self._commit = self._redis.register_script(COMMIT_LUA)
         self._outcome = self._redis.register_script(OUTCOME_LUA)
@@ -117,7 +130,9 @@ class RedisStore:
         self._population = self._redis.register_script(POPULATION_LUA)
         self._chain_append = self._redis.register_script(CHAIN_LUA)
         self._user_erase = self._redis.register_script(USER_ERASE_LUA)
-        self._ip_erase = self._redis.register_script(IP_ERASE_LUA)
+        self._fenced = self._redis.register_script(FENCED_LUA)
+        self._unwrite = self._redis.register_script(UNWRITE_LUA)
+        self._quarantine = self._redis.register_script(QUARANTINE_LUA)
         self._audit_lock = threading.Lock()
         self._head: tuple[int, str] | None = None      # this chain's (seq, hash); None: read it first
         self._watcher: Any = None                      # the erasure subscription's thread, if watched
@@ -142,6 +157,11 @@ class RedisStore:
 
     def _pop(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}{kind}:{{pop}}{name}" if self.cluster else self._key(kind, name)
+
+    def _fence(self, key: str, generation: str) -> str:
+        """Cluster: the key in ``key``'s slot that refuses the owed parts of an erased user generation.
+        Named by the slot and the generation (random), never by the key: an event id can name its user."""
+        return f"{self.prefix}x:{{{_slot_tag(key)}}}{generation}"
 
     # -- reads --------------------------------------------------------------
     def get(self, user_id: str) -> UserProfile:
@@ -387,15 +407,17 @@ class RedisStore:
         ops = [w.event.event_id if w.event else f"op:{secrets.token_hex(12)}" for w in writes]
         owed = [self._owed(w, op) for w, op in zip(writes, ops)]
         # An event id is claimed for its user in the id's own slot first (SET NX GET), so that the same id
-        # sent for another user is a duplicate here too, as in one primary. (A claim whose write is then
-        # refused stays: the same user's retry goes on, another user's gets DuplicateEvent.)
+        # sent for another user is a duplicate here too, as in one primary. The claim expires in a day unless
+        # the owed parts make it the event's index (SET, no TTL): a claim whose write was refused or never
+        # made (a crash) names no user for good, where erasure could not find it. (Meanwhile the same
+        # user's retry goes on, another user's gets DuplicateEvent.)
         outcomes: list[BaseException | None] = [None] * len(writes)
         claimed = [i for i, w in enumerate(writes) if w.event is not None]
         if claimed:
             with _available():
                 pipe = self._redis.pipeline(transaction=False)
                 for i in claimed:
-                    pipe.set(self._key("ei", ops[i]), writes[i].user_id, nx=True, get=True)
+                    pipe.set(self._key("ei", ops[i]), writes[i].user_id, nx=True, get=True, ex=_MARKER_TTL_S)
                 for i, owner in zip(claimed, pipe.execute(raise_on_error=False)):
                     outcomes[i] = _reply_error(owner)
                     if outcomes[i] is None and owner is not None and owner.decode() != writes[i].user_id:
@@ -413,7 +435,7 @@ class RedisStore:
                              profile.to_json(w.expected_version + 1) if profile is not None else "",
                              w.ip, _USER_IPS_TTL_S, "1" if event else "0", w.user_id, repr(w.at),
                              dumps(event.request) if event else "", dumps(event.decision) if event else "",
-                             dumps(event.features) if event else "", o["cur"], op, dumps(o))
+                             dumps(event.features) if event else "", o["cur"], op, dumps(o), secrets.token_hex(8))
 
         owing: list[tuple[int, str, str, dict[str, Any]]] = []
         for i, reply in zip(going, self._execute(queue) if going else []):
@@ -423,12 +445,13 @@ class RedisStore:
                 continue
             if reply[0] == b"DUP":
                 outcomes[i] = DuplicateEvent(op)
-                if reply[1]:                   # an earlier try left something owed: apply it now
-                    owing.append((i, w.user_id, op, json.loads(reply[1])))
+                # an earlier try left something owed: apply it now (an entry that is not ours: set aside)
+                if reply[1] and (earlier := self._readable_owed(w.user_id, op, reply[1])) is not None:
+                    owing.append((i, w.user_id, op, earlier))
             elif reply[0] == b"CONFLICT":
                 outcomes[i] = Conflict("the profile's version moved")
             else:
-                owing.append((i, w.user_id, op, o))
+                owing.append((i, w.user_id, op, {**o, "g": reply[1].decode()}))
         for (i, *_), failed in zip(owing, self._apply_owed([item[1:] for item in owing])):
             if failed is not None:
                 outcomes[i] = failed
@@ -458,21 +481,25 @@ class RedisStore:
             spans.clear()
             for user_id, op, o in items:
                 before = len(pipe)
+                # the parts naming the user go through their slot's fence for the user's generation: once
+                # that generation is erased, a part applied late (read before the erasure) is refused
+                generation = o.get("g") or "-"    # '-': an entry from before generations, never fenced
+
+                def fenced(key: str, *args: Any) -> None:
+                    pipe.evalsha(self._fenced.sha, 2, self._fence(key, generation), key, *args)
+
                 if o["ip"]:
-                    ip_key = self._key("ip", o["ip"])
-                    pipe.zadd(ip_key, {o["m"]: o["at"]})
-                    pipe.zremrangebyscore(ip_key, "-inf", o["trim"])
-                    pipe.expire(ip_key, _IP_TTL_S)
+                    fenced(self._key("ip", o["ip"]), "ip", o["at"], o["m"], o["trim"], _IP_TTL_S)
                 if o["pop"]:
                     keys = [self._pop("pm", self._token(op)), self._pop("gt"),
                             *(self._pop("gc", a) for a, _ in o["pop"])]
                     pipe.evalsha(self._population.sha, len(keys), *keys, _MARKER_TTL_S,
                                  *(item for pair in o["pop"] for item in pair))
                 if o["e"]:
-                    pipe.set(self._key("ei", o["e"]), user_id)
-                    pipe.zadd(self._key("events"), {o["e"]: o["at"]})
+                    fenced(self._key("ei", o["e"]), "set", user_id)
+                    fenced(self._key("events"), "z", o["at"], o["e"])
                     if o["cur"]:
-                        pipe.zadd(self._key("pay", o["cur"]), {o["e"]: o["at"]})
+                        fenced(self._key("pay", o["cur"]), "z", o["at"], o["e"])
                 spans.append(len(pipe) - before)
 
         replies, start, outcomes = self._execute(queue), 0, []
@@ -503,10 +530,10 @@ class RedisStore:
     def _pending(self, user_id: str, op: str) -> bool:
         """Apply what ``op`` still owes, if anything (raises StoreUnavailable when it cannot)."""
         with _available():
-            owed = self._redis.hget(self._user("pd", user_id, user_id), op)
-        if owed is None:
+            raw = self._redis.hget(self._user("pd", user_id, user_id), op)
+        if raw is None or (owed := self._readable_owed(user_id, op, raw)) is None:
             return False
-        (failed,) = self._apply_owed([(user_id, op, json.loads(owed))])
+        (failed,) = self._apply_owed([(user_id, op, owed)])
         if failed is not None:
             raise failed
         return True
@@ -515,35 +542,106 @@ class RedisStore:
         """Cluster: apply what writes left owed to other slots and nobody retried (their process
         crashed between the user's slot and the rest, and the client never came back): every pending
         entry on every primary older than ``min_age_s``, applied as a retry would (idempotent, then
-        forgotten); how many were applied. Entries from before ``u`` was kept are left to their retry."""
+        forgotten); how many were applied. Entries from before ``u`` was kept are left to their retry;
+        one that is not an entry this store wrote (not JSON, wrong types, another user's) is logged and
+        set aside (``_readable_owed``). A user erased after the entry was read keeps nothing: the parts
+        naming the user are refused by the erased generation's fences."""
         if not self.cluster:
             return 0
         pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix) + "pd:*"
         now, items = time.time(), []
         with _available():
             for key in self._redis.scan_iter(match=pattern, count=1000):
-                for op, raw in self._redis.hgetall(key).items():
-                    owed = json.loads(raw)
-                    if "u" in owed and now - owed.get("w", 0.0) >= min_age_s:
-                        items.append((owed["u"], op.decode("utf-8", "surrogatepass"), owed))
+                for op_bytes, raw in self._redis.hgetall(key).items():
+                    op = op_bytes.decode("utf-8", "surrogatepass")
+                    owed = self._readable_owed(None, op, raw, key.decode("utf-8", "surrogatepass"))
+                    if owed is not None and now - owed["w"] >= min_age_s:
+                        items.append((owed["u"], op, owed))
         applied = 0
         for start in range(0, len(items), 256):
-            applied += sum(failed is None for failed in self._apply_owed(items[start:start + 256]))
+            applied += sum(failed is None for failed in self._apply_or_set_aside(items[start:start + 256]))
         return applied
 
-    def sweep_owed_every(self, interval_s: float = OWED_SWEEP_EVERY_S, min_age_s: float = OWED_GRACE_S) -> None:
-        """Cluster: ``sweep_owed`` now (a crash before this process started) and every ``interval_s``,
-        on a daemon thread stopped by ``close``; an unavailable store is tried again next time."""
+    def _apply_or_set_aside(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[BaseException | None]:
+        """``_apply_owed``; an entry Redis refuses (its values, not the store's state) is tried again
+        alone (a refused audit record fails its chain's group), and set aside if refused alone too: it
+        would fail every sweep and erasure after."""
+        outcomes = self._apply_owed(items)
+        for i, failed in enumerate(outcomes):
+            if isinstance(failed, Refused):
+                (outcomes[i],) = self._apply_owed([items[i]]) if len(items) > 1 else (failed,)
+                if isinstance(outcomes[i], Refused):
+                    self._set_aside(items[i][0], items[i][1], None, "refused by Redis")
+        return outcomes
+
+    def _readable_owed(self, user_id: str | None, op: str, raw: bytes,
+                       key: str | None = None) -> dict[str, Any] | None:
+        """A pending entry as this store wrote it, or None: one that is not (tampered, garbage, too big,
+        another user's, a key that is not a user's) is logged by its operation's keyed token only (no
+        user id, IP or event id) and moved aside in its user's slot, where erasure finds it. Entries
+        without ``u`` (from before the sweep) are left as they are when the user is unknown."""
+        problem: str | None = None
+        owed: Any = None
+        if len(raw) > _OWED_MAX_BYTES:
+            problem = "too big"
+        else:
+            try:
+                owed = json.loads(raw)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                problem = "not JSON"
+        if problem is None and isinstance(owed, dict) and "u" not in owed:   # written before entries named
+            if user_id is None:                   # their user and time: the sweep leaves it to its retry,
+                return None                       # which knows the user
+            owed.update(u=user_id, w=0.0)
+        if problem is None:
+            problem = _owed_problem(owed, user_id, op)
+        if problem is None and key is not None and self._user("pd", owed["u"], owed["u"]) != key:
+            problem = "not this user's"
+        if problem is None:
+            return owed
+        self._set_aside(user_id, op, raw, problem, key)
+        return None
+
+    def _set_aside(self, user_id: str | None, op: str, raw: bytes | None, problem: str,
+                   key: str | None = None) -> None:
+        """Move a pending entry that cannot be applied to its user's quarantine hash, beside it under the
+        same user tag (erasure drops it with the user); one under a key that is no user's is dropped, as
+        no erasure would find it there. Best effort: a failure is logged, and the next sweep tries again."""
+        pending = key or self._user("pd", user_id or "", user_id or "")
+        tag = pending[len(self.prefix) + 3:]
+        done = "moved to quarantine" if _USER_TAG.fullmatch(tag) else "dropped: not a user's pending entries"
+        try:
+            with _available():
+                if not _USER_TAG.fullmatch(tag):
+                    moved = bool(self._redis.hdel(pending, op))
+                else:
+                    if raw is None:
+                        raw = self._redis.hget(pending, op)
+                    moved = raw is not None and self._run(self._quarantine, [pending, self.prefix + "pq:" + tag],
+                                                          [op, raw]) == 1
+        except (StoreUnavailable, redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            moved = False
+            _log.warning("could not set aside an owed entry (%s)", type(exc).__name__)
+        _log.warning("owed entry %s skipped: %s%s", self._token(op)[:16], problem, f" ({done})" if moved else "")
+
+    def sweep_owed_every(self, interval_s: float | None = None, min_age_s: float | None = None) -> None:
+        """Cluster: ``sweep_owed`` now (a crash before this process started) and every ``interval_s``
+        (``OWED_SWEEP_EVERY_S``, entries older than ``OWED_GRACE_S``), on a daemon thread stopped by
+        ``close``; an unavailable store is tried again next time, and nothing a sweep meets stops the next."""
         if not self.cluster or self._sweeper is not None:
             return
+        interval_s = OWED_SWEEP_EVERY_S if interval_s is None else interval_s
+        age_s = OWED_GRACE_S if min_age_s is None else min_age_s
 
         def sweep() -> None:
-            while True:
+            while not self._stop_sweeping.is_set():
                 try:
-                    if applied := self.sweep_owed(min_age_s):
+                    if applied := self.sweep_owed(age_s):
                         _log.warning("applied %d write(s) a crashed process left owed to other slots", applied)
                 except (StoreUnavailable, Refused) as exc:
                     _log.warning("sweep for owed writes failed, next in %.0f s: %s", interval_s, type(exc).__name__)
+                except Exception as exc:          # noqa: BLE001 - the message could hold stored data
+                    _log.error("sweep for owed writes failed, next in %.0f s: %s", interval_s, type(exc).__name__)
                 if self._stop_sweeping.wait(interval_s):
                     return
 
@@ -608,36 +706,64 @@ class RedisStore:
             self._audit_lock.release()
 
     def _erase_cluster(self, user_id: str, user_key: str, audit: dict[str, Any]) -> bool:
-        """The other slots forget the user first (the event indexes, the IPs' entries), then the user's
-        slot drops everything unless an event or address came in meanwhile (then again), then the audit
-        record. Each step can be redone: a retried erasure finishes what a failed one began."""
+        """(1) What the user's slot still owes the other slots is applied first (so population counts and
+        audit records of a write that crashed half-way count once, as the sweep would have made them);
+        (2) the other slots forget the user (the event indexes, the IPs' entries), each in one step with
+        a fence for the user's generation there, which refuses any part of that generation applied later
+        (a sweep or retry that read an owed entry before this erasure: nothing comes back); (3) the
+        user's slot drops everything, owed and quarantined entries included, unless an event, address
+        or owed entry came in or the generation changed meanwhile (then again); (4) the audit record.
+        Each step can be redone: a retried erasure finishes what a failed one began."""
         user_keys = [self._user(kind, user_id, name) for kind, name in
-                     (("p", user_id), ("s", user_key), ("ue", user_id), ("uip", user_id), ("pd", user_id))]
+                     (("p", user_id), ("s", user_key), ("ue", user_id), ("uip", user_id), ("pd", user_id),
+                      ("pq", user_id))]
         for _ in range(_HEAD_RETRIES):
             with _available():
                 pipe = self._redis.pipeline(transaction=False)
                 pipe.smembers(user_keys[2])
                 pipe.smembers(user_keys[3])
-                event_ids, ips = ([m.decode() for m in members] for members in pipe.execute())
+                pipe.hgetall(user_keys[4])
+                pipe.hget(user_keys[0], "g")
+                event_members, ip_members, pending, generation = pipe.execute()
+                event_ids, ips = [m.decode() for m in event_members], [m.decode() for m in ip_members]
+            owed = [(user_id, op.decode("utf-8", "surrogatepass"), o) for op, raw in pending.items()
+                    if (o := self._readable_owed(user_id, op.decode("utf-8", "surrogatepass"), raw)) is not None]
+            for failed in self._apply_or_set_aside(owed):
+                if failed is not None and not isinstance(failed, Refused):    # refused: set aside, dropped below
+                    raise failed
+            with _available():
                 event_keys = [self._user("e", user_id, event_id) for event_id in event_ids]
                 pipe = self._redis.pipeline(transaction=False)
                 for key in event_keys:
                     pipe.hget(key, "pay")
                 currencies = pipe.execute() if event_keys else []
+            paid: dict[str, list[str]] = {}
+            for event_id, currency in zip(event_ids, currencies):
+                if currency:
+                    paid.setdefault(currency.decode(), []).append(event_id)
+            fence = generation.decode() if generation else None
+            every_ip = sorted({*ips, *(o["ip"] for _, _, o in owed if o["ip"])})
 
             def queue(pipe: Any) -> None:
-                for event_id, currency in zip(event_ids, currencies):
-                    pipe.zrem(self._key("events"), event_id)
-                    pipe.delete(self._key("ei", event_id))
-                    if currency:
-                        pipe.zrem(self._key("pay", currency.decode()), event_id)
-                for ip in ips:
-                    pipe.evalsha(self._ip_erase.sha, 1, self._key("ip", ip), user_key)
+                def unwrite(key: str, *args: Any) -> None:
+                    pipe.evalsha(self._unwrite.sha, 2, self._fence(key, fence or "-"), key, _FENCE_TTL_S,
+                                 "1" if fence else "0", *args)
 
-            for reply in self._execute(queue) if event_ids or ips else []:
+                for event_id in event_ids:
+                    unwrite(self._key("ei", event_id), "del")
+                for start in range(0, len(event_ids), _CHUNK):
+                    unwrite(self._key("events"), "z", *event_ids[start:start + _CHUNK])
+                for currency, ids in paid.items():
+                    for start in range(0, len(ids), _CHUNK):
+                        unwrite(self._key("pay", currency), "z", *ids[start:start + _CHUNK])
+                for ip in every_ip:
+                    unwrite(self._key("ip", ip), "ip", user_key)
+
+            for reply in self._execute(queue) if event_ids or every_ip else []:
                 if (failed := _reply_error(reply)) is not None:
                     raise failed
-            status = self._run(self._user_erase, user_keys + event_keys, [len(ips)])
+            status = self._run(self._user_erase, user_keys + event_keys,
+                               [len(ips), fence or "", *pending])
             if status[0] == b"OK":
                 break
         else:
@@ -799,7 +925,7 @@ class RedisStore:
                 raise StoreUnavailable("Redis refused the store's scripts")
             with _available():
                 for script in (self._commit, self._context, self._user_commit, self._population,
-                               self._chain_append, self._ip_erase):
+                               self._chain_append, self._fenced, self._unwrite):
                     self._redis.script_load(script.script)
         raise AssertionError("unreachable")
 
@@ -956,3 +1082,62 @@ def _audit_row(chain: str, position: int, item: str) -> AuditRow:
     if len(parts) != 4 or not parts[0].isdigit():
         return AuditRow(chain, position, item, "", "")
     return AuditRow(chain, int(parts[0]), parts[3], parts[1], parts[2])
+
+
+def _slot_tag(key: str) -> str:
+    """A short hash tag that puts a key in the same Cluster slot as ``key`` (a table of one per slot,
+    built on first use, by a Cluster store's constructor: about 0.3 s once per process)."""
+    from redis.crc import key_slot
+
+    if not _slot_tags:
+        with _slot_tags_lock:
+            if not _slot_tags:
+                found: dict[int, str] = {}
+                n = 0
+                while len(found) < 16384:
+                    found.setdefault(key_slot(str(n).encode()), str(n))
+                    n += 1
+                _slot_tags.extend(found[slot] for slot in range(16384))
+    return _slot_tags[key_slot(key.encode("utf-8", "surrogatepass"))]
+
+
+def _score(text: str) -> bool:
+    """Whether Redis reads ``text`` as a sorted-set score."""
+    try:
+        return not math.isnan(float(text))
+    except ValueError:
+        return False
+
+
+def _owed_problem(owed: Any, user_id: str | None, op: str) -> str | None:
+    """Why a decoded pending entry cannot be applied (tampered, or not written by this store), or None.
+    ``user_id``: the user whose slot it was found in, when known."""
+    def text(value: Any, limit: int = 4096) -> bool:
+        return isinstance(value, str) and len(value) <= limit
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
+
+    if not isinstance(owed, dict):
+        return "not an object"
+    if not text(owed.get("u")) or (user_id is not None and owed["u"] != user_id):
+        return "not this user's"
+    if not number(owed.get("w")) or not number(owed.get("at")):
+        return "bad times"
+    if not all(text(owed.get(name)) for name in ("ip", "m", "e", "cur", "trim", "ch")):
+        return "bad fields"
+    if owed["e"] not in ("", op):
+        return "another operation's event"
+    if owed["ip"] and not (owed["m"] and owed["trim"].startswith("(") and _score(owed["trim"][1:])):
+        return "bad IP entry"
+    if any(c in owed["ch"] for c in "{}"):
+        return "bad chain"
+    pop = owed.get("pop")
+    if not isinstance(pop, list) or len(pop) > _OWED_MAX_POP or not all(
+            isinstance(pair, list) and len(pair) == 2 and text(pair[0], 256) and text(pair[1]) for pair in pop):
+        return "bad counts"
+    if owed.get("audit") is not None and not isinstance(owed["audit"], dict):
+        return "bad audit record"
+    if "g" in owed and not (text(owed["g"], 64) and owed["g"].isalnum()):
+        return "bad generation"
+    return None

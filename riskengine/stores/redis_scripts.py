@@ -159,15 +159,22 @@ return out
 # slots (per-IP entries, population counts, the event indexes, the audit record) kept beside it as a
 # pending entry; redis.py then applies those, each idempotent by the event's (or operation's) id, and
 # drops the entry. A retry of the event finds the entry (DUP) and applies what is left.
+# The user's generation (field 'g' of the profile hash, made by the first write, gone with erasure)
+# is written into the pending entry: the parts of an erased generation are refused (FENCED_LUA).
 # KEYS[1] profile, [2] event, [3] the user's event ids, [4] the user's IPs, [5] pending.
 # ARGV[1] event_id ('' = none), [2] has_profile, [3] expected version, [4] profile JSON, [5] IP ('' = none),
 # [6] user-IPs TTL, [7] store_event, [8] user_id, [9] at, [10] request, [11] decision, [12] features,
-# [13] currency ('' = none), [14] operation id, [15] what is owed (JSON).
+# [13] currency ('' = none), [14] operation id, [15] what is owed (a JSON object), [16] a fresh generation.
 USER_COMMIT_LUA = """
 if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then
   return {'DUP', redis.call('HGET', KEYS[5], ARGV[1]) or ''}
 end
 if (tonumber(redis.call('HGET', KEYS[1], 'v')) or 0) ~= tonumber(ARGV[3]) then return {'CONFLICT'} end
+local generation = redis.call('HGET', KEYS[1], 'g')
+if not generation then
+  generation = ARGV[16]
+  redis.call('HSET', KEYS[1], 'g', generation)
+end
 if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[3]) + 1, 'd', ARGV[4]) end
 if ARGV[5] ~= '' then
   redis.call('SADD', KEYS[4], ARGV[5])
@@ -179,8 +186,55 @@ if ARGV[7] == '1' then
   if ARGV[13] ~= '' then redis.call('HSET', KEYS[2], 'pay', ARGV[13]) end
   redis.call('SADD', KEYS[3], ARGV[1])
 end
-redis.call('HSET', KEYS[5], ARGV[14], ARGV[15])
-return {'OK'}
+redis.call('HSET', KEYS[5], ARGV[14], '{"g":"' .. generation .. '",' .. string.sub(ARGV[15], 2))
+return {'OK', generation}
+"""
+
+# One owed part in its own slot, unless its user's generation was erased there: KEYS[1] that generation's
+# fence in the target's slot, [2] the target. ARGV[1] 'set' (ARGV[2] the value), 'z' (ZADD ARGV[2] score,
+# ARGV[3] member) or 'ip' (as 'z', then ARGV[4] trim-below score, ARGV[5] TTL). 0: refused, nothing written.
+FENCED_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[1] == 'set' then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[1] == 'ip' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+return 1
+"""
+
+# Erasure in one slot other than the user's: KEYS[1] the erased generation's fence there ('' in ARGV[2]:
+# none to set), [2] the target. ARGV[1] fence TTL, [2] '1' to set the fence, [3] 'del' (drop the key),
+# 'z' (ZREM ARGV[4..]) or 'ip' (drop the members of user key ARGV[4]). The fence goes first, in the
+# same step: a part of that generation applied late (a sweep or retry that read it before the erasure)
+# is refused there afterwards, and one applied before is removed here.
+UNWRITE_LUA = """
+if ARGV[2] == '1' then redis.call('SET', KEYS[1], '1', 'EX', ARGV[1]) end
+if ARGV[3] == 'del' then return redis.call('DEL', KEYS[2]) end
+if ARGV[3] == 'z' then
+  local removed = 0
+  for i = 4, #ARGV do removed = removed + redis.call('ZREM', KEYS[2], ARGV[i]) end
+  return removed
+end
+local removed = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.match(member, '^%d:[^:]*:(.*)$') == ARGV[4] then removed = removed + redis.call('ZREM', KEYS[2], member) end
+end
+return removed
+"""
+
+# A pending entry that cannot be applied (not JSON, wrong types, not this user's), moved aside in the
+# user's slot (erasure drops it with the rest): KEYS[1] pending, [2] quarantine; ARGV[1] operation,
+# [2] the entry as read (moved only if unchanged).
+QUARANTINE_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
 """
 
 # Population counts, once per operation id. KEYS[1] the operation's marker, [2] totals, [3..] counts
@@ -214,22 +268,21 @@ return {'OK'}
 """
 
 # Erasure in the user's slot, once the other slots forgot the user: KEYS[1] profile, [2] secret,
-# [3] the user's event ids, [4] the user's IPs, [5] pending, [6..] the events read before.
-# ARGV[1] how many IPs were read. Refuses (AGAIN) when an event or IP came in meanwhile.
+# [3] the user's event ids, [4] the user's IPs, [5] pending, [6] quarantine, [7..] the events read before.
+# ARGV[1] how many IPs were read, [2] the generation read ('' = none), [3..] the pending entries read.
+# Refuses (AGAIN) when an event, IP or pending entry came in meanwhile, or the generation changed.
 USER_ERASE_LUA = """
-if redis.call('SCARD', KEYS[3]) ~= #KEYS - 5 or redis.call('SCARD', KEYS[4]) ~= tonumber(ARGV[1]) then
+if redis.call('SCARD', KEYS[3]) ~= #KEYS - 6 or redis.call('SCARD', KEYS[4]) ~= tonumber(ARGV[1])
+   or (redis.call('HGET', KEYS[1], 'g') or '') ~= ARGV[2] then
   return {'AGAIN'}
 end
-local found = redis.call('DEL', KEYS[1], KEYS[2])
-for i = 6, #KEYS do found = found + redis.call('DEL', KEYS[i]) end
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-return {'OK', tostring(found)}
-"""
-
-# One IP's entries of an erased user: KEYS[1] the IP's entries, ARGV[1] the user key.
-IP_ERASE_LUA = """
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if string.match(member, '^%d:[^:]*:(.*)$') == ARGV[1] then redis.call('ZREM', KEYS[1], member) end
+local read = {}
+for i = 3, #ARGV do read[ARGV[i]] = true end
+for _, op in ipairs(redis.call('HKEYS', KEYS[5])) do
+  if not read[op] then return {'AGAIN'} end
 end
-return 1
+local found = redis.call('DEL', KEYS[1], KEYS[2])
+for i = 7, #KEYS do found = found + redis.call('DEL', KEYS[i]) end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+return {'OK', tostring(found)}
 """
