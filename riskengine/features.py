@@ -61,6 +61,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("new_device", "new_device", "device not seen for this user", direction=UP),
     Feature("new_browser", "new_browser", "browser {browser} not seen for this user", direction=UP),
     Feature("new_os", "new_os", "operating system {os} not seen for this user", direction=UP),
+    Feature("missing_client_ids", "missing_client_ids", "request without {missing_ids}, unlike this user's earlier requests",
+            direction=UP),
     Feature("trusted_device", "untrusted_device", "device never confirmed by a passed step-up", lambda v: v == 0, direction=DOWN),
     Feature("trusted_place", "untrusted_place", "place never confirmed by a passed step-up", lambda v: v == 0, direction=DOWN),
     Feature("devices_30d", "many_devices", "{devices_30d:.0f} distinct devices in the last 30 days", lambda v: v > 2, direction=UP),
@@ -227,6 +229,19 @@ def _payee_age(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, A
     return seconds / HOUR
 
 
+def _missing_client_ids(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]) -> float:
+    """How many of the client's own identifiers (device id, User-Agent) the event lacks though the
+    user's earlier events sent them: a tool that keeps no cookie and sends no header must not look
+    more familiar than a new device (0 without history, as for ``new_device``)."""
+    event = enriched.event
+    missing = [name for name, sent, before in (("device id", event.device_id, profile.devices),
+                                               ("User-Agent", event.user_agent, profile.user_agents))
+               if not sent and before]
+    if missing:
+        facts["missing_ids"] = " and ".join(missing)
+    return float(len(missing))
+
+
 def _session(enriched: EnrichedEvent, profile: UserProfile) -> dict[str, float]:
     """An in-session action judged with its sign-in: how it was decided, what changed since, pace."""
     event = enriched.event
@@ -286,6 +301,7 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
         "new_device": novel(profile.devices, event.device_id),
         "new_browser": novel(profile.browsers, ua.browser),
         "new_os": novel(profile.oses, ua.os),
+        "missing_client_ids": _missing_client_ids(enriched, profile, facts),
         "trusted_device": float(bool(event.device_id) and profile.is_trusted(f"device:{event.device_id}", 0)),
         "trusted_place": float(geo.known and profile.is_trusted(f"place:{place_key(enriched)}", 0)),
         "devices_30d": float(profile.devices_since(now - 30 * DAY)
@@ -355,6 +371,7 @@ USER_MESSAGES: dict[str, str] = {
     "new_browser": "This sign-in is from a device we have not seen before.",
     "new_os": "This sign-in is from a device we have not seen before.",
     "untrusted_device": "This sign-in is from a device we have not seen before.",
+    "missing_client_ids": "This request does not identify its device the way yours usually do.",
     "rare_user_agent": "This sign-in is from a device we have not seen before.",
     "rare_browser": "This sign-in is from a device we have not seen before.",
     "rare_os": "This sign-in is from a device we have not seen before.",

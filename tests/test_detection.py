@@ -230,3 +230,66 @@ def test_a_stacked_anomaly_input_is_served_as_fitted(split, tmp_path):
         one = served.score(Signals(dict(zip(FEATURE_NAMES, row.tolist())), {}))
         assert one.risk == pytest.approx(served.predict(row[None, :])[0], abs=1e-9)
         assert set(one.contributions) <= set(FEATURE_NAMES)
+
+
+def _cookieless_script_after_habitual_phone_sessions(client: TestClient, user: str) -> tuple[dict, dict]:
+    """A stolen password in a script: ten days of sign-ins from the owner's phone (device id and
+    User-Agent every time), then a sign-in from another address of the same city network with the
+    owner's exact User-Agent but no device id (a proxy that keeps no cookie), and an export in that
+    session with neither (the script itself)."""
+    phone = {"device_id": "phone-1", "user_agent": SAFARI}
+
+    def post(n: str, at, ip: str = "129.240.2.3", **body) -> dict:
+        response = client.post("/score", json={"event_id": f"{user}-{n}", "user_id": user, "timestamp": iso(at),
+                                               "ip": ip, **body})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    for day in range(10):
+        at = T0 + timedelta(days=day)
+        post(f"l{day}", at, action="login", session={"id": f"s{day}"}, **phone)
+        post(f"v{day}", at + timedelta(minutes=1), action="view_dashboard", session={"id": f"s{day}"}, **phone)
+    at = T0 + timedelta(days=10)
+    login = post("l10", at, ip="129.240.118.7", action="login", session={"id": "s10"}, user_agent=SAFARI)
+    export = post("x10", at + timedelta(seconds=20), ip="129.240.118.7", action="export_data", session={"id": "s10"})
+    return login, export
+
+
+SAFARI = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+          "Version/17.1 Mobile/15E148 Safari/604.1")
+
+
+def _assert_missing_ids_stepped_up(login: dict, export: dict) -> None:
+    for answer in (login, export):
+        assert answer["decision"] == "step_up", answer
+        assert "missing_client_ids" in {r["code"] for r in answer["reasons"]}, answer["reasons"]
+    reason = next(r for r in export["reasons"] if r["code"] == "missing_client_ids")
+    assert reason["message"] == "request without device id and User-Agent, unlike this user's earlier requests"
+    assert reason["user_message"] == USER_MESSAGES["missing_client_ids"]
+
+
+def test_a_request_without_the_users_device_id_and_user_agent_is_stepped_up_by_the_first_day_model(first_day_home):
+    settings = Settings(home=first_day_home, api_keys=SecretStr(f"tests:{API_KEY}"))
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        assert client.get("/health").json()["model_version"] != "freeman-statistical@1"
+        _assert_missing_ids_stepped_up(*_cookieless_script_after_habitual_phone_sessions(client, "scripted"))
+
+
+def test_a_request_without_the_users_device_id_and_user_agent_is_stepped_up_by_the_statistical_scorer(client):
+    assert client.get("/health").json()["model_version"] == "freeman-statistical@1"
+    _assert_missing_ids_stepped_up(*_cookieless_script_after_habitual_phone_sessions(client, "scripted"))
+
+
+def test_leaving_out_the_device_id_never_scores_below_a_new_device():
+    """Evidence per left-out identifier as for a new device, capped at both; NaN (recorded before
+    the signal) is none; the batch form equals the per-event one."""
+    scorer = StatisticalScorer()
+    base = dict.fromkeys(FEATURE_NAMES, 0.0)
+    new_device = scorer.score(Signals(base | {"new_device": 1.0}, {}))
+    risks = {v: scorer.score(Signals(base | {"missing_client_ids": v}, {})) for v in (1.0, 2.0, 50.0, math.inf, math.nan)}
+    assert risks[1.0].risk == new_device.risk and risks[1.0].contributions == {"missing_client_ids": 3.0}
+    assert risks[2.0].risk > risks[1.0].risk and risks[50.0].risk == risks[math.inf].risk == risks[2.0].risk
+    assert risks[math.nan].risk == 0.0 and not risks[math.nan].contributions
+    rows = np.array([[Signals(base | {"missing_client_ids": v}, {}).values[n] for n in FEATURE_NAMES] for v in risks])
+    np.testing.assert_array_equal(scorer.risks(rows), [r.risk for r in risks.values()])

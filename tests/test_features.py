@@ -111,6 +111,24 @@ def test_payee_added_minutes_ago_is_recent_a_month_old_one_settled(enricher):
     assert reason.message("payee_added_h") == "payee added to this account 3 min earlier"
 
 
+def test_missing_client_ids_counts_what_the_users_earlier_requests_sent(enricher):
+    """A tool that keeps no cookie and sends no User-Agent must not look more familiar than a new device."""
+    profile = history(enricher, [event(i, at=T0 + timedelta(days=i)) for i in range(3)])   # laptop-1, Chrome
+    at = T0 + timedelta(days=4)
+    assert signals(enricher, event("same", at=at), profile)["missing_client_ids"] == 0.0
+    assert signals(enricher, event("new", device="laptop-2", at=at), profile)["missing_client_ids"] == 0.0
+    no_device = extract(enricher.enrich(event("nd", device=None, at=at)), profile, Context())
+    assert no_device.values["missing_client_ids"] == 1.0 and no_device.values["new_device"] == 0.0
+    assert no_device.message("missing_client_ids") == "request without device id, unlike this user's earlier requests"
+    script = extract(enricher.enrich(event("s", device=None, ua=None, action="export_data", at=at)), profile, Context())
+    assert script.values["missing_client_ids"] == 2.0
+    assert script.message("missing_client_ids") == ("request without device id and User-Agent, unlike this "
+                                                    "user's earlier requests")
+    assert signals(enricher, event("c", device=None, ua=None), profiles.UserProfile("bob"))["missing_client_ids"] == 0.0
+    never_sent = history(enricher, [event(i, device=None, at=T0 + timedelta(days=i)) for i in range(3)])
+    assert signals(enricher, event("api", device=None, at=at), never_sent)["missing_client_ids"] == 0.0
+
+
 def test_time_of_day_against_the_users_own_hours(enricher):
     profile = history(enricher, [event(i, at=T0 + timedelta(days=i)) for i in range(20)])   # always 08:00
     usual = signals(enricher, event(30, at=T0 + timedelta(days=30)), profile)

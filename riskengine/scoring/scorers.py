@@ -74,6 +74,10 @@ class StatisticalScorer:
         evidence = {_NOVELTY.get(a, f"lr_{a}") if v.get(_NOVELTY.get(a, "")) else f"lr_{a}": max(0.0, v[f"lr_{a}"])
                     for a in FREEMAN_ATTRIBUTES}
         evidence["new_device"] = 3.0 * v["new_device"]
+        # a device id or User-Agent left out, where the user's earlier requests sent it, weighs as a new
+        # device each: dropping them is no way to look familiar (NaN: recorded before the signal)
+        missing = v.get("missing_client_ids", math.nan)
+        evidence["missing_client_ids"] = 3.0 * min(missing, 2.0) if missing > 0 else 0.0
         # alone below the default medium band (0.26); with any other novelty a step-up
         # (NaN, as in events recorded before the signal existed, is no evidence)
         evidence["anonymizer_network"] = 3.0 * float(v.get("anonymizer_network", 0.0) > 0)
@@ -147,6 +151,8 @@ class StatisticalScorer:
         z = col["amount_zscore"]
         named = [
             ("new_device", 3.0 * col["new_device"]),
+            ("missing_client_ids", np.where(col["missing_client_ids"] > 0.0,
+                                            3.0 * capped(col["missing_client_ids"], 2.0), 0.0)),
             ("anonymizer_network", 3.0 * (col["anonymizer_network"] > 0).astype(np.float64)),   # NaN: no evidence
             ("impossible_travel", 8.0 * col["impossible_travel"]),
             ("amount_zscore", np.where(np.isnan(z), 0.0, 1.5 * floored(z - 2.0))),
