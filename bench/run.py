@@ -115,10 +115,31 @@ class Target:
     def run(self, wrk: str, bodies: Path, seconds: float, args: argparse.Namespace, work: Path) -> dict:
         self.runs += 1
         label = f"{self.name}-{self.runs}"
+        cpu = server_cpu_s(self.server)
         result = wrk_run(wrk, self.server.port, bodies, seconds, args.connections, args.threads, self.source.sent,
                          label, self.auth, work / f"{label}.json")
+        result["server_cpu_s"] = server_cpu_s(self.server) - cpu
         self.source.sent += result["requests"]
         return result
+
+
+def server_cpu_s(server: Server) -> float:
+    """CPU seconds used so far by the server's process and its workers: with the requests served, its
+    CPU per request (what a second worker has to find room for on these cores)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(server.process.pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:          # a worker that just ended
+                pass
+    except psutil.Error:
+        pass
+    return total
 
 
 def interleaved(targets: list[Target], wrk: str, bodies: Path, args: argparse.Namespace,
@@ -143,7 +164,9 @@ def aggregate(slices: list[dict], sent: int) -> dict:
                 for k in ("p50", "p90", "mean")}
     worst = {k: max(s["latency_us"][k] for s in slices) for k in ("p99", "p999", "max")}
     duration = sum(s["duration_us"] for s in slices)
+    cpu = sum(s.get("server_cpu_s", 0.0) for s in slices)
     return {"requests": requests, "duration_us": duration, "bytes": sum(s["bytes"] for s in slices),
+            "server_cpu_ms_per_request": cpu * 1e3 / max(requests, 1),
             "errors": {k: sum(s["errors"][k] for s in slices) for k in slices[0]["errors"]},
             "latency_us": {**weighted, **worst}, "bodies": slices[0]["bodies"], "slices": len(slices),
             "rps": requests / (duration / 1e6), "cycled_bodies": sent > slices[0]["bodies"]}
@@ -342,7 +365,8 @@ def line(name: str, r: dict) -> str:
     lat = r["latency_us"]
     errors = {k: v for k, v in r["errors"].items() if v}
     text = (f"  {name:26s} {r['rps']:7.0f} req/s   p50 {lat['p50'] / 1e3:6.2f} ms   p99 {lat['p99'] / 1e3:6.2f} ms   "
-            f"({r['requests']:,} requests in {r['duration_us'] / 1e6:.1f} s"
+            f"({r['requests']:,} requests in {r['duration_us'] / 1e6:.1f} s; "
+            f"server CPU {r.get('server_cpu_ms_per_request', float('nan')):.2f} ms/request"
             f"{', errors ' + json.dumps(errors) if errors else ''}{', bodies cycled' if r['cycled_bodies'] else ''})")
     if "vs_bare" in r:
         v = r["vs_bare"]
