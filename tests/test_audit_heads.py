@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from riskengine.cli import main
 from riskengine.settings import Settings
 from riskengine.stores.redis import RedisStore
 from tests.conftest import REDIS_URL
-from tests.test_audit import _trail
+from tests.test_audit import _close_connections, _db, _trail  # noqa: F401 - _close_connections: autouse here too
 
 
 @pytest.fixture
@@ -27,22 +25,6 @@ def home(settings, monkeypatch) -> Settings:
     monkeypatch.setenv("RISKENGINE_HOME", str(settings.home))
     _trail(settings)
     return settings
-
-
-_OPEN: list[sqlite3.Connection] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_connections() -> Iterator[None]:
-    """Each test's direct connections closed after it (Python 3.13 warns of one left open)."""
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
-def _db(settings: Settings) -> sqlite3.Connection:
-    _OPEN.append(sqlite3.connect(settings.var / "profiles.db", isolation_level=None))
-    return _OPEN[-1]
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
