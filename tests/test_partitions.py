@@ -82,6 +82,15 @@ def test_no_fixed_point_in_the_rounds_allowed_falls_back_to_the_serial_replay(fr
     assert_same_features(training.backfill(frame.iloc[:600].to_dict("records")), data)
 
 
+# joblib's dask backend (joblib/_dask.py, 1.3 to 1.6 at least) keys a weak dictionary by id(); when an
+# id is reused before the old object's callback runs, the callback's ``del`` raises KeyError inside
+# garbage collection. It is joblib's bookkeeping, not the replay's result (the assertions check
+# that), so that one unraisable exception is not a failure; any other still is.
+_JOBLIB_DASK_WEAKREF = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <function _WeakKeyDictionary:pytest.PytestUnraisableExceptionWarning")
+
+
+@_JOBLIB_DASK_WEAKREF
 def test_a_dask_cluster_runs_the_same_job(frame, serial):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) \
             as cluster, distributed.Client(cluster), parallel_config(backend="dask"):
@@ -90,6 +99,7 @@ def test_a_dask_cluster_runs_the_same_job(frame, serial):
     assert rounds.converged
 
 
+@_JOBLIB_DASK_WEAKREF
 def test_the_clis_dask_address_path_replays_a_file_as_the_serial_job(frame, tmp_path, capsys):
     """``train --dask ADDRESS``'s replay: a client to the scheduler at that address, the same rows."""
     data = tmp_path / "events.parquet"
