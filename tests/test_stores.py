@@ -392,6 +392,80 @@ def test_engines_in_two_processes_count_every_event_once(two_processes) -> None:
     assert len(list(a.labelled_events())) == 12
 
 
+def test_engines_in_two_processes_decide_each_event_once(two_processes) -> None:
+    """A load balancer that knows nothing of users sends a user's events to either worker. Once a
+    worker has met the other (its first conflict), it checks a cached profile against the store
+    before deciding, so no event is decided on a stale profile and then again after a conflict."""
+    a, b = two_processes
+    engines = [Engine(a, Enricher(), pseudonym_key=b"k" * 32), Engine(b, Enricher(), pseudonym_key=b"k" * 32)]
+    decided = []
+    for engine in engines:
+        def counted(event: Any, evaluate: Any = engine.evaluate) -> Any:
+            decided.append(event.event_id)
+            return evaluate(event)
+        engine.evaluate = counted                                          # type: ignore[method-assign]
+    for n in range(12):
+        if n == 4:
+            decided.clear()                      # by now each worker has met the other: one conflict each
+        asyncio.run(engines[n % 2].record(event(n, at=T0 + timedelta(seconds=30 * n))))
+    assert len(decided) == 8 and len(set(decided)) == 8                    # none decided twice
+    assert backend(a).get("alice").events == 12 == b.get("alice").events      # b wrote last
+
+
+def test_a_process_that_meets_no_other_writer_never_checks_its_cache(tmp_path) -> None:
+    """Alone, its cache is always current: checking would cost a store read an event for nothing."""
+    store = open_store(f"sqlite:///{tmp_path}/profiles.db", audit_key=AUDIT_KEY)
+    engine = Engine(store, Enricher(), pseudonym_key=b"k" * 32)
+    checked = []
+    real = backend(store).changed_profiles
+    backend(store).changed_profiles = lambda probes: checked.extend(probes) or real(probes)
+    try:
+        for n in range(6):
+            asyncio.run(engine.record(event(n, at=T0 + timedelta(seconds=30 * n))))
+        assert checked == []
+        with pytest.raises(Conflict):                                      # another writer shows itself
+            store.commit(change("elsewhere", user="alice", version=0))
+        asyncio.run(engine.record(event(6, at=T0 + timedelta(seconds=180))))     # read afresh: a miss
+        asyncio.run(engine.record(event(7, at=T0 + timedelta(seconds=210))))     # a hit: now checked
+        assert checked == [("alice", 7)]                                   # version 7: after events 0-6
+    finally:
+        engine.close()
+
+
+def test_changed_profiles_sends_back_only_a_moved_profile(store: ProfileStore) -> None:
+    store.commit(change("e1", events=1))                                   # alice at version 1
+    assert backend(store).changed_profiles([("alice", 1), ("nobody", 0)]) == [None, None]
+    moved, gone = backend(store).changed_profiles([("alice", 0), ("nobody", 4)])
+    assert (moved.user_id, moved.version, moved.events) == ("alice", 1, 1)
+    assert (gone.user_id, gone.version, gone.events) == ("nobody", 0, 0)   # erased elsewhere: empty again
+
+
+def test_a_profile_this_process_is_still_writing_is_used_as_cached(tmp_path) -> None:
+    """While its own commit waits for the disk, the store still holds the older version: the cache's
+    newer profile is the one to build on, not the store's (checking it would undo the write)."""
+    store = open_store(f"sqlite:///{tmp_path}/profiles.db", audit_key=AUDIT_KEY)
+    other = sqlite3.connect(tmp_path / "profiles.db", isolation_level=None)
+
+    async def main() -> tuple[int, int]:
+        await store.submit_async(change("w0", events=1))
+        with pytest.raises(Conflict):                                      # another writer was met: checks on
+            await store.submit_async(change("stale", version=0))
+        assert (await store.get_async("alice")).version == 1               # cached again
+        other.execute("BEGIN IMMEDIATE")                                   # the next commit cannot land yet
+        committed = store.submit_async(change("w1", version=1, events=2))
+        pending = await store.get_async("alice")
+        other.execute("ROLLBACK")
+        await asyncio.wait_for(committed, 10)
+        return pending.version, (await store.get_async("alice")).version
+
+    try:
+        assert asyncio.run(main()) == (2, 2)
+        assert backend(store).get("alice").version == 2
+    finally:
+        other.close()
+        store.close()
+
+
 def test_a_refused_change_in_a_group_leaves_the_rest_of_the_group_and_the_trail_whole(store: ProfileStore) -> None:
     """A group whose second change is refused: the ones sealed after it (Redis: onto a head that
     never was) must still land, each once, and the audit chain must verify without a gap."""

@@ -183,15 +183,23 @@ class Batched:
         """``get`` for the event loop: the profile read on the reader thread."""
         return self._on_loop(self._read_turns, self._reader, self._read, ("profile", user_id), None)
 
+    def changed_profile_async(self, user_id: str, version: int) -> asyncio.Future:
+        """``changed_profiles`` of one user for the event loop, on the reader thread."""
+        return self._on_loop(self._read_turns, self._reader, self._read, ("changed", (user_id, version)), None)
+
     def user_secret_async(self, user_id: str, user_key: str, create: bool) -> asyncio.Future:
         """``user_secret`` for the event loop, on the reader thread."""
         return self._on_loop(self._read_turns, self._reader, self._read, ("secret", (user_id, user_key, create)),
                              None)
 
     def _read(self, items: list[tuple[str, Any]]) -> list[Any]:
-        """A loop turn's reads: its context reads as one group (one statement, one round trip), the rest each."""
-        contexts = iter(self.backend.read_contexts([read for kind, read in items if kind == "context"]))
-        return [next(contexts) if kind == "context" else
+        """A loop turn's reads: its context reads as one group and its profile checks as another (one
+        statement or round trip each), the rest each."""
+        reads = [read for kind, read in items if kind == "context"]
+        probes = [read for kind, read in items if kind == "changed"]
+        contexts = iter(self.backend.read_contexts(reads) if reads else ())
+        changed = iter(self.backend.changed_profiles(probes) if probes else ())
+        return [next(contexts) if kind == "context" else next(changed) if kind == "changed" else
                 self.backend.get(read) if kind == "profile" else self.backend.user_secret(*read)
                 for kind, read in items]
 

@@ -4,7 +4,14 @@ process last wrote or read instead of asking the store again on every event.
 Why it stays correct with several processes: every ``commit`` and ``update_profile`` is
 conditional on the profile version the decision saw, so a profile another process moved
 since it was cached makes the store answer ``Conflict``; the entry is dropped and the
-engine decides again on a fresh read. Population counts (Freeman's p(value)) are the one
+engine decides again on a fresh read. So that this stays rare where other processes write
+too, a cached profile is then checked against the store's version before it is used
+(``changed_profiles``: the profile itself is read only when another process moved it). With
+several workers behind a load balancer that knows nothing of users, about half of a returning
+user's events land on a different worker than the last, and before the check each of those
+was decided twice (measured: 0.55 conflicts a request with two workers on Redis). A process
+that has met no other writer (no ``Conflict`` for ``OTHERS_FORGOTTEN_S``) does not check:
+alone, its cache is always current, and the check would cost a store read an event. Population counts (Freeman's p(value)) are the one
 read that may lag: this process's own writes show at once, other processes' within
 ``counts_ttl_s`` seconds, which moves a probability over thousands of events by a hair.
 Per-user audit secrets are re-read after ``secrets_ttl_s`` (1 s), so an erasure made by another
@@ -28,6 +35,7 @@ DEFAULT_PROFILES = 100_000
 DEFAULT_COUNTS_TTL_S = 5.0        # population counts: a value a user meets once a second or less is still a hit
 DEFAULT_SECRETS_TTL_S = 1.0       # how late an erasure by another process is followed, where nothing tells of it
 SECRETS_TTL_WATCHED_S = 300.0      # a safety net: the erasure messages are what keeps them right
+OTHERS_FORGOTTEN_S = 600.0         # cached profiles are checked until this long after another writer was last met
 
 
 class CachedStore:
@@ -40,6 +48,8 @@ class CachedStore:
         self.counts_ttl_s = counts_ttl_s
         self._lock = threading.Lock()
         self._profiles: dict[str, UserProfile] = {}       # never mutated: updates make new profiles
+        self._writing: dict[str, int] = {}                 # user -> this process's commits of them on their way
+        self._others_met_at = -OTHERS_FORGOTTEN_S            # when a Conflict last showed another writer (monotonic)
         self._secrets: dict[str, tuple[bytes, float]] = {}      # user key -> (secret, read at)
         self._counts: dict[tuple[str, str], list[float]] = {}   # (attribute, value) -> [count, read at]
         self._totals: dict[str, list[float]] = {}                # attribute -> [total, distinct, read at]
@@ -60,13 +70,21 @@ class CachedStore:
         return profile
 
     async def get_async(self, user_id: str) -> UserProfile:
-        """``get`` for the event loop: a miss is read on the store's reader thread, never on the loop."""
+        """``get`` for the event loop: a miss is read on the store's reader thread, never on the loop;
+        a hit is checked there against the store's version once other writers have been met, unless
+        this process's own write of the user is still on its way (the cached profile is that write's,
+        newer than the store's)."""
         profile = self._profiles.get(user_id)
         if profile is None:
             profile = await self.inner.get_async(user_id)
             if (newer := self._profiles.get(user_id)) is not None:
                 return newer                 # an event of this user queued a newer one meanwhile
             self._keep(user_id, profile)
+        elif not self._writing.get(user_id) and time.monotonic() - self._others_met_at < OTHERS_FORGOTTEN_S:
+            moved = await self.inner.changed_profile_async(user_id, profile.version)
+            if moved is not None:            # another process wrote the user since: decide on its profile
+                self._keep(user_id, moved)
+                return moved
         return profile
 
     def user_secret(self, user_id: str, user_key: str, create: bool) -> bytes | None:
@@ -145,13 +163,21 @@ class CachedStore:
         return self.inner.submit_async(change, self._follower(change, follow))
 
     def _follower(self, change: Commit, then: Follow | None) -> Follow:
+        user_id = change.user_id
         if change.profile is not None:
             change.profile.version = change.expected_version + 1      # its version once committed
-            self._keep(change.user_id, change.profile)
+            self._keep(user_id, change.profile)
+        with self._lock:
+            self._writing[user_id] = self._writing.get(user_id, 0) + 1
 
         def follow(error: BaseException | None) -> None:
+            with self._lock:
+                if (left := self._writing.pop(user_id, 1) - 1) > 0:
+                    self._writing[user_id] = left
             if error is not None:
                 self._profiles.pop(change.user_id, None)    # moved by someone else, or not written: read it
+                if isinstance(error, Conflict):
+                    self._others_met_at = time.monotonic()
             elif change.profile is not None:
                 self._counted(change.learned_values)
             if then is not None:
@@ -165,6 +191,7 @@ class CachedStore:
             self.inner.update_profile(user_id, expected_version, profile, learned_values, audit)
         except Conflict:
             self._profiles.pop(user_id, None)
+            self._others_met_at = time.monotonic()
             raise
         self._keep(user_id, profile)
         self._counted(learned_values)

@@ -38,6 +38,12 @@ class MemoryStore:
         with self._lock:
             return self._profiles.get(user_id) or UserProfile(user_id=user_id)
 
+    def changed_profiles(self, probes: list[tuple[str, int]]) -> list[UserProfile | None]:
+        with self._lock:
+            stored = [self._profiles.get(user_id) for user_id, _ in probes]
+        return [None if (profile.version if profile else 0) == version else profile or UserProfile(user_id=user_id)
+                for (user_id, version), profile in zip(probes, stored)]
+
     def read_contexts(self, reads: list[ContextRead]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
         return [(self._ip_activity(ip, at), self._global_counts(values)) for ip, at, values in reads]
 

@@ -44,7 +44,7 @@ from riskengine.profiles import UserProfile
 from riskengine.stores.base import (IP_WINDOW_S, Commit, Conflict, ContextRead, DuplicateEvent, Refused, StoredEvent,
                                     StoreUnavailable, dumps, prune_before)
 from riskengine.stores.durability import Durability, server_durability, weakest
-from riskengine.stores.redis_scripts import (CHAIN_LUA, COMMIT_LUA, CONTEXT_LUA, ERASE_LUA, FENCED_LUA, OUTCOME_LUA,
+from riskengine.stores.redis_scripts import (CHAIN_LUA, COMMIT_LUA, CONTEXT_LUA, ERASE_LUA, FENCED_LUA, OUTCOME_LUA, PROBE_LUA,
                                              POPULATION_LUA, PRUNE_LUA, QUARANTINE_LUA, SECRET_LUA, UNWRITE_LUA,
                                              USER_COMMIT_LUA, USER_ERASE_LUA)
 
@@ -126,6 +126,7 @@ class RedisStore:
         self._prune = self._redis.register_script(PRUNE_LUA)
         self._secret = self._redis.register_script(SECRET_LUA)
         self._context = self._redis.register_script(CONTEXT_LUA)
+        self._probe = self._redis.register_script(PROBE_LUA)
         self._user_commit = self._redis.register_script(USER_COMMIT_LUA)
         self._population = self._redis.register_script(POPULATION_LUA)
         self._chain_append = self._redis.register_script(CHAIN_LUA)
@@ -172,6 +173,25 @@ class RedisStore:
         profile = UserProfile.from_json(data)
         profile.version = int(version)
         return profile
+
+    def changed_profiles(self, probes: list[tuple[str, int]]) -> list[UserProfile | None]:
+        """One probe script per user, all in one pipeline; only a changed profile is sent back."""
+        if not probes:
+            return []
+        replies = self._execute(lambda pipe: [pipe.evalsha(self._probe.sha, 1, self._user("p", user_id, user_id), version)
+                                              for user_id, version in probes])
+        changed: list[UserProfile | None] = []
+        for (user_id, _), reply in zip(probes, replies):
+            if isinstance(reply, Exception):
+                raise reply
+            if reply is None:
+                changed.append(None)
+                continue
+            version, data = reply
+            profile = UserProfile.from_json(data) if data is not None else UserProfile(user_id=user_id)
+            profile.version = int(version) if version is not None else 0
+            changed.append(profile)
+        return changed
 
     def read_contexts(self, reads: list[ContextRead]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
         """One context script per read, all in one pipeline. Cluster: two, the IP's slot's and the
@@ -924,7 +944,7 @@ class RedisStore:
             if attempt:
                 raise StoreUnavailable("Redis refused the store's scripts")
             with _available():
-                for script in (self._commit, self._context, self._user_commit, self._population,
+                for script in (self._commit, self._context, self._probe, self._user_commit, self._population,
                                self._chain_append, self._fenced, self._unwrite):
                     self._redis.script_load(script.script)
         raise AssertionError("unreachable")

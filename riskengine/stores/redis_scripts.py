@@ -132,6 +132,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 """
 
+# Is a cached profile still current? KEYS[1] the profile, ARGV[1] the version the cache holds.
+# nil while it is; else {version, data} (nil, nil: the user is gone), so an unchanged profile never
+# crosses the network.
+PROBE_LUA = """
+local version = redis.call('HGET', KEYS[1], 'v')
+if (tonumber(version) or 0) == tonumber(ARGV[1]) then return false end
+return {version or false, redis.call('HGET', KEYS[1], 'd') or false}
+"""
+
 # The hot path's read in one command: the IP's activity, counted on the server (a busy IP's
 # entries never cross the network), then per attribute asked its value's count, total and
 # distinct values. KEYS[1] IP entries, [2] global totals, [3..] each attribute's counts.

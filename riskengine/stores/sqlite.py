@@ -132,6 +132,23 @@ class SQLiteStore:
         profile.version = row[0]
         return profile
 
+    def changed_profiles(self, probes: list[tuple[str, int]]) -> list[UserProfile | None]:
+        """Each probe's version compared in SQL: an unchanged profile's data is not even read."""
+        changed: list[UserProfile | None] = []
+        for user_id, version in probes:
+            row = self._db().execute("SELECT version, CASE WHEN version <> ? THEN data END FROM profiles "
+                                     "WHERE user_id=?", (version, user_id)).fetchone()
+            stored = row[0] if row else 0
+            if stored == version:
+                changed.append(None)
+            elif row is None:
+                changed.append(UserProfile(user_id=user_id))
+            else:
+                profile = UserProfile.from_json(row[1])
+                profile.version = stored
+                changed.append(profile)
+        return changed
+
     def read_contexts(self, reads: list[ContextRead]) -> list[tuple[IpActivity, dict[str, GlobalCount]]]:
         """Each read's per-IP activity and counts from one statement and one row (``_CONTEXT``)."""
         pairs = [(k, a, v) for k, (_, _, values) in enumerate(reads) for a, v in values.items()]
