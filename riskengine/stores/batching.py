@@ -149,19 +149,28 @@ class Batched:
         return getattr(self.backend, name)
 
     # -- keyed hashing: the one place raw IPs and attribute values turn into stored keys ----------
-    def keyed(self, value: str) -> str:
-        """A stable keyed hash: equal values count together, and the value cannot be read back."""
+    def keyed(self, value: str, hashed: dict[str, str] | None = None) -> str:
+        """A stable keyed hash: equal values count together, and the value cannot be read back.
+
+        ``hashed``: one event's hashes so far (raw value -> hash), so its context read and its commit
+        hash each value once; the engine drops it with the event, so no raw value outlives it here.
+        """
+        if hashed is not None:
+            if (known := hashed.get(value)) is None:
+                known = hashed[value] = self.keyed(value)
+            return known
         return self._remembered(value) if self._remembered is not None else self._hash(value)
 
     def _hash(self, value: str) -> str:
         return self._stats_key.hex(value.encode("utf-8", "surrogatepass"))[:32]
 
-    def _keyed_read(self, ip: str, at: float, values: dict[str, str]) -> ContextRead:
-        return self.keyed(ip), at, {a: self.keyed(v) for a, v in values.items()}
+    def _keyed_read(self, ip: str, at: float, values: dict[str, str],
+                    hashed: dict[str, str] | None = None) -> ContextRead:
+        return self.keyed(ip, hashed), at, {a: self.keyed(v, hashed) for a, v in values.items()}
 
-    def _keyed_commit(self, change: Commit) -> Commit:
-        return replace(change, ip=self.keyed(change.ip),
-                       learned_values={a: self.keyed(v) for a, v in change.learned_values.items()})
+    def _keyed_commit(self, change: Commit, hashed: dict[str, str] | None = None) -> Commit:
+        return replace(change, ip=self.keyed(change.ip, hashed),
+                       learned_values={a: self.keyed(v, hashed) for a, v in change.learned_values.items()})
 
     # -- reads --------------------------------------------------------------
     def context(self, ip: str, at: float, values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
@@ -174,10 +183,12 @@ class Batched:
     def global_counts(self, values: dict[str, str]) -> dict[str, GlobalCount]:
         return self.context("", 0.0, values)[1]
 
-    def context_async(self, ip: str, at: float, values: dict[str, str]) -> asyncio.Future:
-        """``context`` for the event loop: read on the reader thread with the rest of this turn's."""
+    def context_async(self, ip: str, at: float, values: dict[str, str],
+                      hashed: dict[str, str] | None = None) -> asyncio.Future:
+        """``context`` for the event loop: read on the reader thread with the rest of this turn's
+        (``hashed``: the event's hashes, see ``keyed``)."""
         return self._on_loop(self._read_turns, self._reader, self._read,
-                             ("context", self._keyed_read(ip, at, values)), None)
+                             ("context", self._keyed_read(ip, at, values, hashed)), None)
 
     def get_async(self, user_id: str) -> asyncio.Future:
         """``get`` for the event loop: the profile read on the reader thread."""
@@ -217,10 +228,12 @@ class Batched:
             self._writer.put([entry], wait=True)
         return future
 
-    def submit_async(self, change: Commit, follow: Follow | None = None) -> asyncio.Future:
-        """``submit`` for the event loop: awaited without parking a thread or blocking the loop."""
+    def submit_async(self, change: Commit, follow: Follow | None = None,
+                     hashed: dict[str, str] | None = None) -> asyncio.Future:
+        """``submit`` for the event loop: awaited without parking a thread or blocking the loop
+        (``hashed``: the event's hashes, see ``keyed``)."""
         return self._on_loop(self._commit_turns, self._writer, self.backend.commit_group,
-                             self._keyed_commit(change), _versioned(change, follow))
+                             self._keyed_commit(change, hashed), _versioned(change, follow))
 
     def update_profile(self, user_id: str, expected_version: int, profile: Any,
                        learned_values: dict[str, str], audit: dict[str, Any] | None) -> None:
