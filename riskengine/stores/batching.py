@@ -251,8 +251,10 @@ class Batched:
     def _on_loop(self, turns: LoopTurns, worker: Worker | None, run: GroupRun, item: Any,
                  follow: Follow | None) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        if worker is None:                    # nothing to wait for: run it now, as a group of one
-            settle([(item, follow, future)], run_group(run, [item]))
+        if worker is None:                    # nothing to wait for: run it now, as a group of one, on this loop
+            outcome = run_group(run, [item])[0]
+            _follow(follow, outcome)
+            resolve([(future, outcome)])
         else:
             turns.add((item, follow, future))
         return future
@@ -287,17 +289,12 @@ def settle(group: list[Entry], outcomes: list[Any]) -> None:
     in one call on that loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
     for (_, follow, future), outcome in zip(group, outcomes):
-        failed = outcome if isinstance(outcome, BaseException) else None
-        if follow is not None:
-            try:
-                follow(failed)
-            except Exception:                 # noqa: BLE001 - a cache that failed to follow must not hang a caller
-                log.exception("a commit's follower failed")
+        _follow(follow, outcome)
         if isinstance(future, Future):
-            if failed is None:
-                future.set_result(outcome)
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
             else:
-                future.set_exception(failed)
+                future.set_result(outcome)
         else:
             by_loop.setdefault(future.get_loop(), []).append((future, outcome))
     try:
@@ -312,6 +309,15 @@ def settle(group: list[Entry], outcomes: list[Any]) -> None:
             loop.call_soon_threadsafe(resolve, settled)
         except RuntimeError:                  # the loop has closed: nobody is waiting any more
             pass
+
+
+def _follow(follow: Follow | None, outcome: Any) -> None:
+    """Tell a follower its item's outcome: None, or the exception its caller gets."""
+    if follow is not None:
+        try:
+            follow(outcome if isinstance(outcome, BaseException) else None)
+        except Exception:                     # noqa: BLE001 - a cache that failed to follow must not hang a caller
+            log.exception("a commit's follower failed")
 
 
 def resolve(settled: list[tuple[asyncio.Future, Any]]) -> None:
