@@ -204,9 +204,10 @@ def _bump(profile: UserProfile, name: str, key: str | None, at: float) -> None:
     if not key:
         return
     table = getattr(profile, name)
-    count, last = table[key] if key in table else (0.0, at)
+    count, last = table.get(key) or (0.0, at)
     table[key] = [count + 1, max(last, at)]       # an older event counts, but never rewinds last-seen
-    _recount(profile, name, 1.0)
+    if (totals := profile.freeman_totals) is not None and name in totals:
+        totals[name] += 1.0                       # ``_recount``, written out: nine bumps an event
     if len(table) > CAPS[name]:
         oldest = min(table, key=lambda k: table[k][1])
         _recount(profile, name, -table.pop(oldest)[0])
