@@ -51,6 +51,7 @@ class Scored:
     profile: profiles.UserProfile | None = None     # the profile the decision saw: the commit expects its version
     policy: Policy | None = None                    # the policy that decided (a reload may swap it meanwhile)
     values: dict[str, str] = field(default_factory=dict)   # its Freeman attribute values (what it teaches)
+    hashed: dict[str, str] = field(default_factory=dict)   # their keyed hashes from the read, for the commit
 
 
 class _Read(NamedTuple):
@@ -60,6 +61,7 @@ class _Read(NamedTuple):
     enriched: EnrichedEvent
     profile: profiles.UserProfile
     values: dict[str, str]
+    hashed: dict[str, str]          # raw value -> keyed hash for this event alone (stores/batching.py)
 
 
 def learns(success: bool, decision: str, risk_level: str) -> bool:
@@ -136,7 +138,7 @@ class Engine:
         async def attempt() -> Scored:
             async with self._turns.of(event.user_id):
                 scored = await self.evaluate(event)
-                committed = self.store.submit_async(self._commit(event, scored, client))
+                committed = self.store.submit_async(self._commit(event, scored, client), hashed=scored.hashed)
             try:
                 with span("commit"):
                     await committed
@@ -158,7 +160,7 @@ class Engine:
                 await self.store.user_secret_async(event.user_id, self.user_key(event.user_id), True)
         read = self._read(event, profile)
         with span("context"):
-            context = await self.store.context_async(self._stats(event, event.ip), event.ts, read.values)
+            context = await self.store.context_async(self._stats(event, event.ip), event.ts, read.values, read.hashed)
             fraud_rate = await self.fraud_rates.for_event(read.policy, event)
         return self._decide(event, read, Context(*context), fraud_rate)
 
@@ -167,7 +169,7 @@ class Engine:
             self._policy_watcher.poll()                  # a changed policy file: at most one stat a second
         with span("enrich"):
             enriched = self.enricher.enrich(event)
-        return _Read(self.policy, enriched, profile, self._values(event, enriched))
+        return _Read(self.policy, enriched, profile, self._values(event, enriched), {})
 
     def _stats(self, event: Event, value: str) -> str:
         """The key of a per-IP or population statistic: the event's tenant's own, unless shared."""
@@ -181,7 +183,7 @@ class Engine:
         return {name: tenant_key(tenant, value) for name, value in values.items()}
 
     def _decide(self, event: Event, read: _Read, context: Context, fraud_rate: FraudRate) -> Scored:
-        policy, enriched, profile, values = read
+        policy, enriched, profile, values, hashed = read
         with span("features"):
             signals = extract(enriched, profile, context)
         scorer = self.scorer
@@ -202,7 +204,7 @@ class Engine:
             decision = policy.decide(event, score.risk, reasons_from(score, signals), score.model_version,
                                      profile=profile, fraud_rate=fraud_rate, seen=seen)
         learn = learns(event.success, decision.decision, decision.risk_level)
-        return Scored(enriched, signals, score, decision, learn, profile, policy, values)
+        return Scored(enriched, signals, score, decision, learn, profile, policy, values, hashed)
 
     def _unrecorded(self, event: Event, exc: StoreUnavailable) -> Decision:
         decision = self.policy.on_failure(event, "store_unavailable", "the profile store could not be reached",

@@ -126,6 +126,12 @@ def _converters(kind: type) -> tuple[tuple[str, Convert], ...]:
     return tuple((f.name, _converter(hints[f.name], f.name)) for f in fields(kind) if f.init)
 
 
+@cache
+def _known(kind: type) -> dict[str, Convert]:
+    """``_converters`` by field name, built once per type rather than once per body."""
+    return dict(_converters(kind))
+
+
 def _unwrap(hint: Any) -> Any:
     """``X | None`` -> ``X``."""
     if get_origin(hint) in (Union, UnionType):
@@ -152,7 +158,7 @@ def _build(kind: type, body: Mapping[str, Any], prefix: str = "") -> dict[str, A
     """The converted fields of ``kind`` that ``body`` sets (``prefix``: where it sits, for errors)."""
     if not isinstance(body, Mapping):
         raise InputError(prefix.rstrip(".") or "body", "must be an object")
-    known = dict(_converters(kind))
+    known = _known(kind)
     values: dict[str, Any] = {}
     for name, value in body.items():
         path = f"{prefix}{name}"
@@ -168,13 +174,31 @@ def _build(kind: type, body: Mapping[str, Any], prefix: str = "") -> dict[str, A
     return values
 
 
-def _times(value: object, path: str) -> Iterator[tuple[str, datetime]]:
+@cache
+def _time_paths(kind: type) -> tuple[tuple[str, ...], ...]:
+    """The field paths of ``kind`` that hold a time, nested dataclasses included (``("session",
+    "auth_time")``): read from the type hints once per type, not looked for in every event."""
+    hints = get_type_hints(kind)
+    paths: list[tuple[str, ...]] = []
+    for name, _ in _converters(kind):
+        hint = _unwrap(hints[name])
+        if hint is datetime:
+            paths.append((name,))
+        elif is_dataclass(hint):
+            paths.extend((name, *inner) for inner in _time_paths(hint))  # type: ignore[arg-type]
+    return tuple(paths)
+
+
+def _times(value: object) -> Iterator[tuple[str, datetime]]:
     """Every datetime in an event, with its field path (``session.auth_time``)."""
-    if isinstance(value, datetime):
-        yield path, value
-    elif is_dataclass(value):
-        for name, _ in _converters(type(value)):
-            yield from _times(getattr(value, name), f"{path}.{name}" if path else name)
+    for path in _time_paths(type(value)):
+        item: Any = value
+        for name in path:
+            item = getattr(item, name)
+            if item is None:
+                break
+        else:
+            yield ".".join(path), item
 
 
 def event_from_request(body: Mapping[str, Any], received_at: datetime | None = None,
@@ -190,7 +214,8 @@ def event_from_request(body: Mapping[str, Any], received_at: datetime | None = N
     '2026-01-02T03:04:05+00:00'
     """
     values = _build(Event, body)
-    values.setdefault("event_id", new_event_id())
+    if "event_id" not in values:                  # not setdefault: a fresh id costs a urandom call
+        values["event_id"] = new_event_id()
     if "timestamp" not in values:
         if received_at is None:
             raise InputError("timestamp", "required (no server time to default to)")
@@ -203,7 +228,7 @@ def event_from_request(body: Mapping[str, Any], received_at: datetime | None = N
         raise InputError(missing[0] if missing else "body", "required") from None
     if max_skew_s is not None and received_at is not None:
         latest = received_at + timedelta(seconds=max_skew_s)
-        for path, at in _times(event, ""):
+        for path, at in _times(event):
             if at > latest:
                 raise InputError(path, f"more than {max_skew_s:g} s ahead of the server's clock "
                                        "(RISKENGINE_MAX_CLOCK_SKEW_SECONDS)")
@@ -225,26 +250,41 @@ def event_to_request(event: Event) -> dict:
 
 
 @cache
-def _said_when_empty(kind: type) -> frozenset[str]:
-    """Fields whose default is None, so an empty value says something (``factors: []``: none
-    enrolled, unlike ``factors`` absent: not said) and is kept in the body."""
-    return frozenset(f.name for f in fields(kind) if f.init and f.default is None)
+def _body_plan(kind: type) -> tuple[tuple[str, Callable[[Any], Any] | None, bool], ...]:
+    """(name, how its value is written, kept when empty) for each field of a core dataclass, from
+    its type hints, worked out once per type: a time as RFC 3339 text, a nested dataclass as a
+    body, a mapping as a dict, a sequence as a list. An empty value is kept only where the field's
+    default is None, so that empty says something (``factors: []``: none enrolled, unlike
+    ``factors`` absent: not said)."""
+    hints = get_type_hints(kind)
+    plan: list[tuple[str, Callable[[Any], Any] | None, bool]] = []
+    for f in fields(kind):
+        if not f.init:
+            continue
+        hint = _unwrap(hints[f.name])
+        write: Callable[[Any], Any] | None = None
+        if hint is datetime:
+            write = format_timestamp
+        elif is_dataclass(hint):
+            write = _plain_fields
+        elif get_origin(hint) is dict:
+            write = dict
+        elif get_origin(hint) in (tuple, list):
+            write = list
+        plan.append((f.name, write, f.default is None))
+    return tuple(plan)
 
 
 def _plain_fields(value: Any) -> dict[str, Any]:
     """``value``'s fields as a body; empty texts, lists and objects are left out unless they say something."""
     body: dict[str, Any] = {}
-    said = _said_when_empty(type(value))
-    for name, _ in _converters(type(value)):
+    for name, write, said in _body_plan(type(value)):
         item = getattr(value, name)
-        if isinstance(item, datetime):
-            item = format_timestamp(item)
-        elif is_dataclass(item):
-            item = _plain_fields(item)
-        elif isinstance(item, (dict, tuple, list)):
-            item = dict(item) if isinstance(item, dict) else list(item)
-        if item is not None and ((name in said and isinstance(item, list))
-                                 or not (isinstance(item, (str, dict, list)) and not item)):
+        if item is None:
+            continue
+        if write is not None:
+            item = write(item)
+        if item or (said and isinstance(item, list)) or not isinstance(item, (str, dict, list)):
             body[name] = item
     return body
 
@@ -255,7 +295,9 @@ ATTRIBUTE_HINTS = ("geo_country", "geo_region", "geo_city", "geo_asn", "rtt_ms")
 
 def _plain(value: object) -> object:
     """A JSON-ready Python value, or None for None/NaN/NA (numpy and pandas values unwrapped)."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+    if isinstance(value, str):            # most cells: nothing to unwrap (a numpy str_ stays as it is)
+        return value
+    if hasattr(value, "tolist") and not isinstance(value, bytes):
         value = value.tolist()
     if value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ in ("NAType", "NaTType"):
         return None
@@ -273,27 +315,32 @@ def row_to_request(row: Mapping) -> dict:
     {'user_id': 'u1', 'action': 'login', 'ip': '10.0.0.1', 'success': False, 'session': {'acr': 'aal1'}, \
 'attributes': {'geo_country': 'NO'}}
     """
-    return _row_fields(Event, row, "")
+    return _row_fields(_row_plan(Event, ""), row)
+
+
+#: (field name, its column, the nested type's plan or None)
+_RowPlan = tuple[tuple[str, str, "_RowPlan | None"], ...]
 
 
 @cache
-def _row_plan(kind: type) -> tuple[tuple[str, type | None], ...]:
-    """(field name, its dataclass or None) for each field a row sets: worked out once per type, not
+def _row_plan(kind: type, prefix: str) -> _RowPlan:
+    """(field name, column, nested plan) for each field a row sets: worked out once per type, not
     once per row (``get_type_hints`` was a third of a backfill's time)."""
     hints = get_type_hints(kind)
-    return tuple((name, hint if is_dataclass(hint := _unwrap(hints[name])) else None)  # type: ignore[misc]
+    return tuple((name, f"{prefix}{name}", _row_plan(hint, f"{prefix}{name}_")  # type: ignore[misc]
+                  if is_dataclass(hint := _unwrap(hints[name])) else None)
                  for name, _ in _converters(kind))
 
 
-def _row_fields(kind: type, row: Mapping, prefix: str) -> dict[str, Any]:
+def _row_fields(plan: _RowPlan, row: Mapping) -> dict[str, Any]:
     body: dict[str, Any] = {}
-    for name, nested in _row_plan(kind):
+    for name, column, nested in plan:
         if nested is not None:
-            value: Any = _row_fields(nested, row, f"{prefix}{name}_") or None
+            value: Any = _row_fields(nested, row) or None
         elif name == "attributes":
             value = {k: v for k in ATTRIBUTE_HINTS if (v := _plain(row.get(k))) is not None} or None
         else:
-            value = _plain(row.get(f"{prefix}{name}"))
+            value = _plain(row.get(column))
         if value is not None:
             body[name] = value
     return body

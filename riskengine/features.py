@@ -280,7 +280,8 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
     event, geo, ua = enriched.event, enriched.geo, enriched.ua
     now = event.ts
     has_history = profile.events > 0
-    facts: dict[str, Any] = {"action": event.action, "country": geo.country, "place": place_key(enriched),
+    place = place_key(enriched)
+    facts: dict[str, Any] = {"action": event.action, "country": geo.country, "place": place,
                              "browser": ua.browser, "os": ua.os, "hour": event.timestamp.hour,
                              "unknown_reason": geo.unknown_reason}
     km, kmh, impossible = _travel(enriched, profile, facts)
@@ -295,7 +296,7 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
         "impossible_travel": impossible,
         "unknown_location": float(not geo.known),
         "new_country": novel(profile.countries, geo.country),
-        "new_city": novel(profile.cities, place_key(enriched) if geo.city else None),
+        "new_city": novel(profile.cities, place if geo.city else None),
         "new_network": novel(profile.networks, geo.network),
         "new_ip": novel(profile.ips, event.ip),
         "new_device": novel(profile.devices, event.device_id),
@@ -303,7 +304,7 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
         "new_os": novel(profile.oses, ua.os),
         "missing_client_ids": _missing_client_ids(enriched, profile, facts),
         "trusted_device": float(bool(event.device_id) and profile.is_trusted(f"device:{event.device_id}", 0)),
-        "trusted_place": float(geo.known and profile.is_trusted(f"place:{place_key(enriched)}", 0)),
+        "trusted_place": float(geo.known and profile.is_trusted(f"place:{place}", 0)),
         "devices_30d": float(profile.devices_since(now - 30 * DAY)
                              + (event.device_id is not None and event.device_id not in profile.devices)),
         "amount_log": amount_log,
@@ -325,13 +326,16 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
         **_session(enriched, profile),
         "step_ups_failed_24h": float(profile.step_up_failures_since(now - DAY)),
     }
-    attrs = attribute_values(enriched)
-    for attribute in FREEMAN_ATTRIBUTES:
+    attrs, population = attribute_values(enriched), context.population
+    for attribute, name in _LR_NAMES:
         value = attrs.get(attribute)
-        values[f"lr_{attribute}"] = (
-            likelihood_ratio(context.population.get(attribute, GlobalCount()), profile.seen(attribute, value),
-                             profile.total(attribute)) if value else 0.0)
+        values[name] = (likelihood_ratio(population.get(attribute, _NEVER_COUNTED), profile.seen(attribute, value),
+                                         profile.total(attribute)) if value else 0.0)
     return Signals(values, facts)
+
+
+_LR_NAMES = tuple((attribute, f"lr_{attribute}") for attribute in FREEMAN_ATTRIBUTES)
+_NEVER_COUNTED = GlobalCount()
 
 
 @lru_cache(maxsize=256)

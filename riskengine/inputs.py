@@ -123,21 +123,22 @@ def parse_timestamp(value: str) -> datetime:
     match = _RFC3339.fullmatch(value)
     if match is None:
         raise ValueError(f"not an RFC 3339 date-time: {RFC3339_FORM}")
-    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+    year, month, day, hour, minute, second = map(int, match.group(1, 2, 3, 4, 5, 6))
     if second == 60:
         raise ValueError("leap seconds (:60) are not accepted; send :59")
-    try:
-        local = datetime(year, month, day, hour, minute, second, int((match.group(7) or "").ljust(6, "0")[:6]))
+    sign, off_h, off_m = match.group(8, 9, 10)
+    try:                                  # ``Z`` (most times): already UTC, no offset to apply
+        local = datetime(year, month, day, hour, minute, second, int((match.group(7) or "").ljust(6, "0")[:6]),
+                         timezone.utc)
     except ValueError:
         raise ValueError("not a date and time of the calendar (e.g. February 30th or hour 24)") from None
-    sign, off_h, off_m = match.group(8, 9, 10)
-    offset = 0
-    if sign is not None:
-        if int(off_h) > 23 or int(off_m) > 59:
-            raise ValueError("the UTC offset must be -23:59 to +23:59")
-        offset = (1 if sign == "+" else -1) * (int(off_h) * 60 + int(off_m))
+    if sign is None:
+        return local
+    if int(off_h) > 23 or int(off_m) > 59:
+        raise ValueError("the UTC offset must be -23:59 to +23:59")
+    offset = (1 if sign == "+" else -1) * (int(off_h) * 60 + int(off_m))
     try:
-        return (local - timedelta(minutes=offset)).replace(tzinfo=timezone.utc)
+        return local - timedelta(minutes=offset)
     except OverflowError:
         raise ValueError("outside years 0001 to 9999 once converted to UTC") from None
 

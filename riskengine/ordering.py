@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from riskengine.stores import Conflict
@@ -26,21 +25,40 @@ class Turns:
     def __init__(self) -> None:
         self._last: dict[str, asyncio.Future] = {}     # user id -> its latest change still running
 
-    @asynccontextmanager
-    async def of(self, user_id: str) -> AsyncIterator[None]:
-        before, mine = self._last.get(user_id), asyncio.get_running_loop().create_future()
-        self._last[user_id] = mine
-        try:
-            if before is not None and not before.done():
-                await before
-            yield
-        finally:
-            mine.set_result(None)
-            if self._last.get(user_id) is mine:
-                del self._last[user_id]
+    def of(self, user_id: str) -> "_Turn":
+        """``async with turns.of(user)``: wait for the user's previous change, then run this one."""
+        return _Turn(self._last, user_id)
 
     def __len__(self) -> int:
         return len(self._last)
+
+
+class _Turn:
+    """One change's turn (a plain async context manager: every event takes one, and a generator-based
+    ``asynccontextmanager`` cost more than the queueing itself)."""
+
+    __slots__ = ("_last", "_user_id", "_mine")
+
+    def __init__(self, last: dict[str, asyncio.Future], user_id: str) -> None:
+        self._last, self._user_id = last, user_id
+
+    async def __aenter__(self) -> None:
+        before, mine = self._last.get(self._user_id), asyncio.get_running_loop().create_future()
+        self._last[self._user_id] = self._mine = mine
+        if before is not None and not before.done():
+            try:
+                await before
+            except BaseException:             # cancelled while waiting: the next change must not wait on us
+                self._done()
+                raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        self._mine.set_result(None)
+        if self._last.get(self._user_id) is self._mine:
+            del self._last[self._user_id]
 
 
 async def retried(attempt: Callable[[], Awaitable[T]]) -> T:

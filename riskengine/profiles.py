@@ -139,17 +139,12 @@ class UserProfile:
     def copy(self) -> "UserProfile":
         """Shallow-copy every map: updates replace ``[count, last_at]`` lists, never mutate them."""
         clone = object.__new__(UserProfile)             # no __init__: every field is set from self
-        clone.__dict__.update(self.__dict__)
-        for name in CAPS:
-            setattr(clone, name, dict(getattr(self, name)))
-        clone.hours = list(self.hours)
-        clone.failures = list(self.failures)
-        clone.trusted = dict(self.trusted)
-        clone.payees_added = dict(self.payees_added)
-        clone.sessions = dict(self.sessions)
-        clone.step_up_failures = list(self.step_up_failures)
+        state = clone.__dict__
+        state.update(self.__dict__)
+        for name in _CONTAINERS:                        # dicts and lists alike: ``.copy()`` is shallow
+            state[name] = state[name].copy()
         if self.freeman_totals is not None:
-            clone.freeman_totals = dict(self.freeman_totals)
+            clone.freeman_totals = self.freeman_totals.copy()
         return clone
 
     # -- reads used by the features ---------------------------------------
@@ -198,6 +193,8 @@ class UserProfile:
 
 _FIELD_NAMES = tuple(f.name for f in fields(UserProfile) if f.name not in ("oldest_seen_at", "freeman_totals"))
 _KNOWN = frozenset(_FIELD_NAMES)
+#: the maps and lists ``copy`` copies (the rest are numbers, texts, or replaced whole)
+_CONTAINERS = (*CAPS, "hours", "failures", "trusted", "payees_added", "sessions", "step_up_failures")
 
 
 # -- updates: each returns a new profile -------------------------------------
@@ -207,9 +204,10 @@ def _bump(profile: UserProfile, name: str, key: str | None, at: float) -> None:
     if not key:
         return
     table = getattr(profile, name)
-    count, last = table[key] if key in table else (0.0, at)
+    count, last = table.get(key) or (0.0, at)
     table[key] = [count + 1, max(last, at)]       # an older event counts, but never rewinds last-seen
-    _recount(profile, name, 1.0)
+    if (totals := profile.freeman_totals) is not None and name in totals:
+        totals[name] += 1.0                       # ``_recount``, written out: nine bumps an event
     if len(table) > CAPS[name]:
         oldest = min(table, key=lambda k: table[k][1])
         _recount(profile, name, -table.pop(oldest)[0])

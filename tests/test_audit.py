@@ -399,3 +399,21 @@ def test_the_service_creates_its_keys_readable_only_by_its_owner(settings):
         pass
     for name in ("audit.key", "pseudonym.key"):
         assert Path(settings.var / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_canonical_is_json_dumps_with_sorted_keys_and_no_spaces():
+    """The encoder built once writes what ``json.dumps`` with the same options writes, so every
+    trail sealed before it still verifies."""
+    import random
+
+    leaves = [None, True, False, 0, -1, 2**70, 1.5, 1e300, float("nan"), float("inf"), -0.0, "",
+              "a\x00\x1f\u2028é\ud800", '"\\/', [], {}, [1, "x"], {"b": 1, "a": {"z": [1.25, None]}}]
+    rnd = random.Random(7)
+
+    def body(depth: int = 0) -> dict:
+        return {rnd.choice("abcdeé\x01"): rnd.choice(leaves) if depth > 2 or rnd.random() < .6 else body(depth + 1)
+                for _ in range(rnd.randint(0, 6))}
+
+    for _ in range(2000):
+        sample = body()
+        assert canonical(sample) == json.dumps(sample, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

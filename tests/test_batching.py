@@ -198,3 +198,21 @@ def test_keyed_hashes_are_the_ones_earlier_releases_stored() -> None:
     assert Pseudonyms(b"pseudonym key", store).user_key("alice") == \
         hmac.digest(b"pseudonym key", b"alice", "sha256").hex()[:32]
     assert pseudonym(b"secret", "alice") == hmac.digest(b"secret", b"alice", "sha256").hex()[:32]
+
+
+def test_the_keyed_commit_carries_every_other_field_as_it_is():
+    """``_keyed_commit`` builds the backend's copy field by field: a new ``Commit`` field must reach it."""
+    from dataclasses import fields
+
+    from riskengine.stores.base import StoredEvent
+
+    store = Batched(MemoryStore(), b"k", threads=False)
+    change = Commit("u1", 3, UserProfile("u1"), "10.0.0.1", "key-u1", 1.5, False, {"ip": "10.0.0.1", "os": "Linux"},
+                    StoredEvent("e1", "u1", 1.5, {}, {}, {}), {"kind": "score"})
+    hashed: dict[str, str] = {}
+    keyed = store._keyed_commit(change, hashed)
+    assert keyed.ip == store.keyed("10.0.0.1") == hashed["10.0.0.1"] != change.ip
+    assert keyed.learned_values == {"ip": keyed.ip, "os": store.keyed("Linux")}
+    for f in fields(Commit):
+        if f.name not in ("ip", "learned_values"):
+            assert getattr(keyed, f.name) is getattr(change, f.name), f.name

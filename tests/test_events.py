@@ -72,3 +72,55 @@ def test_the_wire_schema_and_the_core_type_name_the_same_fields(wire, core):
     """What makes a new optional field cheap: declared in ``ScoreRequest`` and ``Event`` under one
     name, it travels request -> Event -> recorded body -> Event with no other edit."""
     assert set(wire.model_fields) == {f.name for f in fields(core) if f.init}
+
+
+# -- the per-type plans give what the generic walk over the values gave ----------------------------
+def _walked_body(value):
+    """``event_to_request`` as it was written before its per-type plan: by each value's runtime type."""
+    from dataclasses import is_dataclass
+
+    said = {f.name for f in fields(type(value)) if f.init and f.default is None}
+    body = {}
+    for f in fields(type(value)):
+        if not f.init:
+            continue
+        item = getattr(value, f.name)
+        if isinstance(item, datetime):
+            item = format_timestamp(item)
+        elif is_dataclass(item):
+            item = _walked_body(item)
+        elif isinstance(item, (dict, tuple, list)):
+            item = dict(item) if isinstance(item, dict) else list(item)
+        if item is not None and ((f.name in said and isinstance(item, list))
+                                 or not (isinstance(item, (str, dict, list)) and not item)):
+            body[f.name] = item
+    return body
+
+
+AT = datetime(2026, 3, 2, 8, 0, 0, 250000, tzinfo=UTC)
+VARIED = [
+    Event("e1", "u1", "login", AT, OSLO_IP),
+    Event("e2", "acme\x1fu2", "payment", AT, "2001:db8::1", user_agent="", device_id="", success=False,
+          amount=0.0, currency="NOK", payee_id="p\x00\x07\u2028", factors=()),
+    Event("e3", "u3", "add_payee", AT, OSLO_IP, "Mozilla/5.0 \x7f\ud800", "d\t1", True, 12.5, None, "p1",
+          SessionInfo("aal2", AT - timedelta(minutes=5), "s\n1"), {"geo_country": "NO", "rtt_ms": 0, "x": False,
+                                                                  "y": "", "z": 1.5e300}, ("otp", "webauthn")),
+    Event("", "", "", AT, "", session=SessionInfo(), attributes={}, factors=("sms",)),
+    Event("e5", "u5", "login", AT, OSLO_IP, session=SessionInfo(acr="", auth_time=None, id="s5"), amount=float("nan")),
+]
+
+
+@pytest.mark.parametrize("event", VARIED, ids=range(len(VARIED)))
+def test_event_to_request_equals_the_generic_walk(event):
+    body = event_to_request(event)
+    assert json.dumps(body, sort_keys=True) == json.dumps(_walked_body(event), sort_keys=True)
+    assert list(body) == list(_walked_body(event))              # same keys in the same order
+
+
+@pytest.mark.parametrize("event", VARIED, ids=range(len(VARIED)))
+def test_the_clock_bound_checks_every_time_in_an_event(event):
+    from riskengine.events import _times
+
+    expected = [("timestamp", event.timestamp)] + (
+        [("session.auth_time", event.session.auth_time)] if event.session.auth_time is not None else [])
+    assert list(_times(event)) == expected

@@ -23,9 +23,14 @@ GENESIS = "0" * 64
 HEAD, START = "head", "start"
 
 
+#: what ``json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` builds on
+#: every call, built once (an encoder keeps no state between calls; every record is encoded)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(body: dict[str, Any]) -> str:
     """The exact bytes that get hashed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(body)
 
 
 def seal(prev_hash: str, body: dict[str, Any], key: bytes | None = None) -> str:
@@ -36,7 +41,12 @@ def seal(prev_hash: str, body: dict[str, Any], key: bytes | None = None) -> str:
     >>> seal(GENESIS, {"seq": 1}, b"k") != seal(GENESIS, {"seq": 1}, b"other key")
     True
     """
-    data = (prev_hash + canonical(body)).encode()
+    return _seal_text(prev_hash, canonical(body), key)
+
+
+def _seal_text(prev_hash: str, text: str, key: bytes | None) -> str:
+    """``seal`` of a body already in its canonical form."""
+    data = (prev_hash + text).encode()
     return hmac.digest(key, data, "sha256").hex() if key else hashlib.sha256(data).hexdigest()
 
 
@@ -115,8 +125,9 @@ def seal_records(bodies: list[dict[str, Any]], chain: str, seq: int, prev: str,
     for body in bodies:
         seq += 1
         sealed = {**body, "chain": chain, "seq": seq}
-        digest = seal(prev, sealed, key)
-        rows.append(AuditRow(chain, seq, canonical(sealed), prev, digest))
+        text = canonical(sealed)                  # encoded once: what is sealed is what is kept
+        digest = _seal_text(prev, text, key)
+        rows.append(AuditRow(chain, seq, text, prev, digest))
         prev = digest
     return rows, Anchor.make(HEAD, chain, seq, prev, key)
 

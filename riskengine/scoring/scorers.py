@@ -38,6 +38,8 @@ ANOMALY_COLUMN = "anomaly"
 #: a never-seen value's likelihood ratio is credited to the plainer "new_*" signal in reasons
 _NOVELTY = {"ip": "new_ip", "network": "new_network", "country": "new_country", "browser": "new_browser",
             "os": "new_os"}
+#: per Freeman attribute: its novelty signal ("" for none) and its likelihood-ratio signal, named once
+_FREEMAN_NAMES = tuple((_NOVELTY.get(a, ""), f"lr_{a}") for a in FREEMAN_ATTRIBUTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +73,7 @@ class StatisticalScorer:
 
     def evidence(self, v: dict[str, float]) -> dict[str, float]:
         """Each signal's contribution to the score, in log-likelihood-ratio units."""
-        evidence = {_NOVELTY.get(a, f"lr_{a}") if v.get(_NOVELTY.get(a, "")) else f"lr_{a}": max(0.0, v[f"lr_{a}"])
-                    for a in FREEMAN_ATTRIBUTES}
+        evidence = {novelty if novelty and v.get(novelty) else lr: max(0.0, v[lr]) for novelty, lr in _FREEMAN_NAMES}
         evidence["new_device"] = 3.0 * v["new_device"]
         # a device id or User-Agent left out, where the user's earlier requests sent it, weighs as a new
         # device each: dropping them is no way to look familiar (NaN: recorded before the signal)

@@ -117,10 +117,10 @@ class CachedStore:
         cached = self._cached_counts(values)
         return self._merged(values, cached, *self.inner.context(ip, at, {} if cached is not None else values))
 
-    async def context_async(self, ip: str, at: float,
-                            values: dict[str, str]) -> tuple[IpActivity, dict[str, GlobalCount]]:
+    async def context_async(self, ip: str, at: float, values: dict[str, str],
+                            hashed: dict[str, str] | None = None) -> tuple[IpActivity, dict[str, GlobalCount]]:
         cached = self._cached_counts(values)
-        read = await self.inner.context_async(ip, at, {} if cached is not None else values)
+        read = await self.inner.context_async(ip, at, {} if cached is not None else values, hashed)
         return self._merged(values, cached, *read)
 
     def _merged(self, values: dict[str, str], cached: dict[str, GlobalCount] | None, activity: IpActivity,
@@ -159,8 +159,9 @@ class CachedStore:
         The future resolves only after the cache has followed the outcome."""
         return self.inner.submit(change, self._follower(change, follow))
 
-    def submit_async(self, change: Commit, follow: Follow | None = None) -> Awaitable[None]:
-        return self.inner.submit_async(change, self._follower(change, follow))
+    def submit_async(self, change: Commit, follow: Follow | None = None,
+                     hashed: dict[str, str] | None = None) -> Awaitable[None]:
+        return self.inner.submit_async(change, self._follower(change, follow), hashed)
 
     def _follower(self, change: Commit, then: Follow | None) -> Follow:
         user_id = change.user_id
