@@ -311,3 +311,44 @@ def test_train_from_service_says_why_the_windows_cannot_train(dataset, settings,
     unlabelled = training.Dataset(dataset.X, np.zeros_like(dataset.y), dataset.meta)
     with pytest.raises(ValueError, match="No event is labelled as an attack: post /feedback with confirmed_fraud"):
         training.train(unlabelled, ModelRegistry(tmp_path / "models"), source="service")
+
+
+def test_a_capped_fit_keeps_every_attack_and_each_classs_weight_and_is_seeded():
+    """``max_legit_rows`` (the fit's bound at scale): every attack stays, the drawn legitimate rows carry
+    the whole class's balanced weight, the same seed draws the same rows and another seed others."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(5000) < 0.03).astype(np.int8)
+    rows, weight = RiskModel(max_legit_rows=1000, random_state=7).tree_rows(y)
+    kept = y[rows]
+    assert np.array_equal(np.flatnonzero(y == 1), rows[kept == 1])          # every attack, in order
+    assert (kept == 0).sum() == 1000 and len(np.unique(rows)) == len(rows)
+    assert np.all(np.diff(rows) > 0)                                         # in time order
+    np.testing.assert_allclose(weight[kept == 0].sum(), weight[kept == 1].sum())      # balanced, as before
+    np.testing.assert_allclose(weight.sum(), len(y))                                    # as class_weight="balanced"
+    again, _ = RiskModel(max_legit_rows=1000, random_state=7).tree_rows(y)
+    other, _ = RiskModel(max_legit_rows=1000, random_state=8).tree_rows(y)
+    assert np.array_equal(rows, again) and not np.array_equal(rows, other)
+    _, unweighted = RiskModel(max_legit_rows=1000, random_state=7, class_weight=None).tree_rows(y)
+    np.testing.assert_allclose(unweighted[kept == 1], 1.0)
+    np.testing.assert_allclose(unweighted[kept == 0], (y == 0).sum() / 1000)
+    assert RiskModel(max_legit_rows=len(y)).tree_rows(y) == (slice(None), None)
+
+
+def test_under_the_cap_the_fit_is_the_uncapped_one_and_over_it_still_ranks(dataset):
+    """Below ``max_legit_rows`` nothing changes (the detection figures of small sets stand); past it the
+    trees fit on the draw and still rank the attacks first."""
+    legit = int((dataset.y[: len(dataset.y) - int(len(dataset.y) * 0.2)] == 0).sum())     # the trees' rows
+    plain = RiskModel(max_iter=20).fit(dataset.X, dataset.y)
+    under = RiskModel(max_iter=20, max_legit_rows=legit + 1).fit(dataset.X, dataset.y)
+    assert np.array_equal(plain.predict_proba(dataset.X), under.predict_proba(dataset.X))
+    over = RiskModel(max_iter=20, max_legit_rows=legit // 3).fit(dataset.X, dataset.y)
+    assert not np.array_equal(plain.predict_proba(dataset.X), over.predict_proba(dataset.X))
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(dataset.y, over.predict_proba(dataset.X)[:, 1]) > 0.97
+
+
+def test_the_retraining_job_caps_legitimate_rows_above_the_binning_sample():
+    """Past 200,000 rows the trees bin from a sample (cheap); under it from weighted percentiles of every
+    row (seconds a column): a cap that left fewer rows would make the fit dearer, not cheaper."""
+    assert training.default_model().max_legit_rows >= 200_000
