@@ -102,6 +102,7 @@ class Engine:
         self.model_error: str | None = None
         self.policy_error: str | None = None
         self.reload_failures = {"model": 0, "policy": 0}   # refused reloads, for /metrics
+        self.conflicted: Callable[[], None] | None = None   # told of each decision made again after a Conflict
         self._turns = Turns()
         self._watcher: ChampionWatcher | None = None
         self._policy_watcher: PolicyWatcher | None = None
@@ -146,7 +147,7 @@ class Engine:
                 return await self._earlier(event, scored)
             self._tell(event, scored.decision)
             return scored
-        return await retried(attempt)
+        return await retried(attempt, self.conflicted)
 
     async def evaluate(self, event: Event) -> Scored:
         """Enrich, read the profile as it is, extract, score and decide; no state changes.
@@ -310,7 +311,7 @@ class Engine:
                 profile = await self.store.get_async(user_id)
                 await self.store.blocking(self.store.update_profile, user_id, profile.version, change(profile),
                                           learned_values, None)
-        await retried(attempt)
+        await retried(attempt, self.conflicted)
 
     def erase(self, user_id: str, client: str = "local") -> bool:
         """GDPR Art. 17: drop the profile, events and the user's pseudonym key; the trail stays valid."""

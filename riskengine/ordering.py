@@ -61,12 +61,15 @@ class _Turn:
             del self._last[self._user_id]
 
 
-async def retried(attempt: Callable[[], Awaitable[T]]) -> T:
-    """``attempt()`` again while another writer moved the user on (``Conflict``), up to ``RETRIES`` times."""
+async def retried(attempt: Callable[[], Awaitable[T]], conflicted: Callable[[], None] | None = None) -> T:
+    """``attempt()`` again while another writer moved the user on (``Conflict``), up to ``RETRIES``
+    times; ``conflicted()`` is told of each such conflict (a metric: /metrics)."""
     for tries in range(RETRIES):
         try:
             return await attempt()
         except Conflict:
+            if conflicted is not None:
+                conflicted()
             if tries:                              # the first retry goes at once: usually a stale cache
                 await asyncio.sleep(back_off_s(tries))
     raise Conflict(f"gave up after {RETRIES} concurrent updates of one user")

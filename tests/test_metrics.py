@@ -93,3 +93,22 @@ def test_metrics_in_prometheus_format(settings: Settings) -> None:
     assert delta("riskengine_store_errors_total") == 1
     model = [dict(labels) for (name, labels), v in after.items() if name == "riskengine_model_info" and v == 1]
     assert model == [{"model_version": engine.scorer.version, "policy_version": engine.policy.version}]
+
+
+def test_a_decision_made_again_after_another_writer_is_counted(settings: Settings) -> None:
+    """Two workers on one store: the one whose cached profile the other moved decides again, and
+    ``riskengine_conflicts_total`` counts it; every event is still recorded once."""
+    engine = open_engine(settings)
+    other = open_engine(settings)                                      # a second worker on the same SQLite file
+    with TestClient(create_app(settings, engine=engine)) as client:
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        _, before = scrape(client)
+        assert post(client, 1) == 200                                  # cached here at version 1
+        with TestClient(create_app(settings, engine=other)) as elsewhere:
+            elsewhere.headers["Authorization"] = f"Bearer {API_KEY}"
+            assert post(elsewhere, 2) == 200                           # moved to version 2 there
+        assert post(client, 3) == 200                                  # stale here: refused, decided again
+        assert post(client, 4) == 200
+        _, after = scrape(client)
+    assert value(after, "riskengine_conflicts_total") - value(before, "riskengine_conflicts_total") == 1
+    assert engine.store.inner.backend.get("metrics-user").version == 4      # every event recorded once

@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             tracing.enable()
         try:
             with (engine or open_engine(settings)) as opened, _signals(settings, opened) as signals:
+                opened.conflicted = metrics.CONFLICTS.inc
                 gc.freeze()     # the model, GeoIP tables, policy...: kept for good, so no collection walks them
                 yield {"engine": opened, "signals": signals, "max_clock_skew_s": settings.max_clock_skew_seconds}
         finally:

@@ -50,6 +50,8 @@ RISK = Histogram("riskengine_risk_score", "Risk score of answered /score request
 REASONS = Counter("riskengine_reasons_total", "Reason codes given in /score answers", ["code"], registry=REGISTRY)
 POLICY_DECISIONS = Counter("riskengine_policy_decisions_total", "Decisions by the policy version that made them",
                            ["policy_version", "decision"], registry=REGISTRY)
+CONFLICTS = Counter("riskengine_conflicts_total", "Events and step-ups decided again because another writer "
+                    "(worker or process) had moved the user first", registry=REGISTRY)
 FEEDBACK = Counter("riskengine_feedback_total", "Feedback by outcome; result: recorded or unknown_event",
                    ["outcome", "result"], registry=REGISTRY)
 _KNOWN_ACTIONS = {"login", "view_dashboard", "payment", "add_payee", "change_email", "change_password",
