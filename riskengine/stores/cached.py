@@ -11,9 +11,11 @@ several workers behind a load balancer that knows nothing of users, about half o
 user's events land on a different worker than the last, and before the check each of those
 was decided twice (measured: 0.55 conflicts a request with two workers on Redis). A process
 that has met no other writer (no ``Conflict`` for ``OTHERS_FORGOTTEN_S``) does not check:
-alone, its cache is always current, and the check would cost a store read an event. Population counts (Freeman's p(value)) are the one
-read that may lag: this process's own writes show at once, other processes' within
-``counts_ttl_s`` seconds, which moves a probability over thousands of events by a hair.
+alone, its cache is always current, and the check would cost a store read an event.
+
+Population counts (Freeman's p(value)) are the one read that may lag: this process's own
+writes show at once, other processes' within ``counts_ttl_s`` seconds, which moves a
+probability over thousands of events by a hair.
 Per-user audit secrets are re-read after ``secrets_ttl_s`` (1 s), so an erasure made by another
 process is followed within it; with Redis, which tells every process of each erasure
 (pub/sub), they are dropped at once and otherwise kept longer.
@@ -176,7 +178,7 @@ class CachedStore:
                 if (left := self._writing.pop(user_id, 1) - 1) > 0:
                     self._writing[user_id] = left
             if error is not None:
-                self._profiles.pop(change.user_id, None)    # moved by someone else, or not written: read it
+                self._profiles.pop(user_id, None)    # moved by someone else, or not written: read it
                 if isinstance(error, Conflict):
                     self._others_met_at = time.monotonic()
             elif change.profile is not None:
