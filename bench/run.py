@@ -301,23 +301,64 @@ def few_line(label: str, row: dict) -> str:
 
 def measure_workers(args: argparse.Namespace, work: Path, env: dict[str, str], riskengine: str, one: Server,
                     in_turns: Callable[[list[Target]], list[dict]], results: dict, position: Target) -> None:
-    """``serve --workers N`` against one worker on the same Redis, in turns (same minutes of the
-    machine), drawing from one position in the bodies so the store sees each event once."""
+    """``serve --workers N`` against one worker, in turns (same minutes of the machine), each on its
+    own copy of the warmed Redis store, made when the N-worker server starts, so that one server's
+    writes never turn the other's cached profiles stale (a server alone on its store never checks
+    them: stores/cached.py). Each draws the same bodies, from where the earlier rows stopped."""
     name = f"redis-w{args.workers}"
+    many_env = {**env, "RISKENGINE_REDIS_PREFIX": f"bench-w{args.workers}:"}
+    copied = copy_redis_prefix(env["RISKENGINE_REDIS_PREFIX"], many_env["RISKENGINE_REDIS_PREFIX"])
+    print(f"  redis: store copied for {name} ({copied:,} keys)", flush=True)
     port = free_port()
-    many = Server(name, [riskengine, "serve", "--port", str(port), "--workers", str(args.workers)], env, port,
+    many = Server(name, [riskengine, "serve", "--port", str(port), "--workers", str(args.workers)], many_env, port,
                   work / f"{name}.log")
     try:
         many.wait_ready("/health")
-        single = Target("redis-w1", one, KEY, bodies_from=position)
-        row_one, row_many = in_turns([single, Target(name, many, KEY, bodies_from=position)])
+        single, several = Target("redis-w1", one, KEY), Target(name, many, KEY)
+        single.sent = several.sent = position.source.sent
+        row_one, row_many = in_turns([single, several])
     finally:
         many.stop()
+        copy_redis_prefix(many_env["RISKENGINE_REDIS_PREFIX"], None)
     row_many["vs_one_worker"] = {"throughput_ratio": row_many["rps"] / row_one["rps"],
                                  "p99_ratio": row_many["latency_us"]["p99"] / row_one["latency_us"]["p99"]}
     results["http"]["redis-w1"], results["http"][name] = row_one, row_many
     print(line("/score Redis, 1 worker", row_one), flush=True)
     print(line(f"/score Redis, {args.workers} workers", row_many), flush=True)
+
+
+def copy_redis_prefix(source: str, target: str | None) -> int:
+    """Delete the keys under ``target`` (or under ``source`` when ``target`` is None), then copy every
+    key under ``source`` to the same name under ``target``: the store's keys hold no prefix in their
+    values. Returns the keys copied."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=10)
+
+    def keys(prefix: str):
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        return client.scan_iter(match=pattern, count=2000)
+
+    def in_batches(names, each) -> int:
+        done, batch = 0, []
+        for key in names:
+            batch.append(key)
+            if len(batch) == 2000:
+                done += each(batch)
+                batch = []
+        return done + (each(batch) if batch else 0)
+
+    def unlink(batch: list[bytes]) -> int:
+        return client.unlink(*batch)
+
+    def copy(batch: list[bytes]) -> int:
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.copy(key, target.encode() + key[len(source):], replace=True)
+        return sum(pipe.execute())
+
+    in_batches(list(keys(target or source)), unlink)
+    return 0 if target is None else in_batches(keys(source), copy)
 
 
 def stores_to_run(args: argparse.Namespace) -> list[str]:
