@@ -34,6 +34,8 @@ sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results"
 KEY = "bench-key"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+#: the workers row's second order: a user's next body at least this many after their last (> connections)
+USERS_APART = 32
 GOAL_THROUGHPUT, GOAL_P99 = 0.5, 2.0       # /score vs bare: >= half the throughput, <= twice the p99
 LABELS = {"bare": "bare FastAPI",
           "bare+stack": "bare + service HTTP layer", "sqlite": "/score SQLite FULL",
@@ -221,7 +223,7 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
         finally:
             stack.stop()
         measure_stores(args, work, stream, models, riskengine, measure_with_bare,
-                       lambda targets: interleaved(targets, wrk, bodies, args, work), results)
+                       lambda targets, sent=bodies: interleaved(targets, wrk, sent, args, work), results)
     finally:
         bare.stop()
     results["few_clients"] = FEW_ROWS
@@ -238,7 +240,7 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
 
 def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, riskengine: str,
                    measure_with_bare: Callable[[str, Server], Target],
-                   in_turns: Callable[[list[Target]], list[dict]], results: dict) -> None:
+                   in_turns: Callable[..., list[dict]], results: dict) -> None:
     """``riskengine serve`` on each store, warmed with the history, measured in turns with the bare endpoint."""
     for store in stores_to_run(args):
         home = work / f"home-{store}"
@@ -266,7 +268,7 @@ def measure_stores(args: argparse.Namespace, work: Path, stream, models: Path, r
             for clients in (int(c) for c in args.latency_clients.split(",") if c.strip()):
                 few_clients(store, server, clients, args, work, position)
             if store == "redis" and args.workers > 1:
-                measure_workers(args, work, env, riskengine, server, in_turns, results, position)
+                measure_workers(args, work, env, riskengine, server, in_turns, results, position, stream)
         finally:
             server.stop()
 
@@ -300,11 +302,15 @@ def few_line(label: str, row: dict) -> str:
 
 
 def measure_workers(args: argparse.Namespace, work: Path, env: dict[str, str], riskengine: str, one: Server,
-                    in_turns: Callable[[list[Target]], list[dict]], results: dict, position: Target) -> None:
+                    in_turns: Callable[..., list[dict]], results: dict, position: Target, stream) -> None:
     """``serve --workers N`` against one worker, in turns (same minutes of the machine), each on its
     own copy of the warmed Redis store, made when the N-worker server starts, so that one server's
     writes never turn the other's cached profiles stale (a server alone on its store never checks
-    them: stores/cached.py). Each draws the same bodies, from where the earlier rows stopped."""
+    them: stores/cached.py). Each draws the same bodies, from where the earlier rows stopped: first
+    in time order, then the bodies after those with each user's events ``USERS_APART`` bodies apart
+    (workload.users_apart: a session's events no longer leave in the same millisecond)."""
+    from workload import request_bodies, users_apart, write_lua_bodies
+
     name = f"redis-w{args.workers}"
     many_env = {**env, "RISKENGINE_REDIS_PREFIX": f"bench-w{args.workers}:"}
     copied = copy_redis_prefix(env["RISKENGINE_REDIS_PREFIX"], many_env["RISKENGINE_REDIS_PREFIX"])
@@ -314,17 +320,27 @@ def measure_workers(args: argparse.Namespace, work: Path, env: dict[str, str], r
                   work / f"{name}.log")
     try:
         many.wait_ready("/health")
-        single, several = Target("redis-w1", one, KEY), Target(name, many, KEY)
-        single.sent = several.sent = position.source.sent
-        row_one, row_many = in_turns([single, several])
+        sent = position.source.sent           # the time-ordered bodies sent to this store so far
+        for order in ("time", "apart"):
+            suffix = "" if order == "time" else "-apart"       # in every event id: none may repeat an earlier one
+            single, several = Target(f"redis-w1{suffix}", one, KEY), Target(f"{name}{suffix}", many, KEY)
+            if order == "time":
+                single.sent = several.sent = sent
+                bodies = work / "bodies.lua"
+            else:
+                later = request_bodies(stream.traffic)[sent:]
+                bodies = write_lua_bodies(users_apart(later, USERS_APART), work / "bodies-apart.lua")
+            row_one, row_many = in_turns([single, several], bodies)
+            sent = max(sent, single.sent, several.sent) if order == "time" else sent
+            row_many["vs_one_worker"] = {"throughput_ratio": row_many["rps"] / row_one["rps"],
+                                         "p99_ratio": row_many["latency_us"]["p99"] / row_one["latency_us"]["p99"]}
+            results["http"][f"redis-w1{suffix}"], results["http"][f"{name}{suffix}"] = row_one, row_many
+            what = "time order" if order == "time" else "users apart"
+            print(line(f"/score Redis, 1 worker, {what}", row_one), flush=True)
+            print(line(f"/score Redis, {args.workers} workers, {what}", row_many), flush=True)
     finally:
         many.stop()
         copy_redis_prefix(many_env["RISKENGINE_REDIS_PREFIX"], None)
-    row_many["vs_one_worker"] = {"throughput_ratio": row_many["rps"] / row_one["rps"],
-                                 "p99_ratio": row_many["latency_us"]["p99"] / row_one["latency_us"]["p99"]}
-    results["http"]["redis-w1"], results["http"][name] = row_one, row_many
-    print(line("/score Redis, 1 worker", row_one), flush=True)
-    print(line(f"/score Redis, {args.workers} workers", row_many), flush=True)
 
 
 def copy_redis_prefix(source: str, target: str | None) -> int:
