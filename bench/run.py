@@ -373,8 +373,9 @@ def copy_redis_prefix(source: str, target: str | None) -> int:
             pipe.copy(key, target.encode() + key[len(source):], replace=True)
         return sum(pipe.execute())
 
-    in_batches(list(keys(target or source)), unlink)
-    return 0 if target is None else in_batches(keys(source), copy)
+    with client:
+        in_batches(list(keys(target or source)), unlink)
+        return 0 if target is None else in_batches(keys(source), copy)
 
 
 def stores_to_run(args: argparse.Namespace) -> list[str]:
