@@ -223,7 +223,7 @@ def bench_http(args: argparse.Namespace, work: Path) -> dict:
         finally:
             stack.stop()
         measure_stores(args, work, stream, models, riskengine, measure_with_bare,
-                       lambda targets, sent=bodies: interleaved(targets, wrk, sent, args, work), results)
+                       lambda targets, lua=bodies: interleaved(targets, wrk, lua, args, work), results)
     finally:
         bare.stop()
     results["few_clients"] = FEW_ROWS
@@ -318,64 +318,57 @@ def measure_workers(args: argparse.Namespace, work: Path, env: dict[str, str], r
     port = free_port()
     many = Server(name, [riskengine, "serve", "--port", str(port), "--workers", str(args.workers)], many_env, port,
                   work / f"{name}.log")
+
+    def pair(suffix: str, what: str, bodies: Path, start: int) -> int:
+        """One worker and N in turns on ``bodies`` from ``start``; returns where the further one stopped.
+        ``suffix`` is in every event id, so no body repeats an earlier pair's id (that is answered
+        from the stored decision, not scored)."""
+        single, several = Target(f"redis-w1{suffix}", one, KEY), Target(f"{name}{suffix}", many, KEY)
+        single.sent = several.sent = start
+        row_one, row_many = in_turns([single, several], bodies)
+        row_many["vs_one_worker"] = {"throughput_ratio": row_many["rps"] / row_one["rps"],
+                                     "p99_ratio": row_many["latency_us"]["p99"] / row_one["latency_us"]["p99"]}
+        results["http"][f"redis-w1{suffix}"], results["http"][f"{name}{suffix}"] = row_one, row_many
+        print(line(f"/score Redis, 1 worker, {what}", row_one), flush=True)
+        print(line(f"/score Redis, {args.workers} workers, {what}", row_many), flush=True)
+        return max(single.sent, several.sent)
+
     try:
         many.wait_ready("/health")
-        sent = position.source.sent           # the time-ordered bodies sent to this store so far
-        for order in ("time", "apart"):
-            suffix = "" if order == "time" else "-apart"       # in every event id: none may repeat an earlier one
-            single, several = Target(f"redis-w1{suffix}", one, KEY), Target(f"{name}{suffix}", many, KEY)
-            if order == "time":
-                single.sent = several.sent = sent
-                bodies = work / "bodies.lua"
-            else:
-                later = request_bodies(stream.traffic)[sent:]
-                bodies = write_lua_bodies(users_apart(later, USERS_APART), work / "bodies-apart.lua")
-            row_one, row_many = in_turns([single, several], bodies)
-            sent = max(sent, single.sent, several.sent) if order == "time" else sent
-            row_many["vs_one_worker"] = {"throughput_ratio": row_many["rps"] / row_one["rps"],
-                                         "p99_ratio": row_many["latency_us"]["p99"] / row_one["latency_us"]["p99"]}
-            results["http"][f"redis-w1{suffix}"], results["http"][f"{name}{suffix}"] = row_one, row_many
-            what = "time order" if order == "time" else "users apart"
-            print(line(f"/score Redis, 1 worker, {what}", row_one), flush=True)
-            print(line(f"/score Redis, {args.workers} workers, {what}", row_many), flush=True)
+        stopped = pair("", "time order", work / "bodies.lua", position.source.sent)
+        apart = users_apart(request_bodies(stream.traffic)[stopped:], USERS_APART)
+        pair("-apart", "users apart", write_lua_bodies(apart, work / "bodies-apart.lua"), 0)
     finally:
         many.stop()
-        copy_redis_prefix(many_env["RISKENGINE_REDIS_PREFIX"], None)
+        clear_redis_prefix(many_env["RISKENGINE_REDIS_PREFIX"])
 
 
-def copy_redis_prefix(source: str, target: str | None) -> int:
-    """Delete the keys under ``target`` (or under ``source`` when ``target`` is None), then copy every
-    key under ``source`` to the same name under ``target``: the store's keys hold no prefix in their
-    values. Returns the keys copied."""
+def clear_redis_prefix(prefix: str) -> None:
+    """Delete the keys under ``prefix`` in the bench's Redis (the store's own ``clear``)."""
+    from riskengine.stores.redis import RedisStore
+
+    store = RedisStore(REDIS_URL, prefix=prefix, socket_timeout=10)
+    try:
+        store.clear()
+    finally:
+        store.close()
+
+
+def copy_redis_prefix(source: str, target: str) -> int:
+    """Every key under ``source`` copied to the same name under ``target``, after deleting what
+    ``target`` held (the store's values name no key prefix). Returns the keys copied."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=10)
-
-    def keys(prefix: str):
-        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
-        return client.scan_iter(match=pattern, count=2000)
-
-    def in_batches(names, each) -> int:
-        done, batch = 0, []
-        for key in names:
-            batch.append(key)
-            if len(batch) == 2000:
-                done += each(batch)
-                batch = []
-        return done + (each(batch) if batch else 0)
-
-    def unlink(batch: list[bytes]) -> int:
-        return client.unlink(*batch)
-
-    def copy(batch: list[bytes]) -> int:
-        pipe = client.pipeline(transaction=False)
-        for key in batch:
-            pipe.copy(key, target.encode() + key[len(source):], replace=True)
-        return sum(pipe.execute())
-
-    with client:
-        in_batches(list(keys(target or source)), unlink)
-        return 0 if target is None else in_batches(keys(source), copy)
+    clear_redis_prefix(target)
+    copied = 0
+    with redis.Redis.from_url(REDIS_URL, socket_timeout=10) as client:
+        keys = list(client.scan_iter(match=f"{source}*", count=2000))      # the bench's prefixes hold no glob characters
+        for start in range(0, len(keys), 2000):
+            pipe = client.pipeline(transaction=False)
+            for key in keys[start:start + 2000]:
+                pipe.copy(key, target.encode() + key[len(source):], replace=True)
+            copied += sum(pipe.execute())
+    return copied
 
 
 def stores_to_run(args: argparse.Namespace) -> list[str]:
