@@ -329,8 +329,8 @@ def _leave_one_out(data: Path, json_out: Path | None = None) -> int:
 
 
 def _whatif(args: argparse.Namespace, settings: Settings) -> int:
-    from riskengine.lab import training
-    from riskengine.lab import whatif
+    from riskengine.lab import training, whatif
+    from riskengine.lab.datafiles import records
     from riskengine.policy.file import PolicyError
     from riskengine.scoring.registry import ModelRefused
 
@@ -341,7 +341,7 @@ def _whatif(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     mode = "counterfactual" if args.counterfactual else "shadow"
     frame = training.load_frame(Path(args.data))
-    replayed = whatif.replay(frame.to_dict("records"), current, candidate, mode, enricher=_enricher(settings),
+    replayed = whatif.replay(records(frame), current, candidate, mode, enricher=_enricher(settings),
                              progress=training.terminal_progress(len(frame), "replaying events"))
     print(whatif.render(replayed, current, candidate, mode))
     return 0

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -18,6 +19,22 @@ CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip")
 ACCEPTED = ".parquet or .jsonl (from `riskengine generate`), or the RBA dataset's .csv (" + \
     ", ".join(CSV_SUFFIXES[1:]) + " too)"
 LABEL_HELP = {"label": "1 = attack, 0 = legitimate"}
+
+
+def records(frame: pd.DataFrame, at_once: int = 50_000) -> Iterator[dict[str, Any]]:
+    """The frame's rows as plain dicts, the values ``frame.to_dict("records")`` gives, about 5x
+    cheaper: a column at a time (``Series.tolist``) instead of boxing each cell, ``at_once`` rows
+    at a time so a large frame never sits in memory as dicts. 1.7 s of a 100k-event backfill's
+    42 s was ``to_dict`` (bench/README.md).
+
+    >>> list(records(pd.DataFrame({"user_id": ["u1", None], "amount": [2.5, None], "success": [True, False]})))
+    [{'user_id': 'u1', 'amount': 2.5, 'success': True}, {'user_id': nan, 'amount': nan, 'success': False}]
+    """
+    names = [str(name) for name in frame.columns]
+    for start in range(0, len(frame), at_once):
+        part = frame.iloc[start:start + at_once]
+        for values in zip(*(part[name].tolist() for name in part.columns)):
+            yield dict(zip(names, values))
 
 
 def kind(path: str | Path) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from riskengine.lab import population, training
+from riskengine.lab.datafiles import records
 
 
 @dataclass
@@ -49,7 +50,7 @@ def prepare(data: str | Path | None = None, model: str | None = None, models: st
     else:
         events = synth.generate_events(users=users, days=days, seed=seed)
         what = f"generated data (users={users}, days={days}, seed={seed})"
-    replayed = training.backfill(events.to_dict("records"))      # the /score pipeline, in time order
+    replayed = training.backfill(records(events))      # the /score pipeline, in time order
     train, later = training.split_by_time(replayed)              # earlier 75% / later 25%, never random
     if model is not None:
         fitted, entry = ModelRegistry(Path(models)).load(model)

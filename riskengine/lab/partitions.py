@@ -18,7 +18,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from joblib import Parallel, delayed, parallel_config
 from riskengine.enrich import Enricher
 from riskengine.features import FEATURE_NAMES, GlobalCount, IpActivity
 from riskengine.lab import training
+from riskengine.lab.datafiles import records
 from riskengine.lab.training import Dataset, backfill
 from riskengine.policy.decide import Policy
 from riskengine.profiles import FREEMAN_ATTRIBUTES, UserProfile
@@ -203,16 +204,11 @@ class PlannedBackend:
                                f"{self._commits} commits: its facts do not line up with its events")
 
 
-def _records(frame: pd.DataFrame) -> Iterator[dict[str, Any]]:
-    for start in range(0, len(frame), ROWS_AT_ONCE):
-        yield from frame.iloc[start:start + ROWS_AT_ONCE].to_dict("records")
-
-
 def replay_partition(frame: pd.DataFrame, plan: Plan | None, enricher: Callable[[], Enricher],
                      policy: Policy | None) -> tuple[Dataset, Facts]:
     """One partition's users, in stream order, through ``training.backfill`` over a planned store."""
     backend = PlannedBackend(len(frame), plan)
-    data = backfill(_records(frame), enricher(), policy,
+    data = backfill(records(frame, ROWS_AT_ONCE), enricher(), policy,
                     store=Batched(backend, None, threads=False, remember=OFFLINE_KEYS))
     backend.check()
     return data, backend.facts
@@ -284,7 +280,7 @@ def backfill_partitioned(frame: pd.DataFrame, n_jobs: int, parts: int | None = N
         plan, before = point_in_time(facts), facts
         rounds.plan_s.append(time.perf_counter() - started)
     log.warning("partitioned backfill: no fixed point after %d rounds; replaying serially", max_rounds)
-    return backfill(_records(frame), enricher(), policy), rounds
+    return backfill(records(frame, ROWS_AT_ONCE), enricher(), policy), rounds
 
 
 def replay_file_partitioned(path: Path, jobs: int, dask: str | None = None,

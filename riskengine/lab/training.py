@@ -283,8 +283,10 @@ def _read(path: Path, chunk: int) -> Iterator[pd.DataFrame]:
 
 def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
     """A data file as flat rows, a chunk at a time, so a large history never sits in memory as dicts."""
+    from riskengine.lab.datafiles import records
+
     for frame in _frames(Path(path)):
-        yield from frame.to_dict("records")
+        yield from records(frame)
 
 
 def replay_file(path: Path, enricher: Enricher | None = None) -> Dataset:
