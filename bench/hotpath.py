@@ -27,6 +27,7 @@ from riskengine.engine import Engine, reasons_from
 from riskengine.enrich import Enricher
 from riskengine.events import Event, event_from_request, row_to_request
 from riskengine.features import Context, extract
+from riskengine.lab.datafiles import records
 from riskengine.scoring.registry import ModelRegistry
 from riskengine.scoring.model import TrainedScorer
 from riskengine.stores import memory_store
@@ -51,7 +52,7 @@ def build(stream: Stream, models: Path) -> HotPath:
     model, _ = registry.load(version)
     engine = Engine(memory_store(), Enricher(), TrainedScorer(model, version))
     warm(engine, stream.history)
-    events = [event_from_request(row_to_request(r)) for r in stream.traffic.to_dict("records")]
+    events = [event_from_request(row_to_request(r)) for r in records(stream.traffic)]
     return HotPath(engine, events, version, len(stream.history))
 
 

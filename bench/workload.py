@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:                 # `python bench/run.py` from anywh
 
 from riskengine.datasets import synth  # noqa: E402
 from riskengine.lab import training  # noqa: E402
+from riskengine.lab.datafiles import records  # noqa: E402
 from riskengine.engine import Engine  # noqa: E402
 from riskengine.events import event_from_request, row_to_request  # noqa: E402
 from riskengine.scoring.registry import ModelRegistry  # noqa: E402
@@ -44,7 +45,7 @@ def make_stream(users: int, days: int, history_share: float = 0.75, seed: int = 
 
 def train_champion(history: pd.DataFrame, home: Path) -> str:
     """Backfill + fit on the history, registered and promoted under ``home/models``: what serve loads."""
-    dataset = training.backfill(history.to_dict("records"))
+    dataset = training.backfill(records(history))
     report = training.train(dataset, ModelRegistry(home / "models"), promote=True, source="bench")
     assert report.promoted and report.version
     return report.version
@@ -55,7 +56,7 @@ def warm(engine: Engine, history: pd.DataFrame) -> float:
     started = time.perf_counter()
 
     async def record_all() -> None:
-        for row in history.to_dict("records"):
+        for row in records(history):
             await engine.record(event_from_request(row_to_request(row)))
     run(record_all())
     return time.perf_counter() - started
@@ -64,7 +65,7 @@ def warm(engine: Engine, history: pd.DataFrame) -> float:
 def request_bodies(traffic: pd.DataFrame) -> list[dict]:
     """The ``/score`` bodies, in time order, without event ids (the load generator makes them unique)."""
     bodies = []
-    for row in traffic.to_dict("records"):
+    for row in records(traffic):
         body = row_to_request(row)
         body.pop("event_id", None)
         bodies.append(body)
