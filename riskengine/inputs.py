@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, PlainValidator, StrictStr, WithJsonSchema
 
@@ -101,6 +102,60 @@ ATTRIBUTE_VALUE_SCHEMA = {"anyOf": [{"type": "string", "maxLength": 1024, "patte
                                     {"type": "boolean"}]}
 AttributeValueIn = Annotated[AttributeValue, PlainValidator(_attribute_value), WithJsonSchema(ATTRIBUTE_VALUE_SCHEMA)]
 Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+
+
+# -- member names ------------------------------------------------------------------------------
+class _Repeated:
+    """A member name an object gave twice: handed up through the objects around it (each adds its
+    own name in front), so the answer names the whole path, as ``session.acr``."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Repeated:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                return _Repeated(name)
+            seen.add(name)
+    for name, value in pairs:
+        if type(value) in _HOLDERS and (inner := _repeated_in(value)) is not None:
+            return _Repeated(f"{name}.{inner}")
+    return members
+
+
+_HOLDERS = (_Repeated, list)             # what can hold a repeated name (a dict without one is plain)
+
+
+def _repeated_in(value: Any) -> str | None:
+    if isinstance(value, _Repeated):
+        return value.path
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (inner := _repeated_in(item)) is not None:
+                return f"{i}.{inner}"
+    return None
+
+
+def repeated_member(text: bytes | str) -> str | None:
+    """The path of the first member name that one object of this JSON text gives twice, or None.
+
+    JSON readers disagree on such a body (RFC 8259 section 4: some keep the first copy, most the
+    last), so a value smuggled in after the real one (``"device_id": "victim-laptop"`` added through
+    a user agent an app pasted into its JSON) would be scored while the app, a proxy or a log saw
+    the other. I-JSON (RFC 7493) forbids repeated names; the API refuses them.
+
+    >>> repeated_member(b'{"user_id": "a", "session": {"acr": "aal1", "acr": "aal3"}}')
+    'session.acr'
+    >>> repeated_member(b'{"user_id": "a", "session": {"user_id": "a"}}') is None
+    True
+    """
+    return _repeated_in(json.loads(text, object_pairs_hook=_members))
 
 
 # -- times ------------------------------------------------------------------------------------

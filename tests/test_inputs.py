@@ -301,3 +301,65 @@ def test_the_rules_are_one_module():
     source = inspect.getsource(schemas)
     assert "isfinite" not in source and "parse_timestamp" not in source and "\\x00" not in source
     assert inputs.Id is schemas.Id and inputs.Timestamp is schemas.Timestamp
+
+
+# -- a member name given twice -------------------------------------------------------------------
+def with_member(body: dict, member: str) -> bytes:
+    """``body`` as JSON with ``member`` (``"name": value`` text) added inside its outer object."""
+    return (json.dumps(body)[:-1] + ", " + member + "}").encode()
+
+
+REPEATED = [
+    ("user_id", with_member(VALID, '"user_id": "mallory"')),
+    ("device_id", with_member(VALID, '"device_id": "laptop-1"')),       # a trusted device smuggled after the real one
+    ("success", with_member(VALID, '"success": false')),
+    ("user_id", with_member(VALID, '"user\\u005fid": "mallory"')),      # the same name once its escape is read
+    ("session.acr", json.dumps({**VALID, "session": {"acr": "aal1"}}).replace(
+        '"acr": "aal1"', '"acr": "aal1", "acr": "aal3"').encode()),
+    ("attributes.k", json.dumps(VALID).replace('"k": "v"', '"k": "v", "k": "w"').encode()),
+]
+
+
+@pytest.mark.parametrize("field,body", REPEATED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(REPEATED)])
+def test_a_member_given_twice_is_a_422_naming_it_with_no_state_change(client, settings, field, body):
+    """JSON readers disagree on which copy counts: the app (or a proxy, or a log) may have read the
+    other one, so neither is scored."""
+    assert client.post("/score", json={**VALID, "event_id": "seed"}).status_code == 200
+    before = snapshot(settings)
+    response = client.post("/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["detail"]] == [field]
+    assert snapshot(settings) == before
+
+
+def test_the_same_name_in_different_objects_is_fine(client):
+    body = {**VALID, "event_id": "names", "session": {"acr": "aal1", "id": "s-1"},
+            "attributes": {"user_id": "x", "acr": "y", "k": 1}}
+    assert client.post("/score", json=body).status_code == 200
+
+
+def test_feedback_with_a_repeated_outcome_is_refused(client, settings):
+    assert client.post("/score", json={**VALID, "event_id": "fb"}).status_code == 200
+    before = snapshot(settings)
+    body = b'{"event_id": "fb", "outcome": "confirmed_fraud", "outcome": "step_up_passed"}'
+    response = client.post("/feedback", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["field"] == "outcome"
+    assert snapshot(settings) == before
+
+
+def test_repeated_member_names_the_path():
+    assert inputs.repeated_member(b'{"a": [1, {"b": 1}, {"c": {"d": 1, "d": 2}}]}') == "a.2.c.d"
+    assert inputs.repeated_member(b'[{"x": 1}, {"y": 1, "y": 1}]') == "1.y"
+    assert inputs.repeated_member(b'{"a": {"b": 1}, "b": {"a": 1}}') is None
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(sorted(VALID)), st.one_of(st.none(), st.booleans(), st.integers(), SAFE))
+def test_any_member_given_again_with_any_value_is_refused(shared, field, value):
+    client, settings = shared
+    state = snapshot(settings)
+    body = with_member({**VALID, "event_id": "again"}, f"{json.dumps(field)}: {json.dumps(value)}")
+    response = client.post("/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text     # as repeated, or its second value broke a rule first
+    assert field in {e["field"].split(".")[0] for e in response.json()["detail"]}
+    assert snapshot(settings) == state

@@ -27,7 +27,7 @@ from riskengine.api.errors import COMMON, WITH_BODY, ErrorResponse, field_error,
 from riskengine.api.schemas import (FeedbackRequest, FeedbackResponse, HealthResponse, ScoreRequest,
                                     ScoreResponse)
 from riskengine.engine import Engine
-from riskengine.inputs import TEXT_PATTERN, text_problem
+from riskengine.inputs import TEXT_PATTERN, repeated_member, text_problem
 from riskengine.events import check_id, tenant_key
 from riskengine.stores import StoreUnavailable
 
@@ -36,11 +36,20 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 async def parsed(request: Request, model: type[Model]) -> Model:
-    """The one parser: the raw bytes through ``model.model_validate_json`` (400 not JSON, 422 a field)."""
+    """The one parser: the raw bytes through ``model.model_validate_json`` (400 not JSON, 422 a field),
+    and a member name given twice refused (``inputs.repeated_member``: readers disagree on which copy counts)."""
+    raw = await request.body()
     try:
-        body = model.model_validate_json(await request.body())
+        body = model.model_validate_json(raw)
     except ValidationError as exc:
         raise invalid_body(exc) from None
+    try:
+        repeated = repeated_member(raw)
+    except (ValueError, RecursionError):          # read above, so not expected: refused, never a 500
+        raise field_error(400, "body", "not JSON this server can read") from None
+    if repeated is not None:
+        raise field_error(422, repeated, "given more than once in its object: send each member once "
+                                         "(JSON readers disagree on which copy counts)")
     for field in ("user_id", "event_id"):
         if isinstance(value := getattr(body, field, None), str):
             _checked(field, value)
