@@ -17,7 +17,8 @@ from riskengine.audit import trail
 from riskengine.audit.chain import Problem, verify
 from riskengine.audit.records import Pseudonyms, change_record, event_ref, now, score_record
 from riskengine.enrich import EnrichedEvent, Enricher
-from riskengine.events import DEFAULT_TENANT, Event, event_from_request, event_to_request, format_timestamp, tenant_key
+from riskengine.events import (DEFAULT_TENANT, Event, changed_fields, event_from_request, event_to_request,
+                               format_timestamp, tenant_key)
 from riskengine.features import BY_NAME, USER_MESSAGES, Context, Signals, extract
 from riskengine.ordering import Turns, retried
 from riskengine.policy.decide import Decision, Policy, Reason, Seen
@@ -37,6 +38,16 @@ MAX_REASONS = 5
 
 class ScoreUnavailable(Exception):
     """No risk could be computed and the action's policy says answer 503 (``on_failure: unavailable``)."""
+
+
+class EventIdTaken(ValueError):
+    """The event id already names another event (another user, action, amount, ...): answering with
+    that event's decision would let any body reuse an allowed event's id and skip being scored."""
+
+    def __init__(self, changed: list[str]) -> None:
+        super().__init__(f"already names another event (its {', '.join(changed)} differ): a retry sends "
+                         "the same event again, a new event needs a new event_id")
+        self.changed = changed
 
 
 @dataclass(slots=True)
@@ -134,7 +145,7 @@ class Engine:
 
         Decided in turn with the user's other events, each on the profile the one before queued; the
         commit goes in a group with the rest of this loop turn's (stores/batching.py) and is awaited.
-        A repeated ``event_id`` gets the answer recorded the first time.
+        A repeated ``event_id`` gets the answer recorded the first time, if the event is the same.
         """
         async def attempt() -> Scored:
             async with self._turns.of(event.user_id):
@@ -216,10 +227,13 @@ class Engine:
         return decision
 
     async def _earlier(self, event: Event, scored: Scored) -> Scored:
-        """A repeated event id: the answer is the one recorded the first time."""
+        """A repeated event id: the answer recorded the first time, if this is that event again
+        (``EventIdTaken`` if it is another)."""
         earlier = await self.store.blocking(self.store.find_event, event.event_id)
         if earlier is None:
             raise StoreUnavailable("a recorded event could not be read back")
+        if changed := changed_fields(earlier.request, event):
+            raise EventIdTaken(changed)
         return Scored(scored.enriched, scored.signals, scored.score, Decision.from_dict(earlier.decision), False,
                       scored.profile, scored.policy)
 

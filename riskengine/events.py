@@ -249,6 +249,28 @@ def event_to_request(event: Event) -> dict:
     return _plain_fields(event)
 
 
+#: what a retry of an event may send otherwise than the first time: its time (an app may stamp an
+#: event when it sends it, and a time left out is the server's clock at each arrival)
+RETRY_MAY_CHANGE = frozenset({"timestamp"})
+
+
+def changed_fields(recorded: Mapping[str, Any], event: Event) -> list[str]:
+    """The fields, by name, in which ``event`` is not the event recorded under its id (``recorded``:
+    its ``event_to_request`` form), leaving out what a retry may change: none for a true retry.
+
+    >>> from datetime import datetime, timezone
+    >>> first = Event("e1", "u1", "login", datetime(2026, 1, 2, tzinfo=timezone.utc), "10.0.0.1")
+    >>> retry = Event("e1", "u1", "login", datetime(2026, 1, 3, tzinfo=timezone.utc), "10.0.0.1")
+    >>> changed_fields(event_to_request(first), retry)
+    []
+    >>> changed_fields(event_to_request(first), Event("e1", "u2", "payment", first.timestamp, "10.0.0.1", amount=9.0))
+    ['action', 'amount', 'user_id']
+    """
+    now = event_to_request(event)
+    return sorted(name for name in recorded.keys() | now.keys()
+                  if name not in RETRY_MAY_CHANGE and recorded.get(name) != now.get(name))
+
+
 @cache
 def _body_plan(kind: type) -> tuple[tuple[str, Callable[[Any], Any] | None, bool], ...]:
     """(name, how its value is written, kept when empty) for each field of a core dataclass, from

@@ -87,9 +87,33 @@ def test_failed_password_is_denied_and_counted(client):
 def test_repeated_event_id_returns_the_stored_decision_and_changes_nothing(client, settings):
     first = login(client, "dup", T0)
     before = snapshot(settings)
-    second = login(client, "dup", T0 + timedelta(days=3), ip=US_IP)       # a retry, even if the body drifted
+    second = login(client, "dup", T0 + timedelta(days=3))       # a retry: the same event, stamped again
     assert second == first
     assert snapshot(settings) == before
+
+
+def test_an_allowed_events_id_on_a_takeover_payment_is_refused_not_allowed(client, settings):
+    """Replaying the id of an allowed login on a large payment to a new payee, from another country
+    and device, must not be answered with that login's allow: it is refused naming event_id, and the
+    same payment under its own id is stepped up."""
+    for day in range(8):
+        login(client, f"l{day}", T0 + timedelta(days=day))
+    allowed = login(client, "ok", T0 + timedelta(days=8))
+    assert allowed["decision"] == "allow"
+    before = snapshot(settings)
+    payment = {"user_id": "alice", "action": "payment", "ip": US_IP, "user_agent": SAFARI_IPHONE,
+               "device_id": "phone-9", "amount": 50_000.0, "currency": "EUR", "payee_id": "stranger",
+               "timestamp": iso(T0 + timedelta(days=8, minutes=2))}
+    reused = client.post("/score", json={"event_id": "alice-ok", **payment})
+    assert reused.status_code == 409, reused.text
+    [error] = reused.json()["detail"]
+    assert error["field"] == "event_id" and "alice" not in reused.text
+    assert snapshot(settings) == before
+    other_user = client.post("/score", json={"event_id": "alice-ok", "user_id": "mallory", "action": "login",
+                                             "ip": OSLO_IP, "timestamp": iso(T0 + timedelta(days=8))})
+    assert other_user.status_code == 409 and other_user.json()["detail"][0]["field"] == "event_id"
+    scored = client.post("/score", json={"event_id": "pay-big", **payment}).json()
+    assert scored["decision"] in ("step_up", "deny") and scored["required_acr"] == "aal3", scored
 
 
 def test_missing_event_id_and_timestamp_are_generated(client):

@@ -41,6 +41,7 @@ class Load(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.worker, self.stop = url, worker, stop
         self.acknowledged: list[str] = []
+        self.bodies: dict[str, dict] = {}
         self.failures = 0
         self.unexpected: list[int] = []
 
@@ -65,6 +66,7 @@ class Load(threading.Thread):
                     continue
                 if response.status_code == 200:
                     self.acknowledged.append(event_id)
+                    self.bodies[event_id] = body
                 else:
                     self.unexpected.append(response.status_code)
 
@@ -108,10 +110,12 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
     second = Service(tmp_path, **ENV)                            # restart on the same home
     try:
         second.wait(60)
+        bodies = {event_id: body for load in loads for event_id, body in load.bodies.items()}
         for event_id in sorted(acknowledged)[:20]:               # retries after the crash: the stored answer
-            replay = second.client.post("/score", json={"event_id": event_id, "user_id": "someone-else",
-                                                        "action": "login", "ip": OSLO_IP})
+            replay = second.client.post("/score", json=bodies[event_id])
             assert replay.status_code == 200 and replay.json()["event_id"] == event_id
+            taken = second.client.post("/score", json={**bodies[event_id], "user_id": "someone-else"})
+            assert taken.status_code == 409 and taken.json()["detail"][0]["field"] == "event_id"   # recorded
         after = second.client.post("/score", json={"event_id": "after-restart", "user_id": "user-1",
                                                    "action": "login", "ip": OSLO_IP, "user_agent": CHROME_WIN})
         assert after.status_code == 200

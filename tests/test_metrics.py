@@ -35,10 +35,13 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def post(client: TestClient, n: int, action: str = "login", ip: str = OSLO_IP, **extra) -> int:
-    body = {"event_id": f"m-{n}", "user_id": "metrics-user", "action": action, "ip": ip, "user_agent": CHROME_WIN,
+def body(n: int, action: str = "login", ip: str = OSLO_IP, **extra) -> dict:
+    return {"event_id": f"m-{n}", "user_id": "metrics-user", "action": action, "ip": ip, "user_agent": CHROME_WIN,
             "device_id": "laptop-1", "timestamp": iso(T0), **extra}
-    return client.post("/score", json=body).status_code
+
+
+def post(client: TestClient, n: int, action: str = "login", ip: str = OSLO_IP, **extra) -> int:
+    return client.post("/score", json=body(n, action, ip, **extra)).status_code
 
 
 def test_metrics_in_prometheus_format(settings: Settings) -> None:
@@ -52,9 +55,8 @@ def test_metrics_in_prometheus_format(settings: Settings) -> None:
         assert post(client, 2, action="payment", amount=25.0, currency="EUR") == 200
         assert post(client, 3, action="make_coffee") == 200               # unknown action: label "other"
         assert post(client, 4, ip=SYDNEY_IP) == 200
-        decisions = [client.post("/score", json={"event_id": f"m-{n}", "user_id": "metrics-user",
-                                                  "action": "login", "ip": OSLO_IP}).json()["decision"]
-                     for n in (1, 4)]                                      # idempotent replays count again
+        decisions = [client.post("/score", json=body(n, ip=ip)).json()["decision"]
+                     for n, ip in ((1, OSLO_IP), (4, SYDNEY_IP))]          # idempotent replays count again
         original = engine.store.find_event
         engine.store.find_event = lambda event_id: (_ for _ in ()).throw(StoreUnavailable("down"))
         try:                                                               # the store fails: 503, counted

@@ -63,7 +63,10 @@ def test_an_event_id_reused_by_another_tenant_is_its_own_event(service) -> None:
     beta = login(client, BETA, "shared-id", user="bob")
     assert acme["event_id"] == beta["event_id"] == "shared-id"
     assert acme["decision"] == "deny" and beta["decision"] != "deny"     # not acme's stored answer
-    assert login(client, ACME, "shared-id", user="bob") == acme            # acme's own retry: its own answer
+    assert login(client, ACME, "shared-id", success=False) == acme         # acme's own retry: its own answer
+    other = client.post("/score", headers=ACME, json={"event_id": "shared-id", "user_id": "bob", "action": "login",
+                                                      "ip": OSLO_IP, "timestamp": iso(T0)})
+    assert other.status_code == 409 and other.json()["detail"][0]["field"] == "event_id"   # not a retry: refused
 
 
 def test_feedback_on_another_tenants_event_is_404_and_changes_nothing(service) -> None:

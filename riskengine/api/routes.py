@@ -26,7 +26,7 @@ from riskengine.api.auth import Client
 from riskengine.api.errors import COMMON, WITH_BODY, ErrorResponse, field_error, invalid_body
 from riskengine.api.schemas import (FeedbackRequest, FeedbackResponse, HealthResponse, ScoreRequest,
                                     ScoreResponse)
-from riskengine.engine import Engine
+from riskengine.engine import Engine, EventIdTaken
 from riskengine.inputs import TEXT_PATTERN, repeated_member, text_problem
 from riskengine.events import check_id, tenant_key
 from riskengine.stores import StoreUnavailable
@@ -83,7 +83,9 @@ def body_doc(model: type[BaseModel]) -> dict[str, Any]:
 
 
 @router.post("/score", response_model=ScoreResponse, openapi_extra=body_doc(ScoreRequest),
-             responses={**WITH_BODY, 503: {"model": ScoreResponse | ErrorResponse, "description":
+             responses={**WITH_BODY,
+                        409: {"model": ErrorResponse, "description": "event_id already names another event"},
+                        503: {"model": ScoreResponse | ErrorResponse, "description":
                         "nothing was recorded: the store is unreachable (the body carries the policy's fail-closed "
                         "answer for the action), the score could not be computed, or the service is overloaded"}})
 async def score(request: Request) -> Response:
@@ -92,7 +94,10 @@ async def score(request: Request) -> Response:
         body = await parsed(request, ScoreRequest)
         event = body.to_event(datetime.now(timezone.utc), client.tenant,
                               max_skew_s=request.scope["state"]["max_clock_skew_s"])
-    decision = await engine.score(event, client.name)
+    try:
+        decision = await engine.score(event, client.name)
+    except EventIdTaken as taken:
+        raise field_error(409, "event_id", str(taken)) from None
     metrics.observe(decision, body.action, engine.policy)
     content = ScoreResponse.from_decision(decision, client.tenant).model_dump_json()
     if decision.failure == "store_unavailable":
