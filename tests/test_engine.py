@@ -80,13 +80,13 @@ def test_an_event_id_reused_for_another_event_is_refused_naming_what_differs(enr
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
-def test_a_retry_of_a_payment_with_every_field_is_recognised_on_every_store(kind, tmp_path, enricher):
+def test_a_retry_of_a_payment_with_every_field_is_recognised_on_every_store(kind, tmp_path):
     """What a store gives back (JSON: floats, the largest integers, the session, attributes) equals
     the retry, so a true retry is never refused."""
     url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/profiles.db", "redis": REDIS_URL}[kind]
     options = {"prefix": f"test-{uuid.uuid4().hex[:12]}:"} if kind == "redis" else {}
     store = open_store(url, audit_key=b"a" * 32, **options)
-    engine = Engine(store, enricher, pseudonym_key=b"k" * 32)
+    engine = Engine(store, Enricher(), pseudonym_key=b"k" * 32)     # its own: closing the engine closes it
     payment = replace(event("pay-1", action="payment", at=T0, amount=112.99, currency="EUR"),
                       payee_id="payee-1", device_id="laptop-1", user_agent="Mozilla/5.0 (X11; Linux x86_64)",
                       session=SessionInfo(acr="aal2", auth_time=T0 - timedelta(minutes=3), id="s-1"),
