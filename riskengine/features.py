@@ -69,6 +69,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("amount_log", "amount", "amount of {amount:,.2f}"),
     Feature("amount_zscore", "unusual_amount", "amount {amount:,.2f} is {amount_zscore:.1f} standard deviations from the user's usual (log scale)", lambda v: v > 1, direction=UP),
     Feature("first_payment", "first_payment", "first payment for this user", direction=UP),
+    Feature("new_currency", "new_currency", "first amount in {currency} for this user (its other amounts are in other "
+            "currencies, so its size cannot be compared with them)", direction=UP),
     Feature("new_payee", "new_payee", "payee not seen for this user", direction=UP),
     Feature("payee_added_h", "recent_payee", "payee added to this account {payee_added_min:,.0f} min earlier",
             lambda v: 0 < v < RECENT_PAYEE_H, direction=DOWN),
@@ -199,18 +201,26 @@ def _travel(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]
     return km, kmh, float(kmh > AIRLINER_KMH)
 
 
-def _amount(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]) -> tuple[float, float, float]:
-    amount = enriched.event.amount
+def _amount(enriched: EnrichedEvent, profile: UserProfile,
+            facts: dict[str, Any]) -> tuple[float, float, float, float]:
+    """log1p(amount); its z-score against the user's amounts in the same currency; 1.0 when the user
+    moved no amount before; and 1.0 when they did, but never in this currency (44 XAU is not 44 EUR:
+    without its own history an amount's size is unknown), NaN with no amount history."""
+    event = enriched.event
+    amount = event.amount
     if amount is None:
-        return math.nan, math.nan, 0.0
+        return math.nan, math.nan, 0.0, math.nan
     x = math.log1p(amount)
-    facts["amount"] = amount
-    if profile.amount_n == 0:
-        return x, math.nan, 1.0
-    spread = max(profile.amount_std, 0.25 if profile.amount_n > 1 else 0.5)
-    z = (x - profile.amount_mean) / spread
+    facts["amount"], facts["currency"] = amount, event.currency or "no currency"
+    if not profile.amounts:
+        return x, math.nan, 1.0, math.nan
+    stats = profile.amount_stats(event.currency)
+    if stats is None:
+        return x, math.nan, 0.0, 1.0
+    n, mean, std = stats
+    z = (x - mean) / max(std, 0.25 if n > 1 else 0.5)
     facts["amount_zscore"] = z
-    return x, z, 0.0
+    return x, z, 0.0, 0.0
 
 
 def _payee_age(enriched: EnrichedEvent, profile: UserProfile, facts: dict[str, Any]) -> float:
@@ -288,7 +298,7 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
     anonymous = on_lists(enriched, ANONYMIZER)
     if anonymous:
         facts["anonymizer_lists"] = ", ".join(anonymous)
-    amount_log, amount_z, first_payment = _amount(enriched, profile, facts)
+    amount_log, amount_z, first_payment, new_currency = _amount(enriched, profile, facts)
     novel = lambda table, key: float(has_history and bool(key) and key not in table)  # noqa: E731
     values: dict[str, float] = {
         "km_from_last_success": km,
@@ -310,6 +320,7 @@ def extract(enriched: EnrichedEvent, profile: UserProfile, context: Context) -> 
         "amount_log": amount_log,
         "amount_zscore": amount_z,
         "first_payment": first_payment if event.action == "payment" else 0.0,
+        "new_currency": new_currency,
         "new_payee": novel(profile.payees, event.payee_id) if event.payee_id else 0.0,
         "payee_added_h": _payee_age(enriched, profile, facts),
         "hour_unusualness": _hour_unusualness(profile.hours, event.timestamp.hour) if event.action == "login" else 0.0,
@@ -384,6 +395,7 @@ USER_MESSAGES: dict[str, str] = {
     "amount": "This payment needs an extra check.",
     "unusual_amount": "This payment is larger than usual.",
     "first_payment": "This is the first payment from your account.",
+    "new_currency": "This is the first payment in this currency from your account.",
     "new_payee": "This payment goes to someone you have not paid before.",
     "recent_payee": "This payment goes to someone added to your account only recently.",
     "unusual_time": "This sign-in is at an unusual time for you.",

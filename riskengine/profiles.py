@@ -35,6 +35,9 @@ MAX_TRUSTED = 32
 MAX_SESSIONS = 16              # session entries kept ("s:<id>" and "d:<device>"): the latest sign-ins
 MAX_SENSITIVE = 8              # sensitive-action times kept per session: enough to measure pace
 MAX_STEP_UP_FAILURES = 20
+MAX_CURRENCIES = 8             # currencies whose amounts are kept apart (the least used goes first)
+#: the key of amount statistics stored before they were kept by currency (no currency is "?")
+UNKNOWN_CURRENCY = "?"
 MAX_PAYEES_ADDED = 16          # payees first seen lately, with when: "added minutes ago" needs no more
 PAYEE_SETTLED_S = 30 * DAY     # a payee known this long is settled: its added time is forgotten
 #: how a session's sign-in went; later actions in the session are judged by it
@@ -93,10 +96,10 @@ class UserProfile:
     last_success: list[float] | None = None
     #: successful logins by UTC hour of day
     hours: list[float] = field(default_factory=lambda: [0.0] * 24)
-    #: Welford running statistics of log1p(amount)
-    amount_n: int = 0
-    amount_mean: float = 0.0
-    amount_m2: float = 0.0
+    #: per currency ("" for amounts that name none): Welford running statistics of log1p(amount),
+    #: ``[n, mean, m2]``. Amounts in two currencies are not comparable (44 XAU is not 44 EUR), so
+    #: each is judged against its own currency's history (``amount_stats``)
+    amounts: dict[str, list[float]] = field(default_factory=dict)
     failures: list[float] = field(default_factory=list)
     #: "device:<id>" or "place:<country>/<city>" -> when a step-up was passed there
     trusted: dict[str, float] = field(default_factory=dict)
@@ -134,6 +137,8 @@ class UserProfile:
     @classmethod
     def from_json(cls, text: str) -> "UserProfile":
         data = json.loads(text)
+        if data.get("amount_n") and "amounts" not in data:      # stored before amounts by currency
+            data["amounts"] = {UNKNOWN_CURRENCY: [data["amount_n"], data["amount_mean"], data["amount_m2"]]}
         return cls(**{k: v for k, v in data.items() if k in _KNOWN})
 
     def copy(self) -> "UserProfile":
@@ -167,9 +172,15 @@ class UserProfile:
     def failures_since(self, since: float) -> int:
         return sum(1 for at in self.failures if at >= since)
 
-    @property
-    def amount_std(self) -> float:
-        return math.sqrt(self.amount_m2 / (self.amount_n - 1)) if self.amount_n > 1 else 0.0
+    def amount_stats(self, currency: str | None) -> tuple[int, float, float] | None:
+        """(payments, mean, standard deviation) of log1p(amount) in ``currency``; those of a profile
+        stored before amounts were kept by currency stand in until its next payment names one; None
+        when this currency was never paid in."""
+        entry = self.amounts.get(currency or "") or self.amounts.get(UNKNOWN_CURRENCY)
+        if entry is None:
+            return None
+        n, mean, m2 = entry
+        return int(n), mean, math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
 
     def is_trusted(self, key: str, since: float) -> bool:
         at = self.trusted.get(key)
@@ -194,7 +205,7 @@ class UserProfile:
 _FIELD_NAMES = tuple(f.name for f in fields(UserProfile) if f.name not in ("oldest_seen_at", "freeman_totals"))
 _KNOWN = frozenset(_FIELD_NAMES)
 #: the maps and lists ``copy`` copies (the rest are numbers, texts, or replaced whole)
-_CONTAINERS = (*CAPS, "hours", "failures", "trusted", "payees_added", "sessions", "step_up_failures")
+_CONTAINERS = (*CAPS, "hours", "failures", "trusted", "payees_added", "sessions", "step_up_failures", "amounts")
 
 
 # -- updates: each returns a new profile -------------------------------------
@@ -261,6 +272,19 @@ def _prune(profile: UserProfile, now: float, retention_s: float) -> None:
         profile.last_success = None
 
 
+def _count_amount(new: UserProfile, currency: str, x: float) -> None:
+    """Welford's update of ``currency``'s statistics (a new list: copies share the old one). Unlabelled
+    statistics from before amounts were kept by currency become the first currency paid in since."""
+    amounts = new.amounts
+    n, mean, m2 = amounts.pop(UNKNOWN_CURRENCY, None) or amounts.get(currency) or (0, 0.0, 0.0)
+    n += 1
+    delta = x - mean
+    mean += delta / n
+    amounts[currency] = [n, mean, m2 + delta * (x - mean)]
+    if len(amounts) > MAX_CURRENCIES:                            # the least used goes
+        del amounts[min((c for c in amounts if c != currency), key=lambda c: amounts[c][0])]
+
+
 def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float,
             now: float | None = None) -> UserProfile:
     """The profile after a successful, accepted event: the user really was here, on this.
@@ -284,11 +308,7 @@ def learned(profile: UserProfile, enriched: EnrichedEvent, retention_s: float,
             _added(new, event.payee_id, at)
         _bump(new, "payees", event.payee_id, at)
     if event.amount is not None and event.amount > 0:
-        x = math.log1p(event.amount)
-        new.amount_n += 1
-        delta = x - new.amount_mean
-        new.amount_mean += delta / new.amount_n
-        new.amount_m2 += delta * (x - new.amount_mean)
+        _count_amount(new, event.currency or "", math.log1p(event.amount))
     if new.oldest_seen_at is not None:
         new.oldest_seen_at = min(new.oldest_seen_at, at)      # every map entry bumped above is at ``at``
     # an address on a travel_exempt list (satellite, carrier, proxy) places the user nowhere: the

@@ -135,6 +135,59 @@ def test_a_big_payment_to_a_new_payee_is_stepped_up_by_the_statistical_scorer(cl
     _assert_stepped_up_for_amount_and_payee(_habitual_payer_then_big_new_payee(client))
 
 
+def _habitual_payer_then_same_figure_in_another_currency(client: TestClient) -> tuple[dict, dict]:
+    """Ten €30-39 payments to one payee in aal2 sessions, then, in the next session, 39 to that payee
+    in euros (habitual) and 39 in XAU (troy ounces of gold, ~€100,000): the generator never pays in
+    two currencies, and an attacker holding a multi-currency account picks the one whose figures
+    look like the victim's. The size of 39 XAU against the user's usual is unknown: stepped up."""
+    device = {"ip": "129.240.2.3", "device_id": "phone-1",
+              "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+                            "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"}
+
+    def post(n: str, at, **body) -> dict:
+        response = client.post("/score", json={"event_id": f"fx-{n}", "user_id": "fx-payer", "timestamp": iso(at),
+                                               **device, **body})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    for day in range(10):
+        at = T0 + timedelta(days=day)
+        post(f"l{day}", at, action="login", session={"id": f"s{day}"})
+        paid = post(f"p{day}", at + timedelta(minutes=2), action="payment", amount=30.0 + day, currency="EUR",
+                    payee_id="grocer", session={"id": f"s{day}", "acr": "aal2", "auth_time": iso(at)})
+        assert paid["decision"] == "allow", paid
+    at = T0 + timedelta(days=10)
+    session = {"id": "s10", "acr": "aal2", "auth_time": iso(at)}
+    post("l10", at, action="login", session={"id": "s10"})
+    usual = post("eur", at + timedelta(minutes=2), action="payment", amount=39.0, currency="EUR", payee_id="grocer",
+                 session=session)
+    gold = post("xau", at + timedelta(minutes=3), action="payment", amount=39.0, currency="XAU", payee_id="grocer",
+                session=session)
+    return usual, gold
+
+
+def _assert_only_the_new_currency_is_stepped_up(usual: dict, gold: dict) -> None:
+    assert usual["decision"] == "allow", usual
+    assert gold["decision"] == "step_up" and gold["max_age"] == 0, gold
+    reasons = {r["code"]: r for r in gold["reasons"]}
+    assert "new_currency" in reasons, gold["reasons"]
+    assert reasons["new_currency"]["message"].startswith("first amount in XAU for this user")
+    assert reasons["new_currency"]["user_message"] == USER_MESSAGES["new_currency"]
+
+
+def test_a_habitual_figure_in_a_new_currency_is_stepped_up_by_the_first_day_model(first_day_home):
+    settings = Settings(home=first_day_home, api_keys=SecretStr(f"tests:{API_KEY}"))
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        assert client.get("/health").json()["model_version"] != "freeman-statistical@1"
+        _assert_only_the_new_currency_is_stepped_up(*_habitual_payer_then_same_figure_in_another_currency(client))
+
+
+def test_a_habitual_figure_in_a_new_currency_is_stepped_up_by_the_statistical_scorer(client):
+    assert client.get("/health").json()["model_version"] == "freeman-statistical@1"
+    _assert_only_the_new_currency_is_stepped_up(*_habitual_payer_then_same_figure_in_another_currency(client))
+
+
 def _owner_adds_a_payee_then_pays_it_big(client: TestClient) -> dict:
     """Authorized push payment fraud: the owner, on their own phone and session, talked into adding a
     payee (and passing its step-up) and paying it €1,700 three minutes later. The payee is no longer

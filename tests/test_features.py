@@ -238,3 +238,27 @@ def test_the_kept_totals_equal_the_counts_summed_through_caps_and_pruning(enrich
         pruned = pruned or len(profile.ips) < largest
     assert largest == profiles.CAPS["ips"] and pruned              # evicted at the cap, and pruned
     assert "freeman_totals" not in profile.to_json()
+
+
+def test_amounts_are_compared_within_their_currency(enricher):
+    """44 XAU is not 44 EUR: a figure is judged against the user's amounts in its own currency, and a
+    currency never paid in (by a user who has paid before) is new; without any payment, NaN."""
+    pays = [event(i, action="payment", amount=40.0 + i, currency="EUR", payee_id="grocer", at=T0 + timedelta(days=i))
+            for i in range(6)]
+    pays.append(event("yen", action="payment", amount=900_000.0, currency="JPY", payee_id="ryokan",
+                      at=T0 + timedelta(days=6)))
+    profile = history(enricher, pays)
+    mean = sum(math.log1p(40.0 + i) for i in range(6)) / 6
+    later = T0 + timedelta(days=7)
+    euros = signals(enricher, event("e", action="payment", amount=44.0, currency="EUR", payee_id="grocer", at=later),
+                    profile)
+    assert euros["new_currency"] == 0.0 and euros["first_payment"] == 0.0
+    assert euros["amount_zscore"] == pytest.approx((math.log1p(44.0) - mean) / max(
+        math.sqrt(sum((math.log1p(40.0 + i) - mean) ** 2 for i in range(6)) / 5), 0.25))   # the yen left out
+    gold = signals(enricher, event("g", action="payment", amount=44.0, currency="XAU", payee_id="grocer", at=later),
+                   profile)
+    assert gold["new_currency"] == 1.0 and math.isnan(gold["amount_zscore"]) and gold["first_payment"] == 0.0
+    first = signals(enricher, event(0, action="payment", amount=5.0, currency="EUR"), profiles.UserProfile("bob"))
+    assert math.isnan(first["new_currency"]) and first["first_payment"] == 1.0
+    login = signals(enricher, event("l", at=later), profile)
+    assert math.isnan(login["new_currency"]) and math.isnan(login["amount_zscore"])

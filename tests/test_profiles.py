@@ -111,3 +111,25 @@ def test_only_the_latest_added_payees_keep_their_time(enricher):
                                                          at=T0 + timedelta(minutes=i))), RETENTION)
     assert len(profile.payees_added) == profiles.MAX_PAYEES_ADDED
     assert profile.payee_added_at("p0") == -math.inf and profile.payee_added_at(f"p{profiles.MAX_PAYEES_ADDED + 2}") > 0
+
+
+def test_amounts_are_kept_by_currency_and_bounded(enricher):
+    profile = UserProfile("alice")
+    for i, currency in enumerate(["EUR", "EUR", None, *(f"C{n:02d}" for n in range(profiles.MAX_CURRENCIES))]):
+        pay = event(i, action="payment", amount=10.0 + i, currency=currency, at=T0 + timedelta(hours=i))
+        profile = learned(profile, enricher.enrich(pay), 180 * DAY)
+    assert len(profile.amounts) == profiles.MAX_CURRENCIES
+    assert profile.amount_stats("EUR")[0] == 2                      # the most used stays; a single one went
+    assert profile.amount_stats("XAU") is None
+    assert UserProfile.from_json(profile.to_json()).amounts == profile.amounts
+
+
+def test_a_profile_stored_before_amounts_by_currency_keeps_its_history(enricher):
+    """Its statistics (currency unknown) stand in for any currency until the next payment, which
+    names them: no user's amounts are forgotten, none are compared across currencies after."""
+    legacy = UserProfile.from_json('{"user_id": "alice", "events": 3, "amount_n": 3, "amount_mean": 3.7, '
+                                   '"amount_m2": 0.02}')
+    assert legacy.amount_stats("EUR")[:2] == legacy.amount_stats("JPY")[:2] == (3, 3.7)
+    paid = learned(legacy, enricher.enrich(event(1, action="payment", amount=40.0, currency="EUR", at=T0)), 180 * DAY)
+    assert set(paid.amounts) == {"EUR"} and paid.amount_stats("EUR")[0] == 4
+    assert paid.amount_stats("JPY") is None and legacy.amounts == {"?": [3, 3.7, 0.02]}    # the old copy untouched

@@ -32,7 +32,12 @@ FLOOR_EXPLAINS = 0.3
 #: Login novelty (Freeman's likelihood ratios, a new device) and session evidence are left to the trees,
 #: which learn them from many attacker classes: as a floor they raised legitimate logins' risk (and so
 #: every threshold) more than they caught (README, "Stacked, floor or both", measured).
-FLOOR_SIGNALS = ("amount_zscore", "new_payee", "payee_added_h")
+FLOOR_SIGNALS = ("amount_zscore", "new_currency", "new_payee", "payee_added_h")
+#: an amount in a currency the user never moved money in: its size against their usual is unknown
+#: (the attacker may pick the currency), so it weighs as one 12 standard deviations above it would
+#: (1.5 x (12 - 2)): alone it reaches the default medium band through the model's floor (1 - exp(-15/40)
+#: = 0.31): a step-up once per new currency
+NEW_CURRENCY_EVIDENCE = 15.0
 #: the stacked anomaly input's column name (after the ``FEATURES`` columns), its reasons are the anomaly's own
 ANOMALY_COLUMN = "anomaly"
 #: a never-seen value's likelihood ratio is credited to the plainer "new_*" signal in reasons
@@ -85,6 +90,7 @@ class StatisticalScorer:
         evidence["impossible_travel"] = 8.0 * v["impossible_travel"]
         z = v["amount_zscore"]
         evidence["amount_zscore"] = 1.5 * max(0.0, z - 2.0) if not math.isnan(z) else 0.0
+        evidence["new_currency"] = NEW_CURRENCY_EVIDENCE * float(v.get("new_currency", math.nan) > 0)   # NaN: none
         evidence["new_payee"] = 2.5 * v["new_payee"]
         # a payee added minutes ago is as new as one never seen (0: new_payee's, counted there); no older
         # payee weighs more (NaN: no payee or no history, or recorded before the signal)
@@ -157,6 +163,7 @@ class StatisticalScorer:
             ("anonymizer_network", 3.0 * (col["anonymizer_network"] > 0).astype(np.float64)),   # NaN: no evidence
             ("impossible_travel", 8.0 * col["impossible_travel"]),
             ("amount_zscore", np.where(np.isnan(z), 0.0, 1.5 * floored(z - 2.0))),
+            ("new_currency", NEW_CURRENCY_EVIDENCE * (col["new_currency"] > 0).astype(np.float64)),
             ("new_payee", 2.5 * col["new_payee"]),
             ("payee_added_h", 2.5 * ((col["new_payee"] == 0) & (0.0 < col["payee_added_h"])
                                      & (col["payee_added_h"] < RECENT_PAYEE_H)).astype(np.float64)),
