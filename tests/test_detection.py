@@ -5,6 +5,7 @@ moves risk its way, the label-free anomaly floor catches what training never pai
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -56,6 +57,16 @@ def first_day_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture
+def first_day_client(first_day_home) -> Iterator[TestClient]:
+    """The service over HTTP on the first-day model's home."""
+    settings = Settings(home=first_day_home, api_keys=SecretStr(f"tests:{API_KEY}"))
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        assert client.get("/health").json()["model_version"] != "freeman-statistical@1"
+        yield client
+
+
 def test_every_declared_direction_is_a_monotonic_constraint():
     assert MONOTONIC == tuple(f.direction for f in FEATURES)
     declared = {f.name for f in FEATURES if f.direction}
@@ -91,30 +102,38 @@ def test_the_anomaly_floor_is_a_floor(constrained, split):
     assert not floor[logins].any()          # the money anomaly only: logins are left to the trees (measured)
 
 
-def _habitual_payer_then_big_new_payee(client: TestClient) -> dict:
-    """Issue 14's case: ten €30-39 payments to one payee in an aal2 session, then €1,700 to a new
-    payee from the same device four minutes after the session's MFA."""
+def _habitual_payer(client: TestClient, user: str) -> tuple[Callable[..., dict], dict]:
+    """Ten days of a login and a €30-39 payment to one payee in an aal2 session on one phone, each
+    allowed, then day 10's login: returns how to post the user's next events, and day 10's session."""
     device = {"ip": "129.240.2.3", "device_id": "phone-1",
               "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
                             "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"}
 
     def post(n: str, at, **body) -> dict:
-        response = client.post("/score", json={"event_id": f"newbie-{n}", "user_id": "newbie", "timestamp": iso(at),
+        response = client.post("/score", json={"event_id": f"{user}-{n}", "user_id": user, "timestamp": iso(at),
                                                **device, **body})
         assert response.status_code == 200, response.text
         return response.json()
 
     for day in range(10):
         at = T0 + timedelta(days=day)
-        session = {"id": f"s{day}", "acr": "aal2", "auth_time": iso(at)}
         post(f"l{day}", at, action="login", session={"id": f"s{day}"})
         paid = post(f"p{day}", at + timedelta(minutes=2), action="payment", amount=30.0 + day, currency="EUR",
-                    payee_id="grocer", session=session)
+                    payee_id="grocer", session={"id": f"s{day}", "acr": "aal2", "auth_time": iso(at)})
         assert paid["decision"] == "allow", paid
-    at = T0 + timedelta(days=10)
-    post("l10", at, action="login", session={"id": "s10"})
-    return post("big", at + timedelta(minutes=4), action="payment", amount=1700.0, currency="EUR",
-                payee_id="someone-new", session={"id": "s10", "acr": "aal2", "auth_time": iso(at)})
+    post("l10", DAY_10, action="login", session={"id": "s10"})
+    return post, {"id": "s10", "acr": "aal2", "auth_time": iso(DAY_10)}
+
+
+DAY_10 = T0 + timedelta(days=10)
+
+
+def _habitual_payer_then_big_new_payee(client: TestClient) -> dict:
+    """Issue 14's case: ten €30-39 payments to one payee in an aal2 session, then €1,700 to a new
+    payee from the same device four minutes after the session's MFA."""
+    post, session = _habitual_payer(client, "newbie")
+    return post("big", DAY_10 + timedelta(minutes=4), action="payment", amount=1700.0, currency="EUR",
+                payee_id="someone-new", session=session)
 
 
 def _assert_stepped_up_for_amount_and_payee(answer: dict) -> None:
@@ -122,12 +141,8 @@ def _assert_stepped_up_for_amount_and_payee(answer: dict) -> None:
     assert {"unusual_amount", "new_payee"} <= {r["code"] for r in answer["reasons"]}, answer["reasons"]
 
 
-def test_a_big_payment_to_a_new_payee_is_stepped_up_by_the_first_day_model(first_day_home):
-    settings = Settings(home=first_day_home, api_keys=SecretStr(f"tests:{API_KEY}"))
-    with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {API_KEY}"
-        assert client.get("/health").json()["model_version"] != "freeman-statistical@1"
-        _assert_stepped_up_for_amount_and_payee(_habitual_payer_then_big_new_payee(client))
+def test_a_big_payment_to_a_new_payee_is_stepped_up_by_the_first_day_model(first_day_client):
+    _assert_stepped_up_for_amount_and_payee(_habitual_payer_then_big_new_payee(first_day_client))
 
 
 def test_a_big_payment_to_a_new_payee_is_stepped_up_by_the_statistical_scorer(client):
@@ -140,29 +155,11 @@ def _habitual_payer_then_same_figure_in_another_currency(client: TestClient) -> 
     in euros (habitual) and 39 in XAU (troy ounces of gold, ~€100,000): the generator never pays in
     two currencies, and an attacker holding a multi-currency account picks the one whose figures
     look like the victim's. The size of 39 XAU against the user's usual is unknown: stepped up."""
-    device = {"ip": "129.240.2.3", "device_id": "phone-1",
-              "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
-                            "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"}
-
-    def post(n: str, at, **body) -> dict:
-        response = client.post("/score", json={"event_id": f"fx-{n}", "user_id": "fx-payer", "timestamp": iso(at),
-                                               **device, **body})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    for day in range(10):
-        at = T0 + timedelta(days=day)
-        post(f"l{day}", at, action="login", session={"id": f"s{day}"})
-        paid = post(f"p{day}", at + timedelta(minutes=2), action="payment", amount=30.0 + day, currency="EUR",
-                    payee_id="grocer", session={"id": f"s{day}", "acr": "aal2", "auth_time": iso(at)})
-        assert paid["decision"] == "allow", paid
-    at = T0 + timedelta(days=10)
-    session = {"id": "s10", "acr": "aal2", "auth_time": iso(at)}
-    post("l10", at, action="login", session={"id": "s10"})
-    usual = post("eur", at + timedelta(minutes=2), action="payment", amount=39.0, currency="EUR", payee_id="grocer",
-                 session=session)
-    gold = post("xau", at + timedelta(minutes=3), action="payment", amount=39.0, currency="XAU", payee_id="grocer",
-                session=session)
+    post, session = _habitual_payer(client, "fx-payer")
+    usual = post("eur", DAY_10 + timedelta(minutes=2), action="payment", amount=39.0, currency="EUR",
+                 payee_id="grocer", session=session)
+    gold = post("xau", DAY_10 + timedelta(minutes=3), action="payment", amount=39.0, currency="XAU",
+                payee_id="grocer", session=session)
     return usual, gold
 
 
@@ -175,12 +172,8 @@ def _assert_only_the_new_currency_is_stepped_up(usual: dict, gold: dict) -> None
     assert reasons["new_currency"]["user_message"] == USER_MESSAGES["new_currency"]
 
 
-def test_a_habitual_figure_in_a_new_currency_is_stepped_up_by_the_first_day_model(first_day_home):
-    settings = Settings(home=first_day_home, api_keys=SecretStr(f"tests:{API_KEY}"))
-    with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {API_KEY}"
-        assert client.get("/health").json()["model_version"] != "freeman-statistical@1"
-        _assert_only_the_new_currency_is_stepped_up(*_habitual_payer_then_same_figure_in_another_currency(client))
+def test_a_habitual_figure_in_a_new_currency_is_stepped_up_by_the_first_day_model(first_day_client):
+    _assert_only_the_new_currency_is_stepped_up(*_habitual_payer_then_same_figure_in_another_currency(first_day_client))
 
 
 def test_a_habitual_figure_in_a_new_currency_is_stepped_up_by_the_statistical_scorer(client):
@@ -192,28 +185,11 @@ def _owner_adds_a_payee_then_pays_it_big(client: TestClient) -> dict:
     """Authorized push payment fraud: the owner, on their own phone and session, talked into adding a
     payee (and passing its step-up) and paying it €1,700 three minutes later. The payee is no longer
     new; that it was added minutes ago is what a scam cannot hide."""
-    device = {"ip": "129.240.2.3", "device_id": "phone-1",
-              "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
-                            "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"}
-
-    def post(n: str, at, **body) -> dict:
-        response = client.post("/score", json={"event_id": f"app-{n}", "user_id": "app-victim", "timestamp": iso(at),
-                                               **device, **body})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    for day in range(10):
-        at = T0 + timedelta(days=day)
-        post(f"l{day}", at, action="login", session={"id": f"s{day}"})
-        post(f"p{day}", at + timedelta(minutes=2), action="payment", amount=30.0 + day, currency="EUR",
-             payee_id="grocer", session={"id": f"s{day}", "acr": "aal2", "auth_time": iso(at)})
-    at = T0 + timedelta(days=10)
-    session = {"id": "s10", "acr": "aal2", "auth_time": iso(at)}
-    post("l10", at, action="login", session={"id": "s10"})
-    added = post("add", at + timedelta(minutes=1), action="add_payee", payee_id="scammer", session=session)
+    post, session = _habitual_payer(client, "app-victim")
+    added = post("add", DAY_10 + timedelta(minutes=1), action="add_payee", payee_id="scammer", session=session)
     if added["decision"] == "step_up":               # the owner passes it: they are the one adding
-        assert client.post("/feedback", json={"event_id": "app-add", "outcome": "step_up_passed"}).status_code == 200
-    paid = post("pay", at + timedelta(minutes=4), action="payment", amount=1700.0, currency="EUR",
+        assert client.post("/feedback", json={"event_id": "app-victim-add", "outcome": "step_up_passed"}).status_code == 200
+    paid = post("pay", DAY_10 + timedelta(minutes=4), action="payment", amount=1700.0, currency="EUR",
                 payee_id="scammer", session=session)
     assert not {"new_payee", "session_unverified"} & {r["code"] for r in paid["reasons"]}, paid["reasons"]
     return paid
@@ -227,12 +203,8 @@ def _assert_stepped_up_for_amount_and_recent_payee(answer: dict) -> None:
     assert reasons["recent_payee"]["user_message"] == USER_MESSAGES["recent_payee"]
 
 
-def test_a_big_payment_to_a_payee_added_minutes_ago_is_stepped_up_by_the_first_day_model(first_day_home):
-    settings = Settings(home=first_day_home, api_keys=SecretStr(f"tests:{API_KEY}"))
-    with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {API_KEY}"
-        assert client.get("/health").json()["model_version"] != "freeman-statistical@1"
-        _assert_stepped_up_for_amount_and_recent_payee(_owner_adds_a_payee_then_pays_it_big(client))
+def test_a_big_payment_to_a_payee_added_minutes_ago_is_stepped_up_by_the_first_day_model(first_day_client):
+    _assert_stepped_up_for_amount_and_recent_payee(_owner_adds_a_payee_then_pays_it_big(first_day_client))
 
 
 def test_a_big_payment_to_a_payee_added_minutes_ago_is_stepped_up_by_the_statistical_scorer(client):
@@ -321,12 +293,8 @@ def _assert_missing_ids_stepped_up(login: dict, export: dict) -> None:
     assert reason["user_message"] == USER_MESSAGES["missing_client_ids"]
 
 
-def test_a_request_without_the_users_device_id_and_user_agent_is_stepped_up_by_the_first_day_model(first_day_home):
-    settings = Settings(home=first_day_home, api_keys=SecretStr(f"tests:{API_KEY}"))
-    with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {API_KEY}"
-        assert client.get("/health").json()["model_version"] != "freeman-statistical@1"
-        _assert_missing_ids_stepped_up(*_cookieless_script_after_habitual_phone_sessions(client, "scripted"))
+def test_a_request_without_the_users_device_id_and_user_agent_is_stepped_up_by_the_first_day_model(first_day_client):
+    _assert_missing_ids_stepped_up(*_cookieless_script_after_habitual_phone_sessions(first_day_client, "scripted"))
 
 
 def test_a_request_without_the_users_device_id_and_user_agent_is_stepped_up_by_the_statistical_scorer(client):
