@@ -115,6 +115,9 @@ class _Repeated:
         self.path = path
 
 
+_HOLDERS = (_Repeated, list)             # what can hold a repeated name (a dict without one is plain)
+
+
 def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Repeated:
     members = dict(pairs)
     if len(members) != len(pairs):
@@ -127,9 +130,6 @@ def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Repeated:
         if type(value) in _HOLDERS and (inner := _repeated_in(value)) is not None:
             return _Repeated(f"{name}.{inner}")
     return members
-
-
-_HOLDERS = (_Repeated, list)             # what can hold a repeated name (a dict without one is plain)
 
 
 def _repeated_in(value: Any) -> str | None:

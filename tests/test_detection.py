@@ -102,6 +102,9 @@ def test_the_anomaly_floor_is_a_floor(constrained, split):
     assert not floor[logins].any()          # the money anomaly only: logins are left to the trees (measured)
 
 
+DAY_10 = T0 + timedelta(days=10)
+
+
 def _habitual_payer(client: TestClient, user: str) -> tuple[Callable[..., dict], dict]:
     """Ten days of a login and a €30-39 payment to one payee in an aal2 session on one phone, each
     allowed, then day 10's login: returns how to post the user's next events, and day 10's session."""
@@ -123,9 +126,6 @@ def _habitual_payer(client: TestClient, user: str) -> tuple[Callable[..., dict],
         assert paid["decision"] == "allow", paid
     post("l10", DAY_10, action="login", session={"id": "s10"})
     return post, {"id": "s10", "acr": "aal2", "auth_time": iso(DAY_10)}
-
-
-DAY_10 = T0 + timedelta(days=10)
 
 
 def _habitual_payer_then_big_new_payee(client: TestClient) -> dict:

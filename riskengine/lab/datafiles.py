@@ -30,10 +30,11 @@ def records(frame: pd.DataFrame, at_once: int = 50_000) -> Iterator[dict[str, An
     >>> list(records(pd.DataFrame({"user_id": ["u1", None], "amount": [2.5, None], "success": [True, False]})))
     [{'user_id': 'u1', 'amount': 2.5, 'success': True}, {'user_id': nan, 'amount': nan, 'success': False}]
     """
-    names = [str(name) for name in frame.columns]
+    columns = list(frame.columns)
+    names = [str(column) for column in columns]
     for start in range(0, len(frame), at_once):
         part = frame.iloc[start:start + at_once]
-        for values in zip(*(part[name].tolist() for name in part.columns)):
+        for values in zip(*(part[column].tolist() for column in columns)):
             yield dict(zip(names, values))
 
 
